@@ -1,0 +1,271 @@
+"""Configuration as dataclasses: one section per concern, composed in `Config`.
+
+Sources, lowest precedence first: dataclass defaults < YAML file < environment
+(`RAYTRAIN_<SECTION>__<FIELD>`) < `--set section.field=value`. Loading and strict
+validation live in `config_loader.py`; this module only declares the schema and the
+cross-field rules, so a reader finds every knob in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    # Regression MLP (the `regression` task).
+    input_dim: int = 16
+    hidden_dim: int = 64
+    # Decoder-only transformer (the `lm` task).
+    vocab_size: int = 64
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    seq_len: int = 64
+    dropout: float = 0.0
+    mlp_type: str = "gelu"  # gelu | swiglu
+    mlp_ratio: float = 4.0
+    position: str = "rope"  # rope | learned
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    tie_embeddings: bool = True
+    activation_checkpointing: bool = False
+    # Mixture of Experts.
+    use_moe: bool = False
+    num_experts: int = 4
+    top_k: int = 2
+    moe_every_n_layers: int = 1  # 1: every block is MoE; 2: every second block, ...
+    expert_hidden_dim: int = 0  # 0: same width as the dense MLP
+    num_shared_experts: int = 0
+    capacity_factor: float = 0.0  # 0: dropless
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    bias_balancing: bool = False  # DeepSeek-V3 aux-loss-free balancing
+    bias_update_rate: float = 0.001
+    moe_impl: str = "auto"  # auto | grouped | loop
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = 42
+    epochs: int = 3
+    max_steps: int = 0  # optimizer steps; 0: no limit beyond `epochs`
+    batch_size: int = 32  # per worker, per micro-batch
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
+    lr_schedule: str = "cosine"  # constant | cosine | linear
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    val_every_n_steps: int = 0  # 0: validate at the end of every epoch only
+    limit_val_batches: int = 0  # 0: the whole validation set
+    nan_policy: str = "stop"  # stop | skip
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class DataConfig:
+    num_train_samples: int = 2048
+    num_val_samples: int = 512
+    noise_std: float = 0.1  # regression label noise
+    seed: int = 1234  # the data's own seed, apart from the training seed
+    num_workers: int = 0  # DataLoader worker processes
+    pin_memory: bool = True  # only has an effect on CUDA
+    markov_concentration: float = 0.1  # lm data: lower is more predictable
+
+
+@dataclass
+class DistributedConfig:
+    launcher: str = "ray"  # ray | local | spawn
+    num_workers: int = 1
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    use_gpu: bool = False
+    backend: str = "auto"  # auto | gloo | nccl
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29517
+    address: str = ""  # Ray cluster address; empty: RAY_ADDRESS or a new local cluster
+    storage_path: str = ""  # empty: <logging.dir>/ray
+    run_name: str = ""  # empty: derived from the task and time
+    max_failures: int = 0
+    find_unused_parameters: bool = False
+    placement_strategy: str = "PACK"
+
+
+@dataclass
+class OptimizationConfig:
+    compile: bool = False
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune
+    amp: str = "none"  # none | bf16 | fp16
+    tf32: bool = True
+    fused_optimizer: bool = True  # fused AdamW where the device supports it
+    chunked_cross_entropy: int = 0  # rows per chunk; 0 computes the logits at once
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    dir: str = ""  # empty: <logging.dir>/checkpoints
+    resume: str = "none"  # none | auto | <path to a checkpoint directory>
+    every_n_steps: int = 0  # 0: at the end of every epoch only
+    keep_last: int = 2
+    keep_best: int = 1
+    monitor: str = "val/loss"
+    mode: str = "min"  # min | max
+
+
+@dataclass
+class LoggingConfig:
+    level: str = "INFO"
+    dir: str = "runs/default"
+    log_every_n_steps: int = 10
+    tensorboard: bool = True
+    progress_bar: str = "auto"  # auto | on | off
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: bool = False
+    early_stopping_patience: int = 3
+    early_stopping_min_delta: float = 0.0
+    monitor: str = "val/loss"
+    mode: str = "min"
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+    "distributed": DistributedConfig,
+    "optimization": OptimizationConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+    "callbacks": CallbacksConfig,
+}
+
+CHOICES = {
+    "model.mlp_type": ("gelu", "swiglu"),
+    "model.position": ("rope", "learned"),
+    "model.norm": ("rmsnorm", "layernorm"),
+    "model.moe_impl": ("auto", "grouped", "loop"),
+    "training.lr_schedule": ("constant", "cosine", "linear"),
+    "training.nan_policy": ("stop", "skip"),
+    "training.device": ("auto", "cpu", "cuda"),
+    "distributed.launcher": ("ray", "local", "spawn"),
+    "distributed.backend": ("auto", "gloo", "nccl"),
+    "distributed.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "optimization.amp": ("none", "bf16", "fp16"),
+    "optimization.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "checkpoint.mode": ("min", "max"),
+    "callbacks.mode": ("min", "max"),
+    "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "logging.progress_bar": ("auto", "on", "off"),
+}
+
+# (dotted key, lower bound, inclusive?) for numeric fields.
+MINIMUMS = {
+    "model.input_dim": (1, True), "model.hidden_dim": (1, True),
+    "model.vocab_size": (2, True), "model.d_model": (1, True), "model.n_layers": (1, True),
+    "model.n_heads": (1, True), "model.seq_len": (1, True), "model.dropout": (0, True),
+    "model.mlp_ratio": (0, False), "model.num_experts": (1, True), "model.top_k": (1, True),
+    "model.moe_every_n_layers": (1, True), "model.expert_hidden_dim": (0, True),
+    "model.num_shared_experts": (0, True), "model.capacity_factor": (0, True),
+    "model.aux_loss_coef": (0, True), "model.z_loss_coef": (0, True),
+    "model.bias_update_rate": (0, True),
+    "training.epochs": (1, True), "training.max_steps": (0, True),
+    "training.batch_size": (1, True), "training.grad_accum_steps": (1, True),
+    "training.lr": (0, False), "training.weight_decay": (0, True), "training.grad_clip": (0, True),
+    "training.warmup_steps": (0, True), "training.min_lr_ratio": (0, True),
+    "training.val_every_n_steps": (0, True), "training.limit_val_batches": (0, True),
+    "data.num_train_samples": (1, True), "data.num_val_samples": (1, True),
+    "data.noise_std": (0, True), "data.num_workers": (0, True),
+    "data.markov_concentration": (0, False),
+    "distributed.num_workers": (1, True), "distributed.cpus_per_worker": (0, False),
+    "distributed.gpus_per_worker": (0, True), "distributed.master_port": (1, True),
+    "distributed.max_failures": (-1, True),
+    "optimization.chunked_cross_entropy": (0, True),
+    "checkpoint.every_n_steps": (0, True), "checkpoint.keep_last": (0, True),
+    "checkpoint.keep_best": (0, True),
+    "logging.log_every_n_steps": (1, True),
+    "callbacks.early_stopping_patience": (1, True), "callbacks.early_stopping_min_delta": (0, True),
+}
+MAXIMUMS = {"model.dropout": 1.0, "training.min_lr_ratio": 1.0, "distributed.master_port": 65535}
+
+
+@dataclass
+class Config:
+    task: str = "regression"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+
+    # --- plain-dict round trip (the config travels to Ray workers and into checkpoints) ---
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task": self.task}
+        for name in SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Strict: unknown keys and wrong types raise `ConfigError` (see config_loader)."""
+        from raytrain_llm.core.config_loader import config_from_mapping
+
+        return config_from_mapping(data)
+
+    def validate(self) -> list[str]:
+        """Every problem at once, each naming its dotted key."""
+        return cross_field_errors(self)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        import os
+
+        return self.checkpoint.dir or os.path.join(self.logging.dir, "checkpoints")
+
+
+def value_errors(key: str, value: Any) -> list[str]:
+    errors = []
+    if key in CHOICES and value not in CHOICES[key]:
+        errors.append(f"{key}: must be one of {', '.join(CHOICES[key])} (got {value!r})")
+    if key in MINIMUMS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, inclusive = MINIMUMS[key]
+        if value < low or (value == low and not inclusive):
+            op = ">=" if inclusive else ">"
+            errors.append(f"{key}: must be {op} {low} (got {value!r})")
+    if key in MAXIMUMS and isinstance(value, (int, float)) and value > MAXIMUMS[key]:
+        errors.append(f"{key}: must be <= {MAXIMUMS[key]} (got {value!r})")
+    return errors
+
+
+def cross_field_errors(cfg: Config) -> list[str]:
+    errors: list[str] = []
+    for name in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, name)):
+            errors += value_errors(f"{name}.{f.name}", getattr(getattr(cfg, name), f.name))
+    m, t, o, d = cfg.model, cfg.training, cfg.optimization, cfg.distributed
+    if m.top_k > m.num_experts:
+        errors.append(f"model.top_k: must be <= model.num_experts ({m.num_experts}) (got {m.top_k})")
+    if m.d_model % m.n_heads:
+        errors.append(f"model.d_model: must be divisible by model.n_heads ({m.n_heads}) (got {m.d_model})")
+    elif m.position == "rope" and (m.d_model // m.n_heads) % 2:
+        errors.append("model.position: rope needs an even head size (model.d_model / model.n_heads)")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        errors.append(f"training.betas: must be two numbers in [0, 1) (got {list(t.betas)!r})")
+    if o.amp == "fp16" and t.device == "cpu":
+        errors.append("optimization.amp: fp16 needs a CUDA device (use bf16 on CPU)")
+    if d.backend == "nccl" and not d.use_gpu and d.launcher != "local":
+        errors.append("distributed.backend: nccl needs distributed.use_gpu=true")
+    if d.gpus_per_worker > 0 and not d.use_gpu:
+        errors.append("distributed.gpus_per_worker: set distributed.use_gpu=true to reserve GPUs")
+    if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
+        errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
+    return errors

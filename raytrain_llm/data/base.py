@@ -1,0 +1,133 @@
+"""Data modules: deterministic, index-addressed datasets and a resumable batch order.
+
+Every sample is a pure function of (data seed, sample index). That makes the data
+position in a checkpoint just (epoch, batch index): a resumed run — in-process, spawned
+or on Ray — rebuilds exactly the batch it would have seen next without replaying the
+epoch. The same `rows(ids)` feeds torch's DataLoader here and Ray Data in the Ray layer.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from raytrain_llm.core.config import Config
+
+
+class IndexedDataset(Dataset):
+    """A dataset whose rows are generated from their indices, a batch at a time."""
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed = num_samples, seed
+
+    @abstractmethod
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns for the rows `ids` (int64 array): the same ids always give the same values."""
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v[0]) for k, v in self.rows(np.array([i], dtype=np.int64)).items()}
+
+    def __getitems__(self, ids: list[int]) -> dict[str, torch.Tensor]:
+        # DataLoader calls this with a whole batch of indices: one vectorised call per batch.
+        return {k: torch.from_numpy(v) for k, v in self.rows(np.asarray(ids, dtype=np.int64)).items()}
+
+
+def keep_batch(batch: Any) -> Any:
+    """collate_fn for datasets that already return whole batches (picklable for workers)."""
+    return batch
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one rank, one epoch, starting at `start_batch`.
+
+    Global micro-batch i is the contiguous slice [i*W*B, (i+1)*W*B) of the epoch's
+    permutation, and rank r takes its r-th block of B. Hence W workers at batch B see
+    exactly the samples one worker sees at batch W*B, so their averaged gradients match.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, epoch: int = 0, start_batch: int = 0, shuffle: bool = True,
+                 drop_last: bool = True):
+        self.n, self.b, self.rank, self.world = num_samples, batch_size, rank, world_size
+        self.seed, self.epoch, self.start, self.shuffle, self.drop_last = seed, epoch, start_batch, shuffle, drop_last
+
+    def __len__(self) -> int:
+        return max(0, self.total_batches() - self.start)
+
+    def total_batches(self) -> int:
+        per_step = self.b * self.world
+        return self.n // per_step if self.drop_last else -(-self.n // per_step)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
+        for i in range(self.start, self.total_batches()):
+            lo = (i * self.world + self.rank) * self.b
+            block = order[lo:lo + self.b]
+            if len(block):
+                yield block.tolist()
+
+
+class DataModule(ABC):
+    """Turns a config into train and validation batches for one rank.
+
+    Subclasses provide the datasets; the loaders below are shared. The Ray layer
+    overrides `train_batches`/`val_batches` to read Ray Data shards instead.
+    """
+
+    shuffle_train = True
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._train: IndexedDataset | None = None
+        self._val: IndexedDataset | None = None
+
+    @abstractmethod
+    def build_train_dataset(self) -> IndexedDataset: ...
+
+    @abstractmethod
+    def build_val_dataset(self) -> IndexedDataset: ...
+
+    @property
+    def train_dataset(self) -> IndexedDataset:
+        if self._train is None:
+            self._train = self.build_train_dataset()
+        return self._train
+
+    @property
+    def val_dataset(self) -> IndexedDataset:
+        if self._val is None:
+            self._val = self.build_val_dataset()
+        return self._val
+
+    def num_train_batches(self, batch_size: int, world_size: int) -> int:
+        return len(self.train_dataset) // (batch_size * world_size)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler, pin: bool) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=keep_batch, num_workers=workers,
+                          pin_memory=pin and self.config.data.pin_memory,
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int,
+                      world_size: int, pin_memory: bool = False) -> Iterable[Any]:
+        sampler = ResumableBatchSampler(len(self.train_dataset), batch_size, rank=rank, world_size=world_size,
+                                        seed=self.config.data.seed, epoch=epoch, start_batch=start_batch,
+                                        shuffle=self.shuffle_train)
+        return self._loader(self.train_dataset, sampler, pin_memory)
+
+    def val_batches(self, *, batch_size: int, rank: int, world_size: int,
+                    pin_memory: bool = False) -> Iterable[Any]:
+        sampler = ResumableBatchSampler(len(self.val_dataset), batch_size, rank=rank, world_size=world_size,
+                                        shuffle=False, drop_last=False)
+        return self._loader(self.val_dataset, sampler, pin_memory)

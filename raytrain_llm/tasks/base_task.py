@@ -1,0 +1,123 @@
+"""`TrainingTask`: what a user writes. The engine owns the loop and calls these hooks.
+
+A task builds its pieces (model, optimizer, scheduler, criterion, data module) from the
+`Config` and computes one step's loss. It never calls `backward()` or `optimizer.step()`:
+the engine does, so AMP, accumulation, clipping and DDP behave the same for every task.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from raytrain_llm.core.config import Config
+
+
+@dataclass
+class StepOutput:
+    """A step's loss (the engine backpropagates it) and extra metrics to log.
+
+    Metrics may be tensors: the engine turns them into floats only on logging steps, so a
+    step never waits for the device just to report.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, Union[torch.Tensor, float]] = field(default_factory=dict)
+    num_samples: Optional[int] = None
+    num_tokens: Optional[int] = None
+
+
+StepResult = Union[StepOutput, torch.Tensor, tuple]
+
+
+def as_step_output(result: StepResult) -> StepOutput:
+    if isinstance(result, StepOutput):
+        return result
+    if isinstance(result, torch.Tensor):
+        return StepOutput(loss=result)
+    if isinstance(result, tuple) and len(result) == 2:
+        return StepOutput(loss=result[0], metrics=dict(result[1]))
+    raise TypeError(
+        "train_step/validation_step must return a StepOutput, a loss tensor or (loss, metrics); "
+        f"got {type(result).__name__}"
+    )
+
+
+class TrainingTask(ABC):
+    """Subclass this; implement `build_model`, `build_data_module` and `train_step`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    # --- required ---
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def build_data_module(self):
+        """A `raytrain_llm.data.DataModule` feeding this task's batches."""
+
+    @abstractmethod
+    def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult: ...
+
+    # --- sensible defaults, override when needed ---
+    def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
+        return self.train_step(model, batch, criterion)
+
+    def build_criterion(self) -> Optional[nn.Module]:
+        return None
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on biases, norms and embeddings (1-D or tagged params)."""
+        t = self.config.training
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        device_type = next(model.parameters()).device.type
+        fused = self.config.optimization.fused_optimizer and device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused or None)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        """Linear warmup, then constant, cosine or linear decay to `min_lr_ratio` of the peak."""
+        t = self.config.training
+        warmup, floor = t.warmup_steps, t.min_lr_ratio
+        decay_steps = max(1, total_steps - warmup)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, LRSchedule(t.lr_schedule, warmup, decay_steps, floor)
+        )
+
+    def on_optimizer_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to update MoE router biases)."""
+
+    def flops_per_token(self, model: nn.Module) -> Optional[float]:
+        """Training FLOPs per token (forward + backward) for MFU; None when not meaningful."""
+        return None
+
+    def tokens_in_batch(self, batch: Any) -> Optional[int]:
+        """Tokens a batch holds, for tokens/s; None for non-sequence tasks."""
+        return None
+
+
+class LRSchedule:
+    """Picklable LR multiplier (a lambda would not survive Ray or checkpoint round trips)."""
+
+    def __init__(self, kind: str, warmup: int, decay_steps: int, floor: float):
+        self.kind, self.warmup, self.decay_steps, self.floor = kind, warmup, decay_steps, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / self.decay_steps)
+        if self.kind == "linear":
+            return 1.0 - (1.0 - self.floor) * progress
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
