@@ -1,0 +1,105 @@
+"""Command line: `python train.py --task NAME [--config F.yaml] [--set k=v ...] [--print-config]`.
+
+Exit status: 0 success, 2 usage or config error, 1 failure during training. User mistakes
+print one line; unexpected errors print one line too and leave the traceback in
+`<logging.dir>/error.log` (or on stderr with RAYTRAIN_DEBUG=1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from raytrain_llm.core.errors import RaytrainError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other usage error
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="train.py", description="Train a model with raytrain_llm.")
+    p.add_argument("--task", help="registered task (regression, lm) or package.module:ClassName")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--tune", metavar="SWEEP.yaml", help="run a Ray Tune sweep described by this file")
+    return p
+
+
+def launch(config):
+    launcher = config.distributed.launcher
+    if launcher == "local":
+        from raytrain_llm.launchers.local import run_in_process
+
+        return run_in_process(config)
+    if launcher == "spawn":
+        from raytrain_llm.launchers.local import run_spawn
+
+        return run_spawn(config)
+    from raytrain_llm.launchers.ray_train import run_ray
+
+    return run_ray(config)
+
+
+def _print_result(result) -> None:
+    if not isinstance(result, dict):
+        return
+    short = {k: result.get(k) for k in ("step", "val", "best_checkpoint") if result.get(k) is not None}
+    print("result: " + json.dumps(short, default=str))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = None
+    try:
+        args = build_parser().parse_args(argv)
+        from raytrain_llm.core.config_loader import dump_yaml, load_config
+        from raytrain_llm.tasks.registry import resolve_task
+
+        config = load_config(args.config, args.overrides, task=args.task)
+        resolve_task(config.task)  # an unknown task is a usage error before anything starts
+        if args.print_config:
+            sys.stdout.write(dump_yaml(config))
+            return 0
+        if args.tune:
+            from raytrain_llm.launchers.ray_tune import run_sweep
+
+            run_sweep(config, args.tune)
+            return 0
+        _print_result(launch(config))
+        return 0
+    except RaytrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, details in a file
+        if os.environ.get("RAYTRAIN_DEBUG"):
+            traceback.print_exc()
+        where = _save_traceback(config)
+        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+        return 1
+
+
+def _save_traceback(config) -> Optional[str]:
+    if config is None:
+        return None
+    try:
+        path = os.path.join(config.logging.dir, "error.log")
+        os.makedirs(config.logging.dir, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            traceback.print_exc(file=fh)
+        return path
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Callbacks shipped with the engine, and the default set a run gets from its config."""
+from __future__ import annotations
+
+from raytrain_llm.core.callbacks.base import Callback, CallbackList
+from raytrain_llm.core.callbacks.early_stopping import EarlyStopping
+from raytrain_llm.core.callbacks.lr_scheduler import LRSchedulerCallback
+from raytrain_llm.core.callbacks.metrics_logger import MetricsLogger
+from raytrain_llm.core.callbacks.progress_bar import ProgressBar
+from raytrain_llm.core.callbacks.tensorboard_logger import TensorBoardLogger
+
+
+def default_callbacks(config, logger=None) -> list[Callback]:
+    log_dir = config.logging.dir
+    cbs: list[Callback] = [
+        MetricsLogger(log_dir, monitor=config.checkpoint.monitor, mode=config.checkpoint.mode),
+        LRSchedulerCallback(monitor=config.checkpoint.monitor, logger=logger),
+    ]
+    if config.logging.tensorboard:
+        cbs.append(TensorBoardLogger(log_dir, logger=logger))
+    c = config.callbacks
+    if c.early_stopping:
+        cbs.append(EarlyStopping(monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience,
+                                 min_delta=c.early_stopping_min_delta))
+    bar = config.logging.progress_bar
+    if bar != "off":
+        cbs.append(ProgressBar(enabled=True if bar == "on" else None))
+    return cbs
+
+
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger",
+           "ProgressBar", "TensorBoardLogger", "default_callbacks"]

@@ -1,0 +1,47 @@
+"""`EarlyStopping`: stop when a validation metric stops improving (patience counted in checks)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from raytrain_llm.core.callbacks.base import Callback
+from raytrain_llm.core.callbacks.metrics_logger import is_better
+
+
+class EarlyStopping(Callback):
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 3,
+                 min_delta: float = 0.0, stop_on_non_finite: bool = True):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.stop_on_non_finite = stop_on_non_finite
+        self.best: Optional[float] = None
+        self.wait = 0
+        self.checks = 0
+        self.stopped_at_check: Optional[int] = None
+        self.reason = ""
+
+    def on_validation_end(self, engine, metrics) -> None:
+        if self.monitor not in metrics:
+            return
+        value = float(metrics[self.monitor])
+        self.checks += 1
+        if not math.isfinite(value):
+            if self.stop_on_non_finite:
+                self._stop(engine, f"{self.monitor} is {value}")
+            return
+        if is_better(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self._stop(engine, f"{self.monitor} did not improve on {self.best:.6g} for {self.wait} checks")
+
+    def _stop(self, engine, reason: str) -> None:
+        self.stopped_at_check = self.checks
+        self.reason = reason
+        engine.request_stop(f"early stopping: {reason}")
+
+    def state_dict(self):
+        return {"best": self.best, "wait": self.wait, "checks": self.checks}
+
+    def load_state_dict(self, state) -> None:
+        self.best, self.wait, self.checks = state["best"], state["wait"], state["checks"]

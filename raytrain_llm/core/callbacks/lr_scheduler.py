@@ -1,0 +1,45 @@
+"""`LRSchedulerCallback`: drives metric-based schedulers and records every LR change.
+
+Step-based schedulers are stepped by the engine after each optimizer step. A
+`ReduceLROnPlateau` needs the validation metric, so this callback steps it after each
+validation; it also keeps the LR history per param group and logs every change.
+"""
+from __future__ import annotations
+
+import torch
+
+from raytrain_llm.core.callbacks.base import Callback
+
+
+class LRSchedulerCallback(Callback):
+    def __init__(self, monitor: str = "val/loss", logger=None):
+        self.monitor = monitor
+        self.logger = logger
+        self.history: list[tuple[int, list[float]]] = []
+
+    def _lrs(self, engine) -> list[float]:
+        return [float(g["lr"]) for g in engine.optimizer.param_groups]
+
+    def on_train_start(self, engine) -> None:
+        if not self.history:
+            self.history.append((engine.global_step, self._lrs(engine)))
+
+    def on_batch_end(self, engine, step, outputs) -> None:
+        lrs = self._lrs(engine)
+        if not self.history or lrs != self.history[-1][1]:
+            self.history.append((step, lrs))
+
+    def on_validation_end(self, engine, metrics) -> None:
+        scheduler = engine.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.monitor in metrics:
+            before = self._lrs(engine)
+            scheduler.step(metrics[self.monitor])
+            after = self._lrs(engine)
+            if after != before and self.logger:
+                self.logger.info(f"lr reduced on plateau at step {engine.global_step}: {before} -> {after}")
+
+    def state_dict(self):
+        return {"history": [[s, lrs] for s, lrs in self.history[-1000:]]}
+
+    def load_state_dict(self, state) -> None:
+        self.history = [(int(s), list(lrs)) for s, lrs in state.get("history", [])]

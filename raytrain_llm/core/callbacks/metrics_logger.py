@@ -1,0 +1,77 @@
+"""`MetricsLogger`: one JSON object per logged record in metrics.jsonl, and summary.json at the end."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+from raytrain_llm.core.atomic_io import atomic_write_json
+from raytrain_llm.core.callbacks.base import Callback
+
+
+def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class MetricsLogger(Callback):
+    def __init__(self, log_dir: str, monitor: str = "val/loss", mode: str = "min"):
+        self.path = os.path.join(log_dir, "metrics.jsonl")
+        self.summary_path = os.path.join(log_dir, "summary.json")
+        self.monitor, self.mode = monitor, mode
+        self.best_value: Optional[float] = None
+        self.best_record: dict[str, Any] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self._t0 = time.time()
+
+    def on_load_checkpoint(self, engine, state) -> None:
+        # Records written after the checkpoint (by a run that was then killed) will be
+        # written again by the resumed run: drop them so every step appears once.
+        if not engine.dist.is_main or not os.path.exists(self.path):
+            return
+        step = state["progress"]["global_step"]
+        with open(self.path, encoding="utf-8") as fh:
+            kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+
+    def on_log(self, engine, record: dict[str, Any]) -> None:
+        split = record.get("split", "train")
+        self.last[split] = record
+        value = record.get(self.monitor)
+        if isinstance(value, (int, float)) and is_better(value, self.best_value, self.mode):
+            self.best_value, self.best_record = float(value), dict(record)
+        if engine.dist.is_main:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def on_train_end(self, engine) -> None:
+        if not engine.dist.is_main:
+            return
+        manager = engine.checkpoint_manager
+        atomic_write_json(self.summary_path, {
+            "task": engine.config.task,
+            "global_step": engine.global_step,
+            "epochs_completed": engine.epoch,
+            "stopped_early": engine.stopped_early,
+            "skipped_steps": engine.skipped_steps,
+            "final": self.last,
+            "best": {"monitor": self.monitor, "mode": self.mode, "value": self.best_value,
+                     "record": self.best_record},
+            "best_checkpoint": manager.best_path() if manager else None,
+            "latest_checkpoint": manager.latest_path() if manager else None,
+            "wall_time_s": time.time() - self._t0,
+        })
+
+    def state_dict(self):
+        return {"best_value": self.best_value, "best_record": json.dumps(self.best_record)}
+
+    def load_state_dict(self, state) -> None:
+        self.best_value = state.get("best_value")
+        self.best_record = json.loads(state.get("best_record") or "{}")

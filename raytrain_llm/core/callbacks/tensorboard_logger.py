@@ -1,0 +1,78 @@
+"""`TensorBoardLogger`: scalars under `<logging.dir>/tensorboard` via tensorboardX, hparams at the end.
+
+tensorboardX is optional (GPU boxes may lack it): without it the callback says so once and
+does nothing, instead of failing the run.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from raytrain_llm.core.callbacks.base import Callback
+
+_SKIP = {"step", "epoch", "split"}
+
+
+def flat_hparams(config_dict: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, body in config_dict.items():
+        if isinstance(body, dict):
+            for k, v in body.items():
+                if isinstance(v, (int, float, str, bool)):
+                    out[f"{section}.{k}"] = v
+        elif isinstance(body, (int, float, str, bool)):
+            out[section] = body
+    return out
+
+
+class TensorBoardLogger(Callback):
+    def __init__(self, log_dir: str, logger=None):
+        self.dir = os.path.join(log_dir, "tensorboard")
+        self.logger = logger
+        self.writer = None
+        self.available = True
+
+    def _open(self, engine):
+        if self.writer is not None or not self.available or not engine.dist.is_main:
+            return self.writer
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            self.available = False
+            if self.logger:
+                self.logger.warning("TensorBoard logging is off: tensorboardX is not installed")
+            return None
+        self.writer = SummaryWriter(self.dir)
+        return self.writer
+
+    def on_log(self, engine, record) -> None:
+        writer = self._open(engine)
+        if writer is None:
+            return
+        split = record.get("split", "train")
+        step = int(record.get("step", engine.global_step))
+        for key, value in record.items():
+            if key in _SKIP or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            tag = key if "/" in key else f"{split}/{key}"
+            writer.add_scalar(tag, float(value), step)
+
+    def on_train_end(self, engine) -> None:
+        writer = self._open(engine)
+        if writer is None:
+            return
+        final = {}
+        for record in (getattr(engine, "last_train_record", {}), engine.last_val_metrics):
+            for k, v in (record or {}).items():
+                if isinstance(v, (int, float)) and k not in _SKIP:
+                    final[f"hparam/{k if '/' in k else 'train/' + k}"] = float(v)
+        writer.add_hparams(flat_hparams(engine.config.to_dict()), final, name="hparams",
+                           global_step=engine.global_step)
+        writer.flush()
+        writer.close()
+        self.writer = None
+
+    def on_exception(self, engine, exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,155 @@
+"""`CheckpointManager`: atomic checkpoint folders, latest/periodic/best-K retention, safe loading.
+
+Each checkpoint is a folder `step-XXXXXXXX/` holding `state.pt` (model, optimizer,
+scheduler, scaler, progress, RNG, callback state, config), `meta.json` and `config.yaml`.
+A folder is written under a temporary name and renamed into place, so a kill during a save
+never leaves a half-written checkpoint that looks complete; the folder format is also what
+Ray's `Checkpoint.from_directory` takes as is.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from typing import Any, Optional
+
+import torch
+
+from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
+from raytrain_llm.core.errors import CheckpointError
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_NAME = re.compile(r"^step-(\d{8,})$")
+REQUIRED_KEYS = ("model", "optimizer", "progress")
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes so any run can load it."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            key = key.replace(prefix, "")
+        out[key] = value
+    return out
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+class CheckpointManager:
+    def __init__(self, directory: str, *, keep_last: int = 2, keep_best: int = 1,
+                 monitor: str = "val/loss", mode: str = "min", is_main: bool = True, logger=None):
+        self.directory = os.path.abspath(directory)
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.monitor, self.mode = monitor, mode
+        self.is_main = is_main
+        self.logger = logger
+        if is_main:
+            os.makedirs(self.directory, exist_ok=True)
+
+    # --- listing ---
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Complete checkpoints, oldest first, each as its meta.json plus its `path`."""
+        found = []
+        if not os.path.isdir(self.directory):
+            return found
+        for name in os.listdir(self.directory):
+            if not _NAME.match(name):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                with open(os.path.join(path, META_FILE), encoding="utf-8") as fh:
+                    meta = json.load(fh)
+            except (OSError, ValueError):
+                meta = {"step": int(_NAME.match(name).group(1)), "metrics": {}}
+            meta["path"] = path
+            found.append(meta)
+        return sorted(found, key=lambda m: m["step"])
+
+    def latest_path(self) -> Optional[str]:
+        ckpts = self.checkpoints()
+        return ckpts[-1]["path"] if ckpts else None
+
+    def best_path(self) -> Optional[str]:
+        ranked = self._ranked()
+        return ranked[0]["path"] if ranked else None
+
+    def _score(self, meta: dict[str, Any]) -> Optional[float]:
+        value = meta.get("metrics", {}).get(self.monitor)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    def _ranked(self) -> list[dict[str, Any]]:
+        scored = [m for m in self.checkpoints() if self._score(m) is not None]
+        return sorted(scored, key=lambda m: self._score(m), reverse=self.mode == "max")
+
+    # --- saving ---
+    def save(self, state: dict[str, Any], *, step: int, epoch: int, metrics: dict[str, float],
+             config_yaml: str = "") -> Optional[str]:
+        """Write a checkpoint (main rank only) and rotate; returns its folder."""
+        if not self.is_main:
+            return None
+        bad = non_finite_tensors(state["model"])
+        if bad:
+            raise CheckpointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}")
+        name = f"step-{step:08d}"
+        final = os.path.join(self.directory, name)
+        tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+        with open(os.path.join(tmp, STATE_FILE), "rb+") as fh:
+            os.fsync(fh.fileno())
+        clean_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        atomic_write_json(os.path.join(tmp, META_FILE), {"step": step, "epoch": epoch, "metrics": clean_metrics})
+        if config_yaml:
+            atomic_write_text(os.path.join(tmp, "config.yaml"), config_yaml)
+        if os.path.exists(final):
+            # Same step saved twice (e.g. epoch end and every-N coincide): swap in the newer.
+            old = final + f".old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(self.directory)
+        self._rotate()
+        return final
+
+    def _rotate(self) -> None:
+        ckpts = self.checkpoints()
+        keep = {m["path"] for m in ckpts[-self.keep_last:]} if self.keep_last else {m["path"] for m in ckpts}
+        keep |= {m["path"] for m in self._ranked()[: self.keep_best]}
+        for meta in ckpts:
+            if meta["path"] not in keep:
+                shutil.rmtree(meta["path"], ignore_errors=True)
+
+    # --- loading ---
+    @staticmethod
+    def load(path: str, map_location: Any = "cpu") -> dict[str, Any]:
+        """Load and sanity-check one checkpoint; `CheckpointError` names what is wrong."""
+        file = os.path.join(path, STATE_FILE) if os.path.isdir(path) else path
+        if not os.path.exists(file):
+            raise CheckpointError(f"checkpoint not found: {file}")
+        try:
+            state = torch.load(file, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated or garbled files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {file} is corrupt or unreadable: {reason[:200]}") from None
+        if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+            raise CheckpointError(f"checkpoint {file} is missing model/optimizer/progress state")
+        return state
+
+    def load_latest_valid(self, map_location: Any = "cpu") -> tuple[Optional[str], Optional[dict[str, Any]]]:
+        """Newest checkpoint that loads; corrupt ones are reported and skipped, never deleted."""
+        for meta in reversed(self.checkpoints()):
+            try:
+                return meta["path"], self.load(meta["path"], map_location)
+            except CheckpointError as exc:
+                if self.logger:
+                    self.logger.warning(f"{exc}; falling back to an older checkpoint")
+        return None, None

@@ -1,0 +1,229 @@
+"""Build a validated `Config` from defaults, a YAML file, the environment and `--set` overrides.
+
+Every problem is collected and reported at once in a single `ConfigError`, each naming its
+dotted key, so a user fixes a config in one round trip instead of one error per run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+
+from raytrain_llm.core.config import SECTIONS, Config
+from raytrain_llm.core.errors import ConfigError
+
+ENV_PREFIX = "RAYTRAIN_"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _field_types(section_cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            tuple: "a list", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def parse_text(text: str, tp) -> Any:
+    """A string from the environment or `--set`, parsed to the field's declared type."""
+    if typing.get_origin(tp) is typing.Union:
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("none", "null", ""):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    s = text.strip()
+    if tp is bool:
+        if s.lower() in _TRUE:
+            return True
+        if s.lower() in _FALSE:
+            return False
+        raise ValueError
+    if tp is int:
+        return int(s)
+    if tp is float:
+        return float(s)
+    if tp is tuple:
+        loaded = yaml.safe_load(s) if s.startswith("[") else [p for p in s.split(",") if p.strip()]
+        return tuple(float(v) for v in loaded)
+    return text
+
+
+def coerce(value: Any, tp) -> Any:
+    """A YAML value checked against the declared type (ints widen to floats, nothing else)."""
+    if typing.get_origin(tp) is typing.Union:
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is tuple and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    raise TypeError
+
+
+class _Builder:
+    """Accumulates overrides into a nested dict, recording every error on the way."""
+
+    def __init__(self):
+        self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.task: Optional[str] = None
+        self.errors: list[str] = []
+        self.types = {name: _field_types(cls) for name, cls in SECTIONS.items()}
+
+    def _lookup(self, key: str, source: str):
+        parts = key.split(".")
+        if len(parts) != 2:
+            self.errors.append(f"{key}: expected section.field{source}")
+            return None
+        section, name = parts
+        if section not in SECTIONS:
+            self.errors.append(f"{key}: unknown section {section!r}{source} (sections: {', '.join(SECTIONS)})")
+            return None
+        if name not in self.types[section]:
+            self.errors.append(f"{key}: unknown key{source}{_suggest(name, self.types[section])}")
+            return None
+        return section, name
+
+    def set_typed(self, key: str, value: Any, source: str) -> None:
+        found = self._lookup(key, source)
+        if found is None:
+            return
+        section, name = found
+        tp = self.types[section][name]
+        try:
+            self.values[section][name] = coerce(value, tp)
+        except (TypeError, StopIteration):
+            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{source}")
+
+    def set_text(self, key: str, text: str, source: str) -> None:
+        found = self._lookup(key, source)
+        if found is None:
+            return
+        section, name = found
+        tp = self.types[section][name]
+        try:
+            self.values[section][name] = parse_text(text, tp)
+        except (ValueError, TypeError, yaml.YAMLError):
+            self.errors.append(f"{key}: expected {_type_name(tp)}, got {text!r}{source}")
+
+    def merge_mapping(self, data: Any, source: str) -> None:
+        if not isinstance(data, Mapping):
+            self.errors.append(f"<root>: expected a mapping of sections{source}, got {type(data).__name__}")
+            return
+        for section, body in data.items():
+            if section == "task":
+                if isinstance(body, str) and body:
+                    self.task = body
+                else:
+                    self.errors.append(f"task: expected a task name{source}, got {body!r}")
+                continue
+            if section not in SECTIONS:
+                self.errors.append(f"{section}: unknown section{source}{_suggest(str(section), SECTIONS)}")
+                continue
+            if body is None:
+                continue
+            if not isinstance(body, Mapping):
+                self.errors.append(f"{section}: expected a mapping{source}, got {body!r}")
+                continue
+            for name, value in body.items():
+                self.set_typed(f"{section}.{name}", value, source)
+
+    def build(self) -> Config:
+        sections = {name: cls(**self.values[name]) for name, cls in SECTIONS.items()}
+        cfg = Config(**sections)
+        if self.task:
+            cfg.task = self.task
+        return cfg
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def read_yaml(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ConfigError([f"--config: file not found: {path}"])
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"--config: {path}: {problem}{where}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"--config: cannot read {path}: {exc}"]) from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    out = []
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, name = var[len(ENV_PREFIX):].partition("__")
+        out.append((f"{section.lower()}.{name.lower()}", text))
+    return out
+
+
+def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = (),
+                environ: Optional[Mapping[str, str]] = None, task: Optional[str] = None) -> Config:
+    """Defaults < YAML < environment < `--set key=value` (< `task` from `--task`)."""
+    builder = _Builder()
+    if config_file:
+        builder.merge_mapping(read_yaml(config_file), f" in {config_file}")
+    for key, text in env_overrides(os.environ if environ is None else environ):
+        var = ENV_PREFIX + key.replace(".", "__").upper()
+        builder.set_text(key, text, f" (from ${var})")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            builder.errors.append(f"--set {item}: expected section.field=value")
+            continue
+        builder.set_text(key.strip(), text, " (from --set)")
+    return _finish(builder, task)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    builder = _Builder()
+    builder.merge_mapping(data, "")
+    return _finish(builder, None)
+
+
+def _finish(builder: _Builder, task: Optional[str]) -> Config:
+    # Fields that failed to parse keep their defaults, so range and cross-field checks
+    # still run and the user sees every problem in one message.
+    cfg = builder.build()
+    if task:
+        cfg.task = task
+    errors = builder.errors + cfg.validate()
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    from raytrain_llm.core.atomic_io import atomic_write_text
+
+    atomic_write_text(path, dump_yaml(cfg))

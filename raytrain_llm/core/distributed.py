@@ -1,0 +1,104 @@
+"""`DistributedManager`: rank, world size and collectives that also work with no process group.
+
+Whoever launched the process (plain python, torch.multiprocessing.spawn, Ray Train) may or
+may not have created a process group; everything downstream asks this object instead of
+torch.distributed, so the engine has a single code path for one process and many.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+class DistributedManager:
+    def __init__(self):
+        self._owns_group = False
+
+    # --- process group lifecycle (only for launchers that do not set one up themselves) ---
+    def init_process_group(self, backend: str, rank: int, world_size: int, master_addr: str,
+                           master_port: int, timeout_s: float = 600.0) -> None:
+        if world_size <= 1 or dist.is_initialized():
+            return
+        os.environ.setdefault("MASTER_ADDR", master_addr)
+        os.environ.setdefault("MASTER_PORT", str(master_port))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        self._owns_group = True
+
+    def cleanup(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    # --- identity ---
+    @property
+    def enabled(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if self.enabled else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if self.enabled else 1
+
+    @property
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", self.rank if self.enabled else 0))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- collectives (no-ops in a single process) ---
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return tensor
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / self.world_size
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return tensor
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def any_true(self, flag: bool, device: Optional[torch.device] = None) -> bool:
+        """True on every rank if it is true on one (e.g. a rank saw a NaN, or wants to stop)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device or "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's `obj`, indexed by rank, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def pick_backend(requested: str, use_cuda: bool) -> str:
+    if requested != "auto":
+        return requested
+    return "nccl" if use_cuda else "gloo"

@@ -1,0 +1,341 @@
+"""`TrainingEngine`: owns the loop; a `TrainingTask` only says what one step computes.
+
+The engine does backward, AMP, gradient accumulation (losses divided by the group size, so
+4 micro-batches of 8 give the gradient of one batch of 32), clipping, optimizer and
+scheduler steps, validation, callbacks and checkpoints. It wraps the model in DDP when a
+process group of more than one rank exists, whoever created it (spawn, Ray Train).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from raytrain_llm.core.callbacks import Callback, CallbackList
+from raytrain_llm.core.checkpointing import CheckpointManager
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.core.distributed import DistributedManager
+from raytrain_llm.core.engine_state import EngineStateMixin
+from raytrain_llm.core.errors import TrainingError
+from raytrain_llm.core.logger import Logger
+from raytrain_llm.core.monitoring import PerformanceMonitor
+from raytrain_llm.core.precision import Precision, configure_matmul, to_device
+from raytrain_llm.core.rng_state import seed_everything
+from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output
+
+
+def resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("training.device=cuda but no CUDA device is available")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+class TrainingEngine(EngineStateMixin):
+    def __init__(self, config: Config, task: TrainingTask, data_module=None,
+                 callbacks: Optional[list[Callback]] = None, dist: Optional[DistributedManager] = None,
+                 logger: Optional[Logger] = None, resume_from: Optional[str] = None):
+        self.config = config
+        self.task = task
+        self.dist = dist or DistributedManager()
+        self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
+        self.data_module = data_module if data_module is not None else task.build_data_module()
+        self.callbacks = CallbackList(callbacks or [])
+        self.resume_from = resume_from
+        self.device = resolve_device(config.training.device, self.dist.local_rank)
+        self.precision = Precision(config.optimization.amp, self.device)
+        self.checkpoint_manager = CheckpointManager(
+            config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
+            monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
+            logger=self.logger) if config.checkpoint.enabled else None
+        # Progress: global_step counts optimizer steps; (epoch, batch_in_epoch) is the data position.
+        self.global_step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_steps = 0
+        self.should_stop = False
+        self.stopped_early = False
+        self.stop_reason = ""
+        self.last_val_metrics: dict[str, float] = {}
+        self.last_train_record: dict[str, Any] = {}
+        self._val_step = -1
+        self._saved_step = -1
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.config
+        if self.device.type == "cuda":
+            configure_matmul(cfg.optimization.tf32)
+        seed_everything(cfg.training.seed)  # same init on every rank
+        self.raw_model = self.task.build_model().to(self.device)
+        self.optimizer = self.task.build_optimizer(self.raw_model)
+        self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"the training set is smaller than one batch: {len(self.data_module.train_dataset)} samples, "
+                f"batch {cfg.training.batch_size} x {self.dist.world_size} workers")
+        self.total_steps = cfg.training.epochs * self.steps_per_epoch
+        if cfg.training.max_steps:
+            self.total_steps = min(self.total_steps, cfg.training.max_steps)
+        self.scheduler = self.task.build_scheduler(self.optimizer, self.total_steps)
+        self.criterion = self.task.build_criterion()
+        if self.criterion is not None:
+            self.criterion = self.criterion.to(self.device)
+        self.compiled = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
+            if cfg.optimization.compile else None
+        self.eval_model = self.compiled or self.raw_model
+        self.model = self.eval_model
+        if self.dist.enabled:
+            self.model = DistributedDataParallel(
+                self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.distributed.find_unused_parameters)
+        # Dropout and other step randomness differ per rank, as independent samples should.
+        seed_everything(cfg.training.seed + 1 + 1000 * self.dist.rank)
+        self.monitor = PerformanceMonitor(self.device, self.task.flops_per_token(self.raw_model))
+        self.non_blocking = self.device.type == "cuda"
+
+    def _num_batches(self) -> int:
+        return self.data_module.num_train_batches(self.config.training.batch_size, self.dist.world_size)
+
+    @property
+    def params(self):
+        return [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    def request_stop(self, reason: str) -> None:
+        self.should_stop, self.stopped_early, self.stop_reason = True, True, reason
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> dict[str, Any]:
+        """Train until `epochs` or `max_steps`; returns the final train/val metrics."""
+        try:
+            self._resume()
+            self._save_config()
+            self.callbacks.on_train_start(self)
+            self.logger.info(
+                f"training {self.config.task}: {sum(p.numel() for p in self.raw_model.parameters()):,} params "
+                f"on {self.device} x{self.dist.world_size}, {self.total_steps} steps")
+            while not self._done() and self.epoch < self.config.training.epochs:
+                self.callbacks.on_epoch_start(self, self.epoch)
+                finished = self._run_epoch(self.epoch)
+                if finished:
+                    self.callbacks.on_epoch_end(self, self.epoch)
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self._validate_if_needed(force=True)
+                    self._checkpoint_if_needed(force=True)
+            self._validate_if_needed(force=True)
+            self._checkpoint_if_needed(force=True)
+            if self.stopped_early:
+                self.logger.info(f"stopped at step {self.global_step}: {self.stop_reason}")
+            self.callbacks.on_train_end(self)
+            return {"train": self.last_train_record, "val": self.last_val_metrics, "step": self.global_step}
+        except BaseException as exc:
+            self.callbacks.on_exception(self, exc)
+            raise
+
+    def _done(self) -> bool:
+        max_steps = self.config.training.max_steps
+        return self.should_stop or bool(max_steps and self.global_step >= max_steps)
+
+    def _run_epoch(self, epoch: int) -> bool:
+        """One epoch from the current data position; True if it ran to its end."""
+        t = self.config.training
+        n_batches = self._num_batches()
+        loader = self.data_module.train_batches(
+            epoch=epoch, start_batch=self.batch_in_epoch, batch_size=t.batch_size, rank=self.dist.rank,
+            world_size=self.dist.world_size, pin_memory=self.non_blocking)
+        batches = iter(loader)
+        self.raw_model.train()
+        self.monitor.reset_window()
+        while self.batch_in_epoch < n_batches:
+            if self._done():
+                return False
+            group = min(t.grad_accum_steps, n_batches - self.batch_in_epoch)
+            outputs = self._optimizer_step(batches, group)
+            if outputs is None:
+                break
+            self._after_step(outputs)
+        return not self._done() or self.batch_in_epoch >= n_batches
+
+    def _optimizer_step(self, batches, group: int) -> Optional[StepOutput]:
+        """Accumulate `group` micro-batches, then one checked optimizer step."""
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, Any] = {}
+        samples = tokens = 0
+        out = None
+        for i in range(group):
+            self.callbacks.on_batch_start(self, self.batch_in_epoch + i)
+            self.monitor.data_start()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return None
+            batch = to_device(batch, self.device, self.non_blocking)
+            self.monitor.data_end()
+            sync = self.dist.enabled and i < group - 1
+            with (self.model.no_sync() if sync else contextlib.nullcontext()):
+                with self.precision.autocast():
+                    out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
+                self.precision.backward(out.loss / group)
+            loss_sum += out.loss.detach().float()
+            for k, v in out.metrics.items():
+                v = v.detach().float() if torch.is_tensor(v) else float(v)
+                metric_sums[k] = metric_sums.get(k, 0.0) + v
+            samples += out.num_samples or _batch_len(batch)
+            tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
+        self.precision.unscale(self.optimizer)
+        clip = self.config.training.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+        mean_loss = loss_sum / group
+        self._check_finite(mean_loss, grad_norm)
+        self.global_step += 1
+        self.batch_in_epoch += group
+        self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
+        self._window_add(mean_loss, grad_norm, {k: v / group for k, v in metric_sums.items()})
+        return out
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        # One host sync per optimizer step: the price of catching a NaN before it reaches the weights.
+        finite = bool(torch.isfinite(loss).item())
+        if self.precision.scaler is None:
+            finite = finite and bool(torch.isfinite(grad_norm).item())
+        bad = self.dist.any_true(not finite, self.device)
+        if not bad:
+            self.precision.step(self.optimizer)
+            if self.scheduler is not None and not isinstance(
+                    self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.task.on_optimizer_step(self.raw_model)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.skip()
+        where = f"step {self.global_step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+        if self.config.training.nan_policy == "stop":
+            raise TrainingError(
+                f"non-finite loss or gradient at {where}: loss={loss.item():.4g}; weights left unchanged, "
+                f"no checkpoint written (training.nan_policy=skip skips such steps)")
+        self.skipped_steps += 1
+        self.logger.warning(f"skipped {where}: non-finite loss or gradient")
+
+    def _after_step(self, outputs: StepOutput) -> None:
+        step = self.global_step
+        self.callbacks.on_batch_end(self, step, outputs)
+        if step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps:
+            self._log_train()
+        n = self.config.training.val_every_n_steps
+        if n and step % n == 0:
+            self._validate_if_needed()
+        n = self.config.checkpoint.every_n_steps
+        if n and step % n == 0:
+            self._checkpoint_if_needed()
+        if self.dist.enabled:
+            self.should_stop = self.dist.any_true(self.should_stop, self.device)
+
+    # ------------------------------------------------------------------ logging
+    def _window_add(self, loss, grad_norm, metrics) -> None:
+        w = getattr(self, "_window", None)
+        if w is None:
+            w = self._window = {"n": 0, "loss": 0.0, "grad_norm": 0.0, "metrics": {}}
+        w["n"] += 1
+        w["loss"] = w["loss"] + loss
+        w["grad_norm"] = w["grad_norm"] + grad_norm.detach().float()
+        for k, v in metrics.items():
+            w["metrics"][k] = w["metrics"].get(k, 0.0) + v
+
+    def _log_train(self) -> None:
+        w = getattr(self, "_window", None)
+        if not w or not w["n"]:
+            return
+        self._window = None
+        names = ["loss", "grad_norm", *w["metrics"]]
+        values = [w["loss"], w["grad_norm"], *w["metrics"].values()]
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in values])
+        stacked = (self.dist.reduce_mean(stacked) / w["n"]).tolist()
+        record = {"split": "train", "step": self.global_step, "epoch": self.epoch,
+                  "lr": float(self.optimizer.param_groups[0]["lr"]), **dict(zip(names, stacked)),
+                  **self.monitor.summary()}
+        if self.skipped_steps:
+            record["skipped_steps"] = self.skipped_steps
+        self.last_train_record = record
+        self.callbacks.on_log(self, record)
+
+    # ------------------------------------------------------------------ validation
+    def _validate_if_needed(self, force: bool = False) -> None:
+        if self._val_step == self.global_step or self.global_step == 0:
+            return
+        self._run_validation_epoch()
+
+    @torch.no_grad()
+    def _run_validation_epoch(self) -> dict[str, float]:
+        self._val_step = self.global_step
+        self.callbacks.on_validation_start(self)
+        self.raw_model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), device=self.device)
+        limit = self.config.training.limit_val_batches
+        loader = self.data_module.val_batches(batch_size=self.config.training.batch_size, rank=self.dist.rank,
+                                              world_size=self.dist.world_size, pin_memory=self.non_blocking)
+        for i, batch in enumerate(loader):
+            if limit and i >= limit:
+                break
+            batch = to_device(batch, self.device, self.non_blocking)
+            with self.precision.autocast():
+                out = as_step_output(self.task.validation_step(self.eval_model, batch, self.criterion))
+            n = out.num_samples or _batch_len(batch)
+            for k, v in {"loss": out.loss, **out.metrics}.items():
+                v = torch.as_tensor(v, device=self.device).detach().float()
+                sums[k] = sums.get(k, 0.0) + v * n
+            count += n
+        self.raw_model.train()
+        names = list(sums)
+        totals = self.dist.reduce_sum(torch.stack([*sums.values(), count]))
+        values = (totals[:-1] / totals[-1].clamp_min(1)).tolist()
+        metrics = {f"val/{k}": v for k, v in zip(names, values)}
+        self.last_val_metrics = metrics
+        self.callbacks.on_validation_end(self, metrics)
+        self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": self.epoch, **metrics})
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_config(self) -> None:
+        if self.dist.is_main:
+            from raytrain_llm.core.config_loader import save_config
+
+            save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
+
+    def _checkpoint_if_needed(self, force: bool = False) -> None:
+        if self.checkpoint_manager is None or self._saved_step == self.global_step or self.global_step == 0:
+            return
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
+        self._saved_step = self.global_step
+        state = self.state_dict()
+        metrics = dict(self.last_val_metrics) if self._val_step == self.global_step else {}
+        metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
+        path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
+                                            config_yaml=dump_yaml(self.config))
+        self.dist.barrier()
+        self.callbacks.on_save_checkpoint(self, path, metrics)
+        return path
+
+
+def _batch_len(batch) -> int:
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0])
+    return 1

@@ -1,0 +1,84 @@
+"""What a checkpoint holds for the engine, and how a run picks up from one.
+
+Kept apart from the loop: this is the contract that lets a killed run continue exactly
+(same weights, optimizer moments, LR, RNG streams, callback state and next batch).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
+from raytrain_llm.core.errors import CheckpointError, UsageError
+from raytrain_llm.core.rng_state import capture_rng, restore_rng
+
+
+class EngineStateMixin:
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state. Collective: gathers every rank's RNG streams."""
+        rng = self.dist.gather_objects(capture_rng())
+        return {
+            "model": clean_state_dict(self.raw_model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+            "progress": {"global_step": self.global_step, "epoch": self.epoch,
+                         "batch_in_epoch": self.batch_in_epoch, "skipped_steps": self.skipped_steps,
+                         "world_size": self.dist.world_size},
+            "rng": rng,
+            "callbacks": self.callbacks.state_dict(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.raw_model.load_state_dict(clean_state_dict(state["model"]))
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint does not match this model/optimizer: {first[:300]}") from None
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.precision.scaler and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.global_step = int(progress["global_step"])
+        self.epoch = int(progress["epoch"])
+        self.batch_in_epoch = int(progress["batch_in_epoch"])
+        self.skipped_steps = int(progress.get("skipped_steps", 0))
+        self._saved_step = self.global_step
+        rng = state.get("rng") or []
+        if isinstance(rng, dict):
+            rng = [rng]
+        if len(rng) == self.dist.world_size:
+            restore_rng(rng[self.dist.rank])
+        elif rng and self.dist.is_main:
+            self.logger.warning(f"checkpoint was written by {len(rng)} ranks, now {self.dist.world_size}: "
+                                "RNG streams are reseeded, the rest resumes exactly")
+        self.callbacks.load_state_dict(state.get("callbacks") or {})
+        self.callbacks.on_load_checkpoint(self, state)
+
+    def _find_resume_state(self) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+        explicit = self.resume_from
+        mode = self.config.checkpoint.resume
+        if explicit is None and mode == "none":
+            return None, None
+        if explicit is None and mode == "auto":
+            if self.checkpoint_manager is None:
+                return None, None
+            return self.checkpoint_manager.load_latest_valid()
+        path = explicit or mode
+        if not os.path.exists(path):
+            raise UsageError(f"checkpoint.resume: no checkpoint at {path}")
+        try:
+            return path, CheckpointManager.load(path)
+        except CheckpointError as exc:
+            raise UsageError(f"checkpoint.resume: {exc}") from None
+
+    def _resume(self) -> None:
+        path, state = self._find_resume_state()
+        if state is None:
+            return
+        self.load_state_dict(state)
+        self.logger.info(f"resumed from {path} at step {self.global_step} "
+                         f"(epoch {self.epoch}, batch {self.batch_in_epoch})")

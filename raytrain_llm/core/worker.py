@@ -1,0 +1,35 @@
+"""`train_worker`: the per-process entry. Every launcher (in-process, spawn, Ray Train) calls it.
+
+It builds the task, data module, callbacks and engine from a `Config` and runs them. Launchers
+add what only they know (a Ray Data module, a callback that reports to Ray, a checkpoint to
+resume from) through the keyword arguments; nothing here knows which launcher called.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from raytrain_llm.core.callbacks import Callback, default_callbacks
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.distributed import DistributedManager
+from raytrain_llm.core.engine import TrainingEngine
+from raytrain_llm.core.logger import Logger
+from raytrain_llm.tasks.registry import resolve_task
+
+
+def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
+                 data_module_factory: Optional[Callable[[Any], Any]] = None,
+                 extra_callbacks: Optional[list[Callback]] = None,
+                 resume_from: Optional[str] = None) -> dict[str, Any]:
+    dist = dist or DistributedManager()
+    logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank)
+    try:
+        task = resolve_task(config.task)(config)
+        data_module = task.build_data_module()
+        if data_module_factory is not None:
+            data_module = data_module_factory(data_module)
+        callbacks = default_callbacks(config, logger) + list(extra_callbacks or [])
+        engine = TrainingEngine(config, task, data_module=data_module, callbacks=callbacks, dist=dist,
+                                logger=logger, resume_from=resume_from)
+        return engine.fit()
+    finally:
+        logger.close()

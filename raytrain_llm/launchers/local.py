@@ -1,0 +1,69 @@
+"""Launchers without Ray: one in-process run, or N processes with torch.multiprocessing.spawn.
+
+The spawn path is what a plain-PyTorch user knows (gloo on CPU, nccl on GPUs) and is the
+baseline against which the Ray launcher's overhead is measured.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.distributed import DistributedManager, pick_backend
+from raytrain_llm.core.errors import RaytrainError, TrainingError
+from raytrain_llm.core.worker import train_worker
+
+
+def run_in_process(config: Config) -> dict[str, Any]:
+    return train_worker(config)
+
+
+def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int) -> None:
+    config = Config.from_dict(config_dict)
+    d = config.distributed
+    use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
+    os.environ["LOCAL_RANK"] = str(rank)
+    if use_cuda:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist = DistributedManager()
+    dist.init_process_group(pick_backend(d.backend, use_cuda), rank, world_size, d.master_addr, port)
+    try:
+        train_worker(config, dist=dist)
+    finally:
+        dist.cleanup()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run_spawn(config: Config) -> dict[str, Any]:
+    world = config.distributed.num_workers
+    if world == 1:
+        return run_in_process(config)
+    port = config.distributed.master_port or free_port(config.distributed.master_addr)
+    try:
+        torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise TrainingError(f"a spawned worker failed: {last}") from None
+    except torch.multiprocessing.ProcessExitedException as exc:
+        raise TrainingError(f"a spawned worker died: {exc}") from None
+    return _read_summary(config)
+
+
+def _read_summary(config: Config) -> dict[str, Any]:
+    import json
+
+    path = os.path.join(config.logging.dir, "summary.json")
+    if not os.path.exists(path):
+        raise RaytrainError(f"training finished but wrote no summary at {path}")
+    with open(path, encoding="utf-8") as fh:
+        summary = json.load(fh)
+    return {"train": summary["final"].get("train", {}), "val": summary["final"].get("val", {}),
+            "step": summary["global_step"]}

@@ -1,0 +1,54 @@
+"""Causal self-attention with rotary (RoPE) or no positional term.
+
+Learned absolute positions live in the model's embedding, so this module only knows RoPE.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables, rotate-half convention (GPT-NeoX/LLaMA style)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [T, hd/2]
+        # Non-persistent: derived from the config, so checkpoints need not carry them.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = q.shape[-2]
+        cos, sin = self.cos[:T].to(q.dtype), self.sin[:T].to(q.dtype)  # [T, hd/2]
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)  # each [B, H, T, hd/2]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, seq_len: int, dropout: float, rope: bool):
+        super().__init__()
+        assert d_model % n_heads == 0
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj.residual_out = True  # scaled init, see GPT._init_weights
+        self.resid_drop = nn.Dropout(dropout)
+        self.rotary = Rotary(d_model // n_heads, seq_len) if rope else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y))

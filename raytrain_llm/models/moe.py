@@ -1,0 +1,99 @@
+"""Mixture-of-Experts feed-forward layer with dropless sorted dispatch.
+
+Experts are stacked 3-D weights ([E, d, h] and [E, h, d]): one parameter per projection, so
+every expert is in the autograd graph on every step and DDP never sees an unused parameter.
+
+Dispatch (`grouped`): sort the k*N assignments by expert, gather the tokens in that order,
+run both projections as one grouped GEMM over contiguous per-expert row blocks, scale by the
+combine weights and un-sort. No host sync on that path. Backends for the expert GEMMs:
+  grouped_mm - torch.nn.functional.grouped_mm with int32 cumulative offsets (CUDA, compile)
+  split      - per-expert matmuls over `split(counts.tolist())`: needs a host sync, which
+               costs nothing on CPU, and is the faster choice there (benchmarks/moe_bench.py)
+`loop` is the textbook per-expert reference (torch.where + index_add_), kept for tests.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raytrain_llm.models.mlp import MLP, activate
+from raytrain_llm.models.router import Router, Routing
+
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # grouped_mm is not autocast-aware (and on CUDA wants bf16): pick the dtype explicitly.
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class MoE(nn.Module):
+    def __init__(self, d_model: int, hidden: int, num_experts: int, top_k: int, *, mlp_type: str = "gelu",
+                 num_shared_experts: int = 0, capacity_factor: float = 0.0, bias_balancing: bool = False,
+                 impl: str = "auto", dropout: float = 0.0):
+        super().__init__()
+        assert 1 <= top_k <= num_experts
+        self.num_experts, self.top_k, self.impl = num_experts, top_k, impl
+        self.swiglu = mlp_type == "swiglu"
+        self.router = Router(d_model, num_experts, top_k, capacity_factor, bias_balancing)
+        up = hidden * (2 if self.swiglu else 1)  # SwiGLU: [gate | up] in one matrix
+        self.w_in = nn.Parameter(torch.empty(num_experts, d_model, up))
+        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, d_model))
+        self.w_out.residual_out = True
+        # Shared experts see every token with weight 1: n of them equal one MLP n times as wide.
+        self.shared = MLP(d_model, hidden * num_shared_experts, mlp_type) if num_shared_experts else None
+        self.drop = nn.Dropout(dropout)
+
+    def backend(self, x: torch.Tensor) -> str:
+        if self.impl == "loop":
+            return "loop"
+        if _grouped_mm is None:
+            return "split"
+        if self.impl == "grouped" or x.is_cuda or torch.compiler.is_compiling():
+            return "grouped_mm"
+        return "split"  # auto on eager CPU
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, d]
+        routing = self.router(x)
+        backend = self.backend(x)
+        if backend == "loop":
+            y = self._loop(x, routing)
+        else:
+            y = self._sorted(x, routing, backend)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return self.drop(y.view(shape)), routing.stats
+
+    def _sorted(self, x: torch.Tensor, r: Routing, backend: str) -> torch.Tensor:
+        N, k = x.shape[0], self.top_k
+        dt = compute_dtype(x)
+        xs = x[r.order % N].to(dt)  # [k*N, d] tokens grouped by expert
+        w_in, w_out = self.w_in.to(dt), self.w_out.to(dt)
+        if backend == "grouped_mm":
+            offs = r.counts.cumsum(0).to(torch.int32)
+            h = _grouped_mm(activate(_grouped_mm(xs, w_in, offs=offs), self.swiglu), w_out, offs=offs)
+        else:
+            sizes = r.counts.tolist()
+            h = torch.cat([activate(xe @ wi, self.swiglu) @ wo
+                           for xe, wi, wo in zip(xs.split(sizes), w_in.unbind(0), w_out.unbind(0))])
+        h = h * r.weights.t().reshape(-1)[r.order, None]  # [k*N, d], fp32 weights promote
+        # Un-sort with the inverse permutation and sum the k slots: a gather, not a scatter-add.
+        inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
+        return h[inverse].view(k, N, -1).sum(0).to(x.dtype)
+
+    def _loop(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        dt = compute_dtype(x)
+        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for e in range(self.num_experts):
+            tok, slot = torch.where(r.experts == e)
+            h = activate(x[tok].to(dt) @ self.w_in[e].to(dt), self.swiglu) @ self.w_out[e].to(dt)
+            y.index_add_(0, tok, h.float() * r.weights[tok, slot, None])
+        return y.to(x.dtype)
+
+    def update_router_bias(self, counts: torch.Tensor, rate: float) -> None:
+        self.router.update_bias(counts, rate)

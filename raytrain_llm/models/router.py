@@ -1,0 +1,91 @@
+"""Top-k router for the MoE layer: fp32 softmax, capacity, balancing losses and load stats.
+
+Routing is shared by every dispatch implementation, so the grouped path and the reference
+loop differ only in how the experts are computed, which is what the tests compare.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Routing:
+    """One layer's routing decision for N tokens, top-k each."""
+
+    experts: torch.Tensor  # [N, k] int64 expert ids
+    weights: torch.Tensor  # [N, k] fp32 combine weights, renormalised; 0 where dropped
+    order: torch.Tensor  # [k*N] stable sort of the slot-major assignments by expert
+    counts: torch.Tensor  # [E] int64 assignments per expert, before capacity drops
+    stats: dict  # scalar/[E] tensors, see Router.stats
+
+
+class Router(nn.Module):
+    def __init__(self, d_model: int, num_experts: int, top_k: int, capacity_factor: float = 0.0,
+                 bias_balancing: bool = False):
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.capacity_factor, self.bias_balancing = capacity_factor, bias_balancing
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        # DeepSeek-V3 aux-loss-free balancing: shifts which experts are *selected*, never the
+        # combine weights. A buffer, so it lands in checkpoints and DDP keeps ranks in step.
+        self.register_buffer("bias", torch.zeros(num_experts))
+
+    def capacity(self, num_tokens: int) -> int:
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def forward(self, x: torch.Tensor) -> Routing:  # x [N, d]
+        N, E, k = x.shape[0], self.num_experts, self.top_k
+        # fp32 routing even under autocast: top-k on bf16 probabilities flips near-ties.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())  # [N, E]
+        probs = logits.softmax(dim=-1)
+        scores = probs + self.bias if self.bias_balancing else probs
+        experts = scores.topk(k, dim=-1).indices  # [N, k]
+        weights = probs.gather(1, experts)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+
+        # Slot-major flattening: assignment a = slot * N + token. A stable sort then orders each
+        # expert's assignments by (slot, token): every token's first choice before any second.
+        flat = experts.t().reshape(-1)  # [k*N]
+        order = flat.argsort(stable=True)
+        # scatter_add, not bincount: its output shape is static, so torch.compile keeps one graph.
+        counts = torch.zeros(E, dtype=torch.int64, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        kept = torch.ones((), device=x.device)
+        if self.capacity_factor > 0:
+            weights, kept = self._drop_over_capacity(weights, flat, order, counts, N)
+        stats = self.stats(logits, probs, counts, kept)
+        return Routing(experts, weights, order, counts, stats)
+
+    def _drop_over_capacity(self, weights, flat, order, counts, N):
+        """Zero the combine weight of assignments past an expert's capacity.
+
+        Priority is router order: all top-1 assignments before top-2 and so on, and within a
+        slot the earlier token (in flattened batch order) wins; ties cannot occur.
+        """
+        starts = counts.cumsum(0) - counts  # [E] first sorted position of each expert
+        rank = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]  # position within expert
+        keep_sorted = rank < self.capacity(N)
+        keep = torch.empty_like(keep_sorted).scatter_(0, order, keep_sorted)  # back to slot-major
+        keep = keep.view(self.top_k, N).t()  # [N, k]
+        return weights * keep, keep.float().mean()
+
+    def stats(self, logits, probs, counts, kept) -> dict:
+        E = self.num_experts
+        load = counts.float() / counts.sum()  # f_i: fraction of assignments, sums to 1
+        # Switch-style balance loss scaled so uniform routing gives exactly 1.0.
+        aux = E * (load * probs.mean(dim=0)).sum()
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
+        return {"aux_loss": aux, "z_loss": z, "load": load, "counts": counts.float(),
+                "max_load": load.max() * E, "dropped_frac": 1.0 - kept, "entropy": entropy}
+
+    @torch.no_grad()
+    def update_bias(self, counts: torch.Tensor, rate: float) -> None:
+        """Raise the bias of under-loaded experts, lower it for over-loaded ones (sign rule)."""
+        counts = counts.to(self.bias)
+        self.bias.add_(rate * torch.sign(counts.mean() - counts))

@@ -1,0 +1,155 @@
+"""GPT-style decoder-only transformer with optional MoE feed-forward blocks.
+
+`GPT(cfg)(input_ids) -> (logits, aux)`. `aux` is a flat dict of tensors, so the forward is
+a pure function of its inputs (no attributes set on modules) and compiles as one graph:
+  aux_loss, z_loss          scalars, summed over MoE layers (0 for a dense model)
+  moe_load, moe_counts      [L_moe, E] assignment fractions / counts per expert
+  moe_max_load              [L_moe] busiest expert's load over the mean load (1.0 = balanced)
+  moe_dropped_frac          [L_moe] fraction of assignments dropped by the capacity limit
+  moe_entropy               [L_moe] mean router entropy (nats)
+  moe_aux_loss, moe_z_loss  [L_moe] the per-layer terms of the sums above
+With `targets`, the model also computes the mean next-token cross-entropy as aux["ce_loss"];
+when `ce_chunk_rows > 0` it does so in row chunks and returns logits=None, so the full fp32
+logits are never materialised (each chunk's logits are recomputed in backward).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from raytrain_llm.core.config import ModelConfig
+from raytrain_llm.models.attention import CausalSelfAttention
+from raytrain_llm.models.mlp import MLP, hidden_width
+from raytrain_llm.models.moe import MoE
+
+_STAT_KEYS = ("load", "counts", "max_load", "dropped_frac", "entropy", "aux_loss", "z_loss")
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    return nn.RMSNorm(cfg.d_model, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.d_model)
+
+
+def is_moe_layer(cfg: ModelConfig, layer: int) -> bool:
+    # Every n-th block, counting from the last one of each group (n=2: blocks 1, 3, ...).
+    return cfg.use_moe and (layer + 1) % cfg.moe_every_n_layers == 0
+
+
+def expert_hidden(cfg: ModelConfig) -> int:
+    return cfg.expert_hidden_dim or hidden_width(cfg.d_model, cfg.mlp_ratio, cfg.mlp_type)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.norm1, self.norm2 = make_norm(cfg), make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.seq_len, cfg.dropout, cfg.position == "rope")
+        self.is_moe = is_moe_layer(cfg, layer)
+        if self.is_moe:
+            self.ffn = MoE(cfg.d_model, expert_hidden(cfg), cfg.num_experts, cfg.top_k, mlp_type=cfg.mlp_type,
+                           num_shared_experts=cfg.num_shared_experts, capacity_factor=cfg.capacity_factor,
+                           bias_balancing=cfg.bias_balancing, impl=cfg.moe_impl, dropout=cfg.dropout)
+        else:
+            self.ffn = MLP(cfg.d_model, hidden_width(cfg.d_model, cfg.mlp_ratio, cfg.mlp_type), cfg.mlp_type,
+                           cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[dict]]:
+        x = x + self.attn(self.norm1(x))
+        if self.is_moe:
+            y, stats = self.ffn(self.norm2(x))
+            return x + y, stats
+        return x + self.ffn(self.norm2(x)), None
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, ce_chunk_rows: int = 0):
+        super().__init__()
+        self.cfg, self.ce_chunk_rows = cfg, ce_chunk_rows
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.tok_emb.weight._no_weight_decay = True
+        if self.pos_emb is not None:
+            self.pos_emb.weight._no_weight_decay = True
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers).
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for p in module.parameters(recurse=False):
+            if p.ndim >= 2:
+                nn.init.normal_(p, std=resid_std if getattr(p, "residual_out", False) else 0.02)
+        if isinstance(module, nn.Linear) and getattr(module, "residual_out", False):
+            nn.init.normal_(module.weight, std=resid_std)
+
+    @property
+    def moe_layers(self) -> list[MoE]:
+        return [b.ffn for b in self.blocks if b.is_moe]
+
+    def forward(self, input_ids: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        B, T = input_ids.shape
+        x = self.tok_emb(input_ids)  # [B, T, d]
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
+        x = self.drop(x)
+        layer_stats = []
+        for block in self.blocks:
+            if self.cfg.activation_checkpointing and self.training:
+                x, stats = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, stats = block(x)
+            if stats is not None:
+                layer_stats.append(stats)
+        x = self.norm(x)
+        aux = self._collect(layer_stats, x)
+        if targets is None:
+            return self.head(x), aux
+        if self.ce_chunk_rows > 0:
+            aux["ce_loss"] = chunked_cross_entropy(x, self.head.weight, targets, self.ce_chunk_rows)
+            return None, aux
+        logits = self.head(x)  # [B, T, V]
+        aux["ce_loss"] = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, aux
+
+    @staticmethod
+    def _collect(layer_stats: list[dict], x: torch.Tensor) -> dict:
+        if not layer_stats:
+            zero = x.new_zeros((), dtype=torch.float32)
+            return {"aux_loss": zero, "z_loss": zero}
+        aux = {f"moe_{k}": torch.stack([s[k] for s in layer_stats]) for k in _STAT_KEYS}
+        aux["aux_loss"], aux["z_loss"] = aux["moe_aux_loss"].sum(), aux["moe_z_loss"].sum()
+        return aux
+
+    @torch.no_grad()
+    def update_router_biases(self, counts: torch.Tensor, rate: Optional[float] = None) -> None:
+        """counts: [L_moe, E] assignments per expert since the last update (e.g. aux["moe_counts"])."""
+        rate = self.cfg.bias_update_rate if rate is None else rate
+        for layer, c in zip(self.moe_layers, counts):
+            layer.update_router_bias(c, rate)
+
+
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+    """Mean CE of softmax(h @ weight.T) without holding all fp32 logits: one row chunk at a time,
+    each chunk checkpointed so backward recomputes its logits instead of saving them."""
+    h, targets = h.flatten(0, 1), targets.flatten()  # [N, d], [N]
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], rows):
+        total = total + checkpoint(_ce_sum, h[start:start + rows], weight, targets[start:start + rows],
+                                   use_reentrant=False)
+    return total / h.shape[0]
+
+
+def _ce_sum(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(h, weight).float(), targets, reduction="sum")
+
+
+Transformer = GPT
