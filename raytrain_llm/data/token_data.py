@@ -18,15 +18,15 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.data.base import DataModule, IndexedDataset
 
 MAX_SUPPORT = 256
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """Counter-based hash (SplitMix64): independent uniforms per (seed, sample, position)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    with np.errstate(over="ignore"):  # wrap-around is the point
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def uniforms(seed: int, stream: int, ids: np.ndarray, length: int) -> np.ndarray:
