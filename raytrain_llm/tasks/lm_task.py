@@ -1,0 +1,90 @@
+"""`LanguageModelingTask`: next-token prediction with the GPT/MoE model on Markov-chain data.
+
+Train loss = CE + aux_loss_coef * balance loss + z_loss_coef * router z-loss (both summed
+over MoE layers); validation loss is the bare CE, so `val/loss` is directly comparable with
+the data's entropy floor (`MarkovTokenDataModule.entropy_floor()`).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raytrain_llm.data.token_data import MarkovTokenDataModule
+from raytrain_llm.models import GPT, flops_per_token
+from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The GPT under DDP (`.module`) and/or torch.compile (`._orig_mod`), in either order."""
+    for _ in range(3):
+        model = getattr(model, "module", model)
+        model = getattr(model, "_orig_mod", model)
+    return model
+
+
+class LanguageModelingTask(TrainingTask):
+    def __init__(self, config):
+        super().__init__(config)
+        self._pending_counts: Optional[torch.Tensor] = None  # [L_moe, E] since the last optimizer step
+
+    def build_model(self) -> nn.Module:
+        return GPT(self.config.model, ce_chunk_rows=self.config.optimization.chunked_cross_entropy)
+
+    def build_data_module(self) -> MarkovTokenDataModule:
+        return MarkovTokenDataModule(self.config)
+
+    def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepOutput:
+        m = self.config.model
+        _, aux = model(batch["input_ids"], targets=batch["targets"])  # forward on the wrapped model
+        ce = aux["ce_loss"]
+        loss = ce + m.aux_loss_coef * aux["aux_loss"] + m.z_loss_coef * aux["z_loss"]
+        if m.use_moe and m.bias_balancing:
+            counts = aux["moe_counts"].detach()
+            self._pending_counts = counts if self._pending_counts is None else self._pending_counts + counts
+        return StepOutput(loss=loss, metrics=self._metrics(ce, aux), num_tokens=batch["targets"].numel())
+
+    def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepOutput:
+        _, aux = model(batch["input_ids"], targets=batch["targets"])
+        ce = aux["ce_loss"]
+        return StepOutput(loss=ce, metrics={"perplexity": ce.detach().exp()}, num_tokens=batch["targets"].numel())
+
+    @staticmethod
+    def _metrics(ce: torch.Tensor, aux: dict) -> dict[str, torch.Tensor]:
+        """Scalar tensors only (the engine averages them over a logging window)."""
+        ce = ce.detach()
+        out = {"ce_loss": ce, "perplexity": ce.exp()}
+        if "moe_load" not in aux:
+            return out
+        out.update({
+            "aux_loss": aux["aux_loss"].detach(), "z_loss": aux["z_loss"].detach(),
+            # Load is relative to perfect balance: 1.0 everywhere means every expert got 1/E.
+            "moe_max_load": aux["moe_max_load"].detach().max(),
+            "moe_min_load": (aux["moe_load"].detach().min(dim=-1).values * aux["moe_load"].shape[-1]).min(),
+            "moe_dropped_frac": aux["moe_dropped_frac"].detach().mean(),
+            "moe_router_entropy": aux["moe_entropy"].detach().mean(),
+        })
+        for i, v in enumerate(aux["moe_max_load"].detach()):
+            out[f"moe_max_load_l{i}"] = v
+        return out
+
+    def on_optimizer_step(self, model: nn.Module) -> None:
+        counts, self._pending_counts = self._pending_counts, None
+        if counts is None:
+            return
+        if dist.is_available() and dist.is_initialized():
+            # Every rank must apply the same update, from the global load.
+            dist.all_reduce(counts)
+        unwrap(model).update_router_biases(counts)
+
+    def flops_per_token(self, model: nn.Module) -> Optional[float]:
+        return flops_per_token(unwrap(model).cfg)
+
+    def tokens_in_batch(self, batch: Any) -> Optional[int]:
+        return int(batch["input_ids"].numel())
+
+    def entropy_floor(self) -> float:
+        """Best achievable validation CE (nats) for this config's data."""
+        return MarkovTokenDataModule(self.config).entropy_floor()
