@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make train` and `make test`.
+# Each creates .venv when missing and installs the project into it; torch is pinned to
+# 2.13.0 there so a fresh machine gets the CPU build instead of a multi-GB CUDA one.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TRAIN_ARGS ?= --task lm --config examples/lm_moe_tiny.yaml
+
+.PHONY: train test bench clean-venv
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+train: $(VENV)/.installed
+	$(PY) train.py $(TRAIN_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/moe_bench.py
+	$(PY) benchmarks/engine_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)
