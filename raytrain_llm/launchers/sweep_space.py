@@ -1,0 +1,111 @@
+"""Every trial's point, drawn and validated before the sweep starts (no Ray here).
+
+Grid dimensions are enumerated (their Cartesian product, repeated `num_samples` times);
+choice/uniform/loguniform/randint dimensions are drawn per trial from `random.Random(seed)`,
+so a sweep's points are reproducible and a resumed sweep can check it is the same sweep.
+
+Rules for invalid points (a point is invalid when the base config with its values fails
+`Config.validate`, e.g. model.top_k > model.num_experts):
+- grid-only points are checked exhaustively; any invalid one rejects the whole sweep, listing them;
+- repeats (`num_samples` > 1) get `training.seed` + repeat index unless training.seed is swept;
+- a random draw that is invalid is redrawn (`invalid_points: resample`, up to MAX_DRAWS draws;
+  when none is valid the sweep is rejected) or dropped (`invalid_points: skip`).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any
+
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import ConfigError
+from raytrain_llm.launchers.sweep_config import Dimension, SweepSpec
+
+MAX_DRAWS = 100
+POINT_ID = "id"  # a point's own key: "t000", ...; every other key is a dotted config key
+
+
+def draw(dim: Dimension, rng: random.Random) -> Any:
+    low_high = dim.values
+    if dim.kind == "choice":
+        return dim.values[rng.randrange(len(dim.values))]
+    if dim.kind == "uniform":
+        return rng.uniform(*low_high)
+    if dim.kind == "loguniform":
+        return math.exp(rng.uniform(math.log(low_high[0]), math.log(low_high[1])))
+    if dim.kind == "randint":
+        return rng.randint(*low_high)  # both bounds included
+    raise ValueError(f"not a random dimension: {dim.kind}")
+
+
+def apply_point(base: Config, point: dict[str, Any]) -> Config:
+    """The base config with a point's values; raises ConfigError when the result is invalid."""
+    data = base.to_dict()
+    for key, value in point.items():
+        if key == POINT_ID:
+            continue
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    return Config.from_dict(data)
+
+
+def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
+    try:
+        apply_point(base, point)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def describe(point: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in point.items() if k != POINT_ID) + "}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def build_points(spec: SweepSpec, base: Config) -> list[dict[str, Any]]:
+    """Every trial's point (dotted key -> value, plus `id`), in trial order."""
+    grid = [d for d in spec.dimensions if d.is_grid]
+    rand = [d for d in spec.dimensions if not d.is_grid]
+    combos = [dict(zip([d.key for d in grid], values)) for values in itertools.product(*[d.values for d in grid])]
+
+    invalid_grid = [(c, errs) for c in combos for errs in [point_errors(base, c)] if errs and not rand]
+    if invalid_grid:
+        raise ConfigError([f"sweep {spec.source}: {len(invalid_grid)} of {len(combos)} grid points are invalid, "
+                           "nothing was started; remove them from the grid"] +
+                          [f"{describe(c)}: {'; '.join(errs)}" for c, errs in invalid_grid])
+
+    rng = random.Random(spec.seed)
+    points, hopeless, skipped = [], [], 0
+    reseed = spec.num_samples > 1 and "training.seed" not in spec.keys
+    for repeat in range(spec.num_samples):
+        for combo in combos:
+            if reseed:  # repeats differ in their training seed, or they would be copies
+                combo = {**combo, "training.seed": base.training.seed + repeat}
+            point = dict(combo)
+            if rand:
+                for attempt in range(MAX_DRAWS):
+                    drawn = {**combo, **{d.key: draw(d, rng) for d in rand}}
+                    errs = point_errors(base, drawn)
+                    if not errs or spec.invalid_points == "skip":
+                        break
+                if errs:
+                    if spec.invalid_points == "skip":
+                        skipped += 1
+                        continue
+                    hopeless.append((combo, errs))
+                    continue
+                point = drawn
+            points.append(point)
+    if hopeless:
+        raise ConfigError([f"sweep {spec.source}: no valid random draw in {MAX_DRAWS} tries for "
+                           f"{len(hopeless)} grid point(s), nothing was started"] +
+                          [f"{describe(c) if c else 'the search space'}: {'; '.join(errs)}" for c, errs in hopeless])
+    if not points:
+        raise ConfigError([f"sweep {spec.source}: every drawn point was invalid and skipped ({skipped}); "
+                           "nothing to run"])
+    width = max(3, len(str(len(points) - 1)))
+    return [{POINT_ID: f"t{i:0{width}d}", **p} for i, p in enumerate(points)]
