@@ -59,6 +59,7 @@ class TrainingConfig:
     lr_schedule: str = "cosine"  # constant | cosine | linear
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
+    validate: bool = True  # false: no validation at all (benchmarks, pure throughput runs)
     val_every_n_steps: int = 0  # 0: validate at the end of every epoch only
     limit_val_batches: int = 0  # 0: the whole validation set
     nan_policy: str = "stop"  # stop | skip

@@ -130,10 +130,10 @@ class TrainingEngine(EngineStateMixin):
                     self.callbacks.on_epoch_end(self, self.epoch)
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    self._validate_if_needed(force=True)
-                    self._checkpoint_if_needed(force=True)
-            self._validate_if_needed(force=True)
-            self._checkpoint_if_needed(force=True)
+                    self._validate_if_needed()
+                    self._checkpoint_if_needed()
+            self._validate_if_needed()
+            self._checkpoint_if_needed()
             if self.stopped_early:
                 self.logger.info(f"stopped at step {self.global_step}: {self.stop_reason}")
             self.callbacks.on_train_end(self)
@@ -205,9 +205,9 @@ class TrainingEngine(EngineStateMixin):
 
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         # One host sync per optimizer step: the price of catching a NaN before it reaches the weights.
-        finite = bool(torch.isfinite(loss).item())
-        if self.precision.scaler is None:
-            finite = finite and bool(torch.isfinite(grad_norm).item())
+        # With fp16 the scaler owns overflowing gradients (it skips those steps itself).
+        watched = loss if self.precision.scaler else torch.stack([loss, grad_norm.float()])
+        finite = bool(torch.isfinite(watched).all().item())
         bad = self.dist.any_true(not finite, self.device)
         if not bad:
             self.precision.step(self.optimizer)
@@ -270,8 +270,8 @@ class TrainingEngine(EngineStateMixin):
         self.callbacks.on_log(self, record)
 
     # ------------------------------------------------------------------ validation
-    def _validate_if_needed(self, force: bool = False) -> None:
-        if self._val_step == self.global_step or self.global_step == 0:
+    def _validate_if_needed(self) -> None:
+        if not self.config.training.validate or self._val_step == self.global_step or self.global_step == 0:
             return
         self._run_validation_epoch()
 
@@ -313,7 +313,7 @@ class TrainingEngine(EngineStateMixin):
 
             save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
 
-    def _checkpoint_if_needed(self, force: bool = False) -> None:
+    def _checkpoint_if_needed(self) -> None:
         if self.checkpoint_manager is None or self._saved_step == self.global_step or self.global_step == 0:
             return
         self.save_checkpoint()

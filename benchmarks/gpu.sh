@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# GPU benchmark on a fresh machine (python3 with torch; no Ray, no tensorboardX, no internet).
+# Dense GPT-2-small and MoE 8 experts / top-2 of the same shape, bf16, through our engine and
+# through a minimal hand loop over our own model, in the same call: one JSON line per config.
+#   bash benchmarks/gpu.sh            (OUT=<dir> keeps a copy of the results)
+#   PRESET=cpu-tiny bash benchmarks/gpu.sh   (the same script on CPU, as a smoke run)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PRESET=${PRESET:-gpt2-small}
+OUT=${OUT:-$(mktemp -d)}
+export PYTHONUNBUFFERED=1
+if [ "$PRESET" = "gpt2-small" ]; then
+  AMP="--amp bf16 --compile --data-workers 4"; STEPS="--steps 20 --warmup 8"
+else
+  AMP="--amp bf16 --data-workers 0"; STEPS="--steps 10 --warmup 2"
+fi
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU";
+  $PY -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"; } | tee "$OUT/env.txt"
+run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
+run                                    # dense
+run --moe --experts 8 --top-k 2 --batch 8   # MoE, expert width 4*d
+if [ -s "$OUT/err.txt" ]; then grep -v '^ ' "$OUT/err.txt" | grep -iE 'error|warn' | tail -5 >&2; fi
