@@ -8,6 +8,7 @@ cross-field rules, so a reader finds every knob in one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -235,6 +236,8 @@ class Config:
 
 def value_errors(key: str, value: Any) -> list[str]:
     errors = []
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{key}: must be a finite number (got {value!r})"]
     if key in CHOICES and value not in CHOICES[key]:
         errors.append(f"{key}: must be one of {', '.join(CHOICES[key])} (got {value!r})")
     if key in MINIMUMS and isinstance(value, (int, float)) and not isinstance(value, bool):
