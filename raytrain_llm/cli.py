@@ -59,9 +59,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from raytrain_llm.core.config_loader import dump_yaml, load_config
-        from raytrain_llm.tasks.registry import resolve_task
 
         config = load_config(args.config, args.overrides, task=args.task)
+        # Imported after the config is checked: it pulls in torch, and a config typo should
+        # be reported in a blink, not after seconds of imports.
+        from raytrain_llm.tasks.registry import resolve_task
+
         resolve_task(config.task)  # an unknown task is a usage error before anything starts
         if args.print_config:
             sys.stdout.write(dump_yaml(config))
