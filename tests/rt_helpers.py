@@ -1,0 +1,70 @@
+"""Test-only tasks, used as `--task rt_helpers:Name` (tests/ is on sys.path / PYTHONPATH).
+
+Behaviour is driven by RT_* environment variables read when the task is built, so the same
+class serves a subprocess run (a real kill, a real exit code) and an in-process run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+from raytrain_llm.tasks.regression_task import RegressionTask
+
+
+def _ints(name: str) -> set[int]:
+    return {int(v) for v in os.environ.get(name, "").split(",") if v.strip()}
+
+
+class KillAtStepTask(RegressionTask):
+    """SIGKILLs its own process right after optimizer step $RT_KILL_AT_STEP (no cleanup at all)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.kill_at = int(os.environ.get("RT_KILL_AT_STEP", "0"))
+        self.steps = 0
+
+    def on_optimizer_step(self, model) -> None:
+        self.steps += 1
+        if self.kill_at and self.steps == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NaNAtStepTask(RegressionTask):
+    """Loss is NaN on the train_step calls listed in $RT_NAN_AT_CALLS (1-based; 1 call = 1 step at accum 1)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.nan_calls = _ints("RT_NAN_AT_CALLS")
+        self.calls = 0
+
+    def train_step(self, model, batch, criterion):
+        out = super().train_step(model, batch, criterion)
+        self.calls += 1
+        if self.calls in self.nan_calls:
+            out.loss = out.loss * float("nan")  # keeps the graph: backward gives NaN grads too
+        return out
+
+
+class ScriptedValTask(RegressionTask):
+    """Validation check i reports val/loss = $RT_VAL_LOSSES[i] (set data.num_val_samples <= batch size)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.losses = [float(v) for v in os.environ.get("RT_VAL_LOSSES", "").split(",") if v.strip()]
+        self.checks = 0
+
+    def validation_step(self, model, batch, criterion):
+        out = super().validation_step(model, batch, criterion)
+        value = self.losses[min(self.checks, len(self.losses) - 1)]
+        self.checks += 1
+        out.loss = torch.tensor(value)
+        return out
+
+
+class PlateauTask(ScriptedValTask):
+    """ReduceLROnPlateau (halve after 1 bad check), which only LRSchedulerCallback can drive."""
+
+    def build_scheduler(self, optimizer, total_steps):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)

@@ -1,0 +1,292 @@
+"""Config: precedence, typed parsing, lossless round trips, and every bad input through the real CLI."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from conftest import cli_env, run_cli
+from raytrain_llm.core.config import CHOICES, MAXIMUMS, MINIMUMS, SECTIONS, Config
+from raytrain_llm.core.config_loader import dump_yaml, load_config, parse_text
+from raytrain_llm.core.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- precedence
+def test_precedence_defaults_yaml_env_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  lr: 0.1\n  epochs: 5\n  batch_size: 7\nmodel:\n  hidden_dim: 11\n")
+    env = {"RAYTRAIN_TRAINING__LR": "0.2", "RAYTRAIN_TRAINING__EPOCHS": "6", "UNRELATED": "x"}
+    cfg = load_config(str(f), ["training.lr=0.3"], environ=env)
+    assert cfg.training.lr == 0.3  # --set beats env and YAML
+    assert cfg.training.epochs == 6  # env beats YAML
+    assert cfg.training.batch_size == 7 and cfg.model.hidden_dim == 11  # YAML beats defaults
+    assert cfg.training.grad_clip == 1.0 and cfg.model.input_dim == 16  # defaults otherwise
+    # Each layer alone.
+    assert load_config(None, [], environ={}).training.lr == 1e-3
+    assert load_config(str(f), [], environ={}).training.lr == 0.1
+    assert load_config(str(f), [], environ=env).training.lr == 0.2
+
+
+def test_precedence_through_cli(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  lr: 0.1\n  epochs: 5\n  batch_size: 7\n")
+    env = cli_env(RAYTRAIN_TRAINING__LR="0.2", RAYTRAIN_TRAINING__EPOCHS="6")
+    p = run_cli(["--config", str(f), "--set", "training.lr=0.3", "--print-config"], env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    t = yaml.safe_load(p.stdout)["training"]
+    assert (t["lr"], t["epochs"], t["batch_size"], t["grad_clip"]) == (0.3, 6, 7, 1.0)
+
+
+def test_later_set_wins_and_task_flag_wins_over_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task: lm\n")
+    cfg = load_config(str(f), ["training.lr=0.3", "training.lr=0.4"], environ={}, task="regression")
+    assert cfg.training.lr == 0.4 and cfg.task == "regression"
+    assert load_config(str(f), [], environ={}).task == "lm"
+
+
+# ----------------------------------------------------------------------------- typed parsing
+@pytest.mark.parametrize("text,tp,expected", [
+    ("true", bool, True), ("Yes", bool, True), ("1", bool, True), ("on", bool, True),
+    ("false", bool, False), ("NO", bool, False), ("0", bool, False), ("off", bool, False),
+    ("42", int, 42), (" 7 ", int, 7), ("-3", int, -3),
+    ("1e-3", float, 1e-3), ("2", float, 2.0), (".5", float, 0.5),
+    ("0.8,0.99", tuple, (0.8, 0.99)), ("[0.8, 0.99]", tuple, (0.8, 0.99)),
+    ("runs/x y", str, "runs/x y"), ("123", str, "123"),
+])
+def test_parse_text(text, tp, expected):
+    value = parse_text(text, tp)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text,tp", [("maybe", bool), ("2", bool), ("1.5", int), ("1e3", int), ("ten", int),
+                                     ("fast", float), ("[0.9", tuple), ("a,b", tuple)])
+def test_parse_text_rejects(text, tp):
+    with pytest.raises((ValueError, TypeError, yaml.YAMLError)):
+        parse_text(text, tp)
+
+
+def test_typed_values_from_set_env_and_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  lr: 1\n  betas: [0.8, 0.9]\nlogging:\n  tensorboard: no\n")
+    cfg = load_config(str(f), ["training.epochs=4", "checkpoint.enabled=false", "training.betas=0.7,0.8"],
+                      environ={"RAYTRAIN_DATA__NOISE_STD": "0.25", "RAYTRAIN_LOGGING__DIR": "out/x"})
+    assert cfg.training.lr == 1.0 and isinstance(cfg.training.lr, float)  # YAML int widens to float
+    assert cfg.training.epochs == 4 and isinstance(cfg.training.epochs, int)
+    assert cfg.checkpoint.enabled is False and cfg.logging.tensorboard is False
+    assert cfg.training.betas == (0.7, 0.8)
+    assert cfg.data.noise_std == 0.25 and cfg.logging.dir == "out/x"
+
+
+@pytest.mark.parametrize("body,key", [
+    ("training:\n  epochs: 3.0\n", "training.epochs"),  # no float -> int narrowing
+    ("training:\n  epochs: true\n", "training.epochs"),  # bools are not ints
+    ("training:\n  lr: '0.1'\n", "training.lr"),  # strings are not numbers in YAML
+    ("logging:\n  tensorboard: 1\n", "logging.tensorboard"),
+    ("training:\n  betas: [0.9, x]\n", "training.betas"),
+    ("logging:\n  dir: 5\n", "logging.dir"),
+])
+def test_yaml_types_are_strict(tmp_path, body, key):
+    f = tmp_path / "c.yaml"
+    f.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(f), [], environ={})
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(key)
+
+
+def test_all_errors_reported_at_once(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  epochs: many\nbogus: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(f), ["model.dropout=2", "optimization.amp=fp8", "training.lrr=1", "nokey"],
+                    environ={"RAYTRAIN_TRAINING__LR": "-1"})
+    msg = str(err.value)
+    for key in ("training.epochs", "bogus", "model.dropout", "optimization.amp", "training.lrr",
+                "--set nokey", "training.lr"):
+        assert key in msg, key
+    assert len(err.value.problems) == 7 and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- round trips
+def _field_strategy(key: str, tp):
+    if key in CHOICES:
+        return st.sampled_from(CHOICES[key])
+    low, inclusive = MINIMUMS.get(key, (None, True))
+    high = MAXIMUMS.get(key)
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        lo = None if low is None else (low if inclusive else low + 1)
+        return st.integers(min_value=lo if lo is not None else -10**6, max_value=high or 10**6)
+    if tp is float:
+        return st.floats(min_value=low if low is not None else -1e6, max_value=high if high is not None else 1e6,
+                         exclude_min=not inclusive, allow_nan=False, allow_infinity=False)
+    if tp is tuple:
+        return st.tuples(st.floats(0, 0.999), st.floats(0, 0.999))
+    return st.text(min_size=1, max_size=20).filter(lambda s: s.strip())
+
+
+@st.composite
+def configs(draw):
+    sections = {}
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if draw(st.booleans()):  # about half the fields keep their defaults
+                values[f.name] = draw(_field_strategy(f"{name}.{f.name}", hints[f.name]))
+        sections[name] = cls(**values)
+    cfg = Config(task=draw(st.sampled_from(["regression", "lm", "pkg.mod:Task"])), **sections)
+    # Satisfy the cross-field rules so the config is valid.
+    m = cfg.model
+    m.top_k = min(m.top_k, m.num_experts)
+    m.n_heads = draw(st.integers(1, 8))
+    m.d_model = m.n_heads * 2 * draw(st.integers(1, 16))
+    cfg.optimization.amp = "bf16" if cfg.optimization.amp == "fp16" else cfg.optimization.amp
+    cfg.distributed.use_gpu = cfg.distributed.use_gpu or cfg.distributed.gpus_per_worker > 0 \
+        or cfg.distributed.backend == "nccl"
+    return cfg
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_to_dict_from_dict_lossless(cfg):
+    assert cfg.validate() == []
+    d = cfg.to_dict()
+    back = Config.from_dict(d)
+    assert back == cfg and back.to_dict() == d
+    # Through YAML text too (what --print-config and checkpoints store).
+    assert Config.from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+def test_print_config_reloads_to_same_config(tmp_path):
+    env = cli_env(RAYTRAIN_DATA__NOISE_STD="0.3")
+    p = run_cli(["--task", "lm", "--set", "training.lr=0.0123", "--set", "model.d_model=96",
+                 "--set", "training.betas=0.8,0.9", "--set", "logging.dir=some dir/x: y", "--print-config"],
+                env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    f = tmp_path / "printed.yaml"
+    f.write_text(p.stdout)
+    reloaded = load_config(str(f), [], environ={})
+    expected = load_config(None, ["training.lr=0.0123", "model.d_model=96", "training.betas=0.8,0.9",
+                                  "logging.dir=some dir/x: y"], environ={"RAYTRAIN_DATA__NOISE_STD": "0.3"},
+                           task="lm")
+    assert reloaded == expected and reloaded.task == "lm" and reloaded.data.noise_std == 0.3
+
+
+# ----------------------------------------------------------------------------- bad input via the CLI
+def _bad_cases(d):
+    """(id, argv, extra env, text the one-line message must contain)."""
+    files = {
+        "syntax.yaml": "training:\n  lr: [0.1, 0.2\n",
+        "list.yaml": "- 1\n- 2\n",
+        "wrongtype.yaml": "training:\n  epochs: three\n",
+        "section.yaml": "trainer:\n  lr: 0.1\n",
+        "key.yaml": "training:\n  learning_rate: 0.1\n",
+        "task.yaml": "task: 5\n",
+    }
+    for name, text in files.items():
+        (d / name).write_text(text)
+    corrupt = d / "corrupt_ckpt"
+    corrupt.mkdir(exist_ok=True)
+    (corrupt / "state.pt").write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    run = ["--set", "distributed.launcher=local", "--set", f"logging.dir={d / 'run'}",
+           "--set", "logging.progress_bar=off", "--set", "data.num_train_samples=64"]
+    return [
+        ("unknown_key", ["--set", "training.lrr=0.1"], {}, "training.lrr"),
+        ("unknown_section", ["--set", "trainer.lr=0.1"], {}, "trainer.lr"),
+        ("too_many_dots", ["--set", "training.lr.x=1"], {}, "training.lr.x"),
+        ("yaml_wrong_type", ["--config", str(d / "wrongtype.yaml")], {}, "training.epochs"),
+        ("yaml_unknown_section", ["--config", str(d / "section.yaml")], {}, "trainer"),
+        ("yaml_unknown_key", ["--config", str(d / "key.yaml")], {}, "training.learning_rate"),
+        ("yaml_bad_task", ["--config", str(d / "task.yaml")], {}, "task"),
+        ("set_wrong_type", ["--set", "training.epochs=three"], {}, "training.epochs"),
+        ("set_bad_bool", ["--set", "logging.tensorboard=maybe"], {}, "logging.tensorboard"),
+        ("negative_lr", ["--set", "training.lr=-0.1"], {}, "training.lr"),
+        ("zero_lr", ["--set", "training.lr=0"], {}, "training.lr"),
+        ("nan_lr", ["--set", "training.lr=nan"], {}, "training.lr"),
+        ("inf_lr", ["--set", "training.lr=inf"], {}, "training.lr"),
+        ("top_k_gt_experts", ["--set", "model.num_experts=4", "--set", "model.top_k=5"], {}, "model.top_k"),
+        ("unknown_task", ["--task", "nosuchtask"], {}, "--task"),
+        ("bad_task_module", ["--task", "no_such_pkg.mod:Task"], {}, "--task"),
+        ("bad_task_class", ["--task", "rt_helpers:NoSuchTask"], {}, "--task"),
+        ("task_not_a_task", ["--task", "collections:OrderedDict"], {}, "--task"),
+        ("bad_yaml_syntax", ["--config", str(d / "syntax.yaml")], {}, str(d / "syntax.yaml")),
+        ("yaml_not_mapping", ["--config", str(d / "list.yaml")], {}, str(d / "list.yaml")),
+        ("missing_config", ["--config", str(d / "nope.yaml")], {}, str(d / "nope.yaml")),
+        ("bad_env_value", [], {"RAYTRAIN_TRAINING__LR": "fast"}, "RAYTRAIN_TRAINING__LR"),
+        ("bad_env_key", [], {"RAYTRAIN_TRAINING__NOPE": "1"}, "training.nope"),
+        ("bad_choice_amp", ["--set", "optimization.amp=fp8"], {}, "optimization.amp"),
+        ("fp16_on_cpu", ["--set", "optimization.amp=fp16", "--set", "training.device=cpu"], {},
+         "optimization.amp"),
+        ("d_model_not_divisible", ["--set", "model.d_model=30", "--set", "model.n_heads=4"], {}, "model.d_model"),
+        ("set_without_equals", ["--set", "training.lr"], {}, "--set training.lr"),
+        ("set_empty_key", ["--set", "=3"], {}, "--set =3"),
+        ("unknown_flag", ["--bogus"], {}, "--bogus"),
+        ("flag_missing_value", ["--config"], {}, "--config"),
+        ("dropout_gt_1", ["--set", "model.dropout=1.5"], {}, "model.dropout"),
+        ("zero_batch_size", ["--set", "training.batch_size=0"], {}, "training.batch_size"),
+        ("bad_betas", ["--set", "training.betas=0.9,1.5"], {}, "training.betas"),
+        ("port_out_of_range", ["--set", "distributed.master_port=70000"], {}, "distributed.master_port"),
+        ("empty_resume", ["--set", "checkpoint.resume= "], {}, "checkpoint.resume"),
+        ("resume_missing", [*run, "--set", f"checkpoint.resume={d / 'no_ckpt'}"], {}, "checkpoint.resume"),
+        ("resume_corrupt", [*run, "--set", f"checkpoint.resume={corrupt}"], {}, "checkpoint.resume"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def bad_results(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    cases = _bad_cases(d)
+
+    def one(case):
+        _, argv, env, _ = case
+        # A case that wrongly passed validation must not train into the repo's runs/.
+        return run_cli(argv, env=cli_env(RAYTRAIN_LOGGING__DIR=str(d / "stray"), **env), timeout=90)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # mostly tiny subprocesses; overlap their start-up
+        results = list(pool.map(one, cases))
+    return {case[0]: (case, p) for case, p in zip(cases, results)}
+
+
+def _ids():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        return [c[0] for c in _bad_cases(Path(d))]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("case_id", _ids())
+def test_bad_input_exits_2_with_one_line(bad_results, case_id):
+    (_, argv, _, needle), p = bad_results[case_id]
+    assert p.returncode == 2, (argv, p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr + p.stdout
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert p.stdout == ""
+
+
+def test_bad_input_table_is_large():
+    assert len(_ids()) >= 20
+
+
+@pytest.mark.timeout(60)
+def test_cli_reports_every_error_in_one_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  epochs: many\nmodel:\n  d_model: 30\n")
+    p = run_cli(["--config", str(f), "--set", "model.dropout=2", "--set", "optimization.amp=fp8",
+                 "--set", "training.lr"], env=cli_env(RAYTRAIN_TRAINING__BATCH_SIZE="0"), timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    for key in ("training.epochs", "model.d_model", "model.dropout", "optimization.amp", "--set training.lr",
+                "training.batch_size"):
+        assert key in lines[0], key
