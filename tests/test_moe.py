@@ -8,7 +8,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.models.moe import MoE, _grouped_mm
 from raytrain_llm.tasks.lm_task import LanguageModelingTask
 
-BACKENDS = ["split"] + (["grouped"] if _grouped_mm is not None else [])
+BACKENDS = ["split", "padded"] + (["grouped"] if _grouped_mm is not None else [])
 
 
 def make_moe(E, k, mlp_type="gelu", impl="loop", d=16, h=24, **kw):

@@ -9,6 +9,7 @@ combine weights and un-sort. No host sync on that path. Backends for the expert 
   grouped_mm - torch.nn.functional.grouped_mm with int32 cumulative offsets (CUDA, compile)
   split      - per-expert matmuls over `split(counts.tolist())`: needs a host sync, which
                costs nothing on CPU, and is the faster choice there (benchmarks/moe_bench.py)
+  padded     - one bmm over [E, capacity, d] slots: static shapes for compiled fp32 graphs
 `loop` is the textbook per-expert reference (torch.where + index_add_), kept for tests.
 """
 from __future__ import annotations
@@ -50,13 +51,17 @@ class MoE(nn.Module):
         self.gmm_ok = _grouped_mm is not None and d_model % 8 == 0 and hidden % 8 == 0
 
     def backend(self, x: torch.Tensor) -> str:
-        if self.impl in ("loop", "split"):  # "split" forces the CPU backend (tests, benchmarks)
+        if self.impl in ("loop", "split", "padded"):  # forced (tests, benchmarks)
             return self.impl
-        if not self.gmm_ok:
-            return "split"
-        if self.impl == "grouped" or x.is_cuda or torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        # grouped_mm takes fp32 only on the eager CPU kernel; CUDA and the compile-time shape
+        # check want bf16.
+        gmm = self.gmm_ok and (compute_dtype(x) == torch.bfloat16 or (x.device.type == "cpu" and not compiling))
+        if compiling:
+            return "grouped_mm" if gmm else "padded"  # no host sync allowed in a graph
+        if gmm and (self.impl == "grouped" or x.is_cuda):
             return "grouped_mm"
-        return "split"  # auto on eager CPU
+        return "split"  # eager CPU: measured fastest; CUDA fp32: grouped_mm unsupported
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         shape = x.shape
@@ -79,6 +84,8 @@ class MoE(nn.Module):
         if backend == "grouped_mm":
             offs = r.counts.cumsum(0).to(torch.int32)
             h = _grouped_mm(activate(_grouped_mm(xs, w_in, offs=offs), self.swiglu), w_out, offs=offs)
+        elif backend == "padded":
+            h = self._padded(xs, w_in, w_out, r)
         else:
             sizes = r.counts.tolist()
             h = torch.cat([activate(xe @ wi, self.swiglu) @ wo
@@ -87,6 +94,19 @@ class MoE(nn.Module):
         # Un-sort with the inverse permutation and sum the k slots: a gather, not a scatter-add.
         inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
         return h[inverse].view(k, N, -1).sum(0).to(x.dtype)
+
+    def _padded(self, xs: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, r: Routing) -> torch.Tensor:
+        """Static-shape batched GEMM over [E, C, d] slots, C = capacity or N (dropless worst
+        case, E/k times the FLOPs): only for compiled fp32 graphs, where grouped_mm refuses fp32."""
+        E, N = self.num_experts, xs.shape[0] // self.top_k
+        C = self.router.capacity(N) if self.router.capacity_factor > 0 else N
+        sorted_expert = r.experts.t().reshape(-1)[r.order]
+        rank = torch.arange(xs.shape[0], device=xs.device) - (r.counts.cumsum(0) - r.counts)[sorted_expert]
+        # Over-capacity rows (weight 0 already) park in one spare row past the E*C slots.
+        slot = torch.where(rank < C, sorted_expert * C + rank, E * C)
+        buf = xs.new_zeros(E * C + 1, xs.shape[1]).index_copy(0, slot, xs)[:-1].view(E, C, -1)
+        h = torch.bmm(activate(torch.bmm(buf, w_in), self.swiglu), w_out).reshape(E * C, -1)
+        return h[slot.clamp_max(E * C - 1)]
 
     def _loop(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         dt = compute_dtype(x)
