@@ -1,0 +1,188 @@
+"""Ray Data for training: lazily generated "slot" datasets and the worker-side data module.
+
+A slot is one rank's micro-batch: B samples of one global batch. Slot k of an epoch belongs to
+global batch k // W and rank k % W and holds exactly the rows that `ResumableBatchSampler` gives
+that rank (data/base.py), so W workers at batch B see the global batches of 1 worker at W*B.
+
+Why whole slots as rows, one per block: with `preserve_order=True` and equal-sized blocks, Ray's
+`streaming_split(W, equal=True)` hands block k to shard k mod W (it feeds the shard with the fewest
+rows, ties to the lowest index). One slot per block makes that exactly the sampler's rank layout.
+Every slot also carries its (epoch, batch, rank), and the worker checks them: if Ray ever changes
+how it splits, the run fails loudly instead of silently training on a different order.
+
+The train dataset spans every epoch the run needs; the epoch's permutation is derived in the map
+function from (data seed, epoch), so shuffling is deterministic and no driver state is needed.
+A DataIterator cannot start mid-stream, so after a restart the worker skips the slots it already
+trained on (cheap: rows are generated, never read from storage).
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from raytrain_llm.core.config import Config
+from raytrain_llm.data.base import epoch_permutation
+
+_META = ("_epoch", "_batch", "_rank", "_count")
+
+
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return epoch_permutation(n, seed, epoch).numpy()
+
+
+_DATASETS: dict[tuple[str, str], Any] = {}
+
+
+def _task_dataset(config_json: str, split: str):
+    """The task's dataset, built once per Ray Data worker process from the config."""
+    key = (config_json, split)
+    if key not in _DATASETS:
+        from raytrain_llm.tasks.registry import resolve_task
+
+        config = Config.from_dict(json.loads(config_json))
+        module = resolve_task(config.task)(config).build_data_module()
+        _DATASETS.clear()  # one run per process at a time; do not pile up generator tables
+        _DATASETS[key] = module.train_dataset if split == "train" else module.val_dataset
+    return _DATASETS[key]
+
+
+class SlotGenerator:
+    """Map function: slot index -> one row holding a rank's whole micro-batch.
+
+    It carries the config, not the dataset: generator tables (e.g. a large Markov chain) are
+    rebuilt once per Ray Data worker instead of being pickled into every task.
+    """
+
+    def __init__(self, config: Config, split: str, num_samples: int, *, batch_size: int, world_size: int,
+                 batches_per_epoch: int, seed: int, shuffle: bool):
+        self.config_json, self.split, self.n = json.dumps(config.to_dict()), split, num_samples
+        self.b, self.w, self.nb = batch_size, world_size, batches_per_epoch
+        self.seed, self.shuffle = seed, shuffle
+
+    @property
+    def dataset(self):
+        return _task_dataset(self.config_json, self.split)
+
+    def slot_ids(self, slot: int) -> tuple[int, int, int, np.ndarray]:
+        per_epoch = self.nb * self.w
+        epoch, within = divmod(slot, per_epoch)
+        batch, rank = divmod(within, self.w)
+        order = _permutation(self.n, self.seed, epoch) if self.shuffle else np.arange(self.n)
+        lo = (batch * self.w + rank) * self.b
+        return epoch, batch, rank, order[lo:lo + self.b].astype(np.int64)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {}
+        for slot in batch["id"]:
+            epoch, b, rank, ids = self.slot_ids(int(slot))
+            cols = self.dataset.rows(ids) if len(ids) else {}
+            if not cols:  # an empty tail slot of a validation set: shapes from one real row
+                cols = {k: v[:0] for k, v in self.dataset.rows(np.zeros(1, np.int64)).items()}
+            for k, v in cols.items():
+                pad = np.zeros((self.b - len(v),) + v.shape[1:], v.dtype)  # val tail: pad, keep count
+                out.setdefault(k, []).append(np.concatenate([v, pad]) if len(pad) else v)
+            for k, v in zip(_META, (epoch, b, rank, len(ids))):
+                out.setdefault(k, []).append(v)
+        return {k: np.stack(v) if k not in _META else np.asarray(v, np.int64) for k, v in out.items()}
+
+
+def train_batches_needed(config: Config, batches_per_epoch: int) -> int:
+    """Global micro-batches the engine will consume (epochs, cut short by max_steps)."""
+    t = config.training
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum_steps)
+    total, steps_left = 0, t.max_steps or None
+    for _ in range(t.epochs):
+        if steps_left is not None and steps_left < steps_per_epoch:
+            return total + min(batches_per_epoch, steps_left * t.grad_accum_steps)
+        total += batches_per_epoch
+        if steps_left is not None:
+            steps_left -= steps_per_epoch
+    return total
+
+
+def build_ray_datasets(config: Config, data_module, world_size: int) -> dict[str, Any]:
+    """{"train", "val"} Ray Datasets of slots, generated lazily by Ray Data tasks."""
+    import ray.data
+
+    b = config.training.batch_size
+    nb = data_module.num_train_batches(b, world_size)
+    train_slots = train_batches_needed(config, nb) * world_size
+    gen = SlotGenerator(config, "train", len(data_module.train_dataset), batch_size=b, world_size=world_size,
+                        batches_per_epoch=nb, seed=config.data.seed, shuffle=data_module.shuffle_train)
+    n_val = len(data_module.val_dataset)
+    nb_val = -(-n_val // (b * world_size))  # validation keeps its partial last batch
+    val_gen = SlotGenerator(config, "val", n_val, batch_size=b, world_size=world_size,
+                            batches_per_epoch=nb_val, seed=0, shuffle=False)
+
+    def slots(n: int, fn: SlotGenerator):
+        # One slot per block (see the module docstring); batch_size=None maps a whole block at once.
+        return ray.data.range(max(n, 1), override_num_blocks=max(n, 1)).map_batches(
+            fn, batch_size=None, batch_format="numpy")
+
+    return {"train": slots(train_slots, gen), "val": slots(nb_val * world_size, val_gen)}
+
+
+def _unpack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[int, int, int, int]]:
+    meta = tuple(int(batch[k][0]) for k in _META)
+    count = meta[3]
+    return {k: v[0, :count] for k, v in batch.items() if k not in _META}, meta
+
+
+class RayShardDataModule:
+    """Worker side: the task's data module, with batches read from this rank's Ray Data shards.
+
+    Everything but `train_batches`/`val_batches` (datasets, sizes, task-specific helpers such as
+    a noise floor) is delegated to the wrapped module, so the engine and task see no difference.
+    """
+
+    def __init__(self, inner, train_shard, val_shard, *, rank: int, world_size: int, prefetch: int = 2):
+        self.inner, self.train_shard, self.val_shard = inner, train_shard, val_shard
+        self.rank, self.world_size, self.prefetch = rank, world_size, prefetch
+        self._stream: Optional[Iterator] = None
+        self._position = (0, 0)  # (epoch, batch) of the next slot the stream yields
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["inner"], name)
+
+    def _open_stream(self) -> Iterator:
+        self._position = (0, 0)
+        return iter(self.train_shard.iter_torch_batches(batch_size=1, prefetch_batches=self.prefetch,
+                                                        drop_last=False))
+
+    def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int, world_size: int,
+                      pin_memory: bool = False) -> Iterable[Any]:
+        if (rank, world_size) != (self.rank, self.world_size):
+            raise RuntimeError(f"Ray shard is for rank {self.rank}/{self.world_size}, asked for {rank}/{world_size}")
+        if self._stream is None or (epoch, start_batch) < self._position:
+            self._stream = self._open_stream()
+        return self._epoch(epoch, start_batch)
+
+    def _epoch(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        # The stream spans all epochs: skip to (epoch, start_batch), e.g. after a restart.
+        nb = self.inner.num_train_batches(self.inner.config.training.batch_size, self.world_size)
+        for row in self._stream:
+            data, (e, b, r, _) = _unpack(row)
+            self._position = (e, b + 1) if b + 1 < nb else (e + 1, 0)
+            if (e, b) < (epoch, start_batch):
+                continue
+            if (e, r) != (epoch, self.rank) or b < start_batch:
+                raise RuntimeError(f"Ray Data shard out of order: rank {self.rank} expected epoch {epoch} "
+                                   f"batch >= {start_batch}, got epoch {e} batch {b} of rank {r}")
+            yield data
+            if b + 1 >= nb:
+                return
+
+    def val_batches(self, *, batch_size: int, rank: int, world_size: int,
+                    pin_memory: bool = False) -> Iterable[Any]:
+        for row in self.val_shard.iter_torch_batches(batch_size=1, prefetch_batches=self.prefetch):
+            data, (_, _, r, count) = _unpack(row)
+            if r != self.rank:
+                raise RuntimeError(f"Ray Data val shard out of order: rank {self.rank} got a slot of rank {r}")
+            if count:  # empty tail slots carry no samples
+                yield data

@@ -1,0 +1,89 @@
+"""After `fit()`: the driver's summary of a Ray run, and a readable message when it failed."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from typing import Any, Optional
+
+from raytrain_llm.core.checkpointing import CheckpointManager
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import TrainingError
+
+ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
+
+
+def last_good_checkpoint(config: Config) -> Optional[str]:
+    """Newest engine checkpoint that loads (corrupt ones are skipped, never deleted)."""
+    manager = CheckpointManager(config.checkpoint_dir, is_main=False)
+    path, _ = manager.load_latest_valid()
+    return path
+
+
+def _reason(exc: BaseException) -> str:
+    # Ray's errors are long and nested; the most specific line is the one a user needs.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keys = ("SIGKILL", "died", "Error:", "Exception:", "killed", "exit")
+    picked = [ln for ln in lines if any(k in ln for k in keys)]
+    text = "; ".join(dict.fromkeys((picked or lines or [type(exc).__name__])[:2]))
+    return text[:400]
+
+
+def failure_message(config: Config, exc: BaseException) -> str:
+    d = config.distributed
+    ckpt = last_good_checkpoint(config)
+    return (f"Ray Train run {d.run_name!r} failed after {d.max_failures} restart(s) "
+            f"(distributed.max_failures): {type(exc).__name__}: {_reason(exc)}. "
+            f"Last good checkpoint: {ckpt or 'none'}; logs in {config.logging.dir}")
+
+
+def _best(result, monitor: str, mode: str) -> Optional[tuple[str, dict[str, Any]]]:
+    scored = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or [])
+              if isinstance(m.get(monitor), (int, float)) and math.isfinite(m[monitor])]
+    if not scored:
+        return None
+    c, m = (min if mode == "min" else max)(scored, key=lambda cm: cm[1][monitor])
+    return c.path, m
+
+
+def _copy_artifacts(src: str, dst: Optional[str]) -> None:
+    """Mirror the rank-0 logs into Ray's run folder, so one folder holds a run's results."""
+    if not dst or "://" in dst or os.path.abspath(src) == os.path.abspath(dst):
+        return
+    os.makedirs(dst, exist_ok=True)
+    for name in ARTIFACTS:
+        path = os.path.join(src, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst, name), dirs_exist_ok=True)
+        elif os.path.exists(path):
+            shutil.copy2(path, os.path.join(dst, name))
+
+
+def summarize(config: Config, result) -> dict[str, Any]:
+    log_dir = config.logging.dir
+    summary_path = os.path.join(log_dir, "summary.json")
+    if not os.path.exists(summary_path):
+        raise TrainingError(f"Ray run finished but rank 0 wrote no summary at {summary_path}")
+    with open(summary_path, encoding="utf-8") as fh:
+        summary = json.load(fh)
+    missing = [n for n in ("metrics.jsonl",) + (("tensorboard",) if config.logging.tensorboard else ())
+               if not os.path.exists(os.path.join(log_dir, n))]
+    if missing:
+        raise TrainingError(f"Ray run finished but {', '.join(missing)} is missing under {log_dir}")
+    _copy_artifacts(log_dir, getattr(result, "path", None))
+    ck = config.checkpoint
+    best = _best(result, ck.monitor, ck.mode)
+    final = summary.get("final", {})
+    out = {
+        "train": final.get("train", {}), "val": final.get("val", {}), "step": summary["global_step"],
+        "best_checkpoint": best[0] if best else summary.get("best_checkpoint"),
+        "best_metrics": {ck.monitor: best[1][ck.monitor]} if best else {},
+        "checkpoint": result.checkpoint.path if getattr(result, "checkpoint", None) else None,
+        "run_dir": getattr(result, "path", None), "log_dir": log_dir,
+    }
+    val = {k: round(v, 6) for k, v in out["val"].items() if isinstance(v, float)}
+    print(f"[ray] run {config.distributed.run_name}: {out['step']} steps; final val {val}; "
+          f"best {out['best_metrics'] or summary.get('best', {}).get('value')} at {out['best_checkpoint']}; "
+          f"results in {out['run_dir']}", flush=True)
+    return out

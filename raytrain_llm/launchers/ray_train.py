@@ -1,0 +1,134 @@
+"""The Ray Train launcher: `run_ray(config)` for the CLI, `build_trainer(config, ...)` for Tune.
+
+Every worker runs the same `train_worker` as the in-process and spawn launchers; Ray adds only
+the process group (gloo on CPU, nccl on GPU), Ray Data shards, checkpoint reports and restarts.
+The engine wraps DDP itself, so Ray's `prepare_model` is deliberately not used.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable, Optional
+
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.distributed import pick_backend
+from raytrain_llm.core.errors import TrainingError
+from raytrain_llm.launchers.ray_cluster import init_ray
+from raytrain_llm.launchers.ray_report import FAULT_ENV
+from raytrain_llm.launchers.ray_results import failure_message, summarize
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: Optional[str] = None) -> Config:
+    """A copy with every path absolute (Ray workers chdir) and a run name and storage path set."""
+    cfg = Config.from_dict(config.to_dict())
+    cfg.logging.dir = _abs(cfg.logging.dir)
+    if cfg.checkpoint.dir:
+        cfg.checkpoint.dir = _abs(cfg.checkpoint.dir)
+    if cfg.checkpoint.resume not in ("none", "auto"):
+        cfg.checkpoint.resume = _abs(cfg.checkpoint.resume)
+    d = cfg.distributed
+    d.run_name = name or d.run_name or f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d.storage_path = _abs(storage_path or d.storage_path or os.path.join(cfg.logging.dir, "ray"))
+    return cfg
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Runs in each Ray Train worker; the process group already exists when it starts."""
+    import ray.train
+
+    from raytrain_llm.core.distributed import DistributedManager
+    from raytrain_llm.core.worker import train_worker
+    from raytrain_llm.launchers.ray_data import RayShardDataModule
+    from raytrain_llm.launchers.ray_report import KillAtStep, RayReportCallback
+
+    config = Config.from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    os.environ["LOCAL_RANK"] = str(ctx.get_local_rank())
+    if not config.distributed.use_gpu and config.training.device == "auto":
+        config.training.device = "cpu"  # a GPU may be visible on this node, but none was reserved
+    dist = DistributedManager()
+
+    def data_module_factory(inner):
+        return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
+                                  rank=dist.rank, world_size=dist.world_size)
+
+    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled),
+                 *KillAtStep.from_spec(loop_config.get("fault"))]
+    kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train_worker(config, **kwargs)
+        return
+    # After a restart (or a resumed run name): continue exactly from the last reported checkpoint.
+    with checkpoint.as_directory() as path:
+        train_worker(config, resume_from=path, **kwargs)
+
+
+def _resources(config: Config) -> dict[str, float]:
+    d = config.distributed
+    res = {"CPU": d.cpus_per_worker}
+    if d.use_gpu:
+        res["GPU"] = d.gpus_per_worker or 1.0
+    return res
+
+
+def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Optional[str] = None,
+                  storage_path: Optional[str] = None):
+    """A ready-to-`fit()` TorchTrainer for `config` (needs `ray.init` first; Tune calls this per trial)."""
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raytrain_llm.launchers.ray_data import build_ray_datasets
+    from raytrain_llm.tasks.registry import resolve_task
+
+    cfg = resolve_paths(config, name=name, storage_path=storage_path)
+    d, ck = cfg.distributed, cfg.checkpoint
+    data_module = resolve_task(cfg.task)(cfg).build_data_module()
+    keep = ck.keep_last + ck.keep_best if ck.keep_last else None
+    run_config = ray.train.RunConfig(
+        name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=keep, checkpoint_score_attribute=ck.monitor, checkpoint_score_order=ck.mode),
+        failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
+    return TorchTrainer(
+        train_loop_per_worker,
+        # The fault spec is read here, in the driver: workers of a long-lived cluster do not see
+        # environment variables set after it started.
+        train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, "")},
+        torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
+        scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
+                                               resources_per_worker=_resources(cfg),
+                                               placement_strategy=d.placement_strategy),
+        run_config=run_config,
+        datasets=build_ray_datasets(cfg, data_module, d.num_workers),
+        # preserve_order makes shard k of every epoch the same blocks: deterministic data per rank.
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
+
+
+def run_ray(config: Config) -> dict[str, Any]:
+    """Train on Ray (an existing cluster or a private local one); returns final metrics and paths."""
+    import ray
+    import ray.train
+
+    cfg = resolve_paths(config)
+    started = init_ray(cfg)
+    try:
+        trainer = build_trainer(cfg)
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            raise TrainingError(failure_message(cfg, exc)) from None
+        if getattr(result, "error", None) is not None:
+            raise TrainingError(failure_message(cfg, result.error))
+        return summarize(cfg, result)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+__all__ = ["build_trainer", "resolve_paths", "run_ray", "train_loop_per_worker"]
