@@ -7,8 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# 2 shared CPU cores: one intra-op thread per process (and its spawned children) avoids
+# oversubscription and keeps in-process, subprocess and spawned runs numerically alike.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
