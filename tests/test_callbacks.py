@@ -1,0 +1,174 @@
+"""Callbacks: TensorBoard scalars (read back by TensorBoard itself), metrics.jsonl and summary.json,
+EarlyStopping (unit and end-to-end) and LRSchedulerCallback."""
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import checkpoints, ckpt_step, load_state, read_json, read_jsonl, train
+from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback
+from raytrain_llm.tasks.base_task import LRSchedule
+
+TRAIN_FIELDS = {"step", "epoch", "split", "loss", "lr", "grad_norm", "mae", "step_time", "data_wait",
+                "data_wait_share", "samples_per_s", "memory_gib"}
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logged")
+    train(d, **{"logging.tensorboard": True, "training.val_every_n_steps": 4, "training.epochs": 2,
+                "training.warmup_steps": 3, "training.lr": 0.01, "checkpoint.every_n_steps": 4})
+    return d
+
+
+def test_metrics_jsonl_fields_and_values(logged_run):
+    records = read_jsonl(logged_run / "metrics.jsonl")
+    train_recs = [r for r in records if r["split"] == "train"]
+    val_recs = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in train_recs] == list(range(1, 33))  # log_every_n_steps=1, 16 steps/epoch
+    assert [r["step"] for r in val_recs] == list(range(4, 33, 4))
+    schedule = LRSchedule("cosine", 3, 32 - 3, 0.1)
+    for r in train_recs:
+        assert set(r) == TRAIN_FIELDS, set(r) ^ TRAIN_FIELDS
+        assert r["epoch"] == (r["step"] - 1) // 16
+        assert r["lr"] == pytest.approx(0.01 * schedule(r["step"]), rel=1e-9)  # LR after `step` scheduler steps
+        assert math.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0
+        assert r["step_time"] > 0 and 0 <= r["data_wait"] <= r["step_time"] and 0 <= r["data_wait_share"] <= 1
+        assert r["samples_per_s"] == pytest.approx(16 / r["step_time"], rel=1e-6)  # one 16-sample step per record
+        assert 0.01 < r["memory_gib"] < 64
+    for r in val_recs:
+        assert set(r) == {"step", "epoch", "split", "val/loss", "val/mae"}
+        assert 0 < r["val/loss"] < 10
+    assert val_recs[-1]["val/loss"] < val_recs[0]["val/loss"]
+
+
+def test_summary_json(logged_run):
+    s = read_json(logged_run / "summary.json")
+    records = read_jsonl(logged_run / "metrics.jsonl")
+    val_recs = [r for r in records if r["split"] == "val"]
+    assert s["task"] == "regression" and s["global_step"] == 32 and s["epochs_completed"] == 2
+    assert s["stopped_early"] is False and s["skipped_steps"] == 0
+    assert s["final"]["train"] == [r for r in records if r["split"] == "train"][-1]
+    assert s["final"]["val"] == val_recs[-1]
+    best = min(val_recs, key=lambda r: r["val/loss"])
+    assert s["best"]["monitor"] == "val/loss" and s["best"]["mode"] == "min"
+    assert s["best"]["value"] == best["val/loss"] and s["best"]["record"] == best
+    assert os.path.isdir(s["best_checkpoint"]) and ckpt_step(s["best_checkpoint"]) == best["step"]
+    assert read_json(os.path.join(s["best_checkpoint"], "meta.json"))["metrics"]["val/loss"] == best["val/loss"]
+    assert s["latest_checkpoint"] == str(checkpoints(logged_run)[-1]) and ckpt_step(s["latest_checkpoint"]) == 32
+    assert s["wall_time_s"] > 0
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(logged_run):
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for r in read_jsonl(logged_run / "metrics.jsonl"):
+        for k, v in r.items():
+            if k in ("step", "epoch", "split"):
+                continue
+            tag = k if "/" in k else f"{r['split']}/{k}"
+            expected.setdefault(tag, []).append((r["step"], v))
+    acc = EventAccumulator(str(logged_run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == set(expected)
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss"} <= set(expected)
+    for tag, points in expected.items():
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [s for s, _ in points], tag
+        for e, (_, v) in zip(events, points):
+            assert e.value == pytest.approx(v, rel=1e-6, abs=1e-12), tag  # stored as float32
+    hp = EventAccumulator(str(logged_run / "tensorboard" / "hparams"))
+    hp.Reload()
+    assert "hparam/val/loss" in hp.Tags()["scalars"]
+
+
+# ----------------------------------------------------------------------------- EarlyStopping
+class FakeEngine:
+    def __init__(self):
+        self.stop_reason = None
+
+    def request_stop(self, reason):
+        self.stop_reason = reason
+
+
+def run_checks(cb, values, key="val/loss"):
+    engine = FakeEngine()
+    for i, v in enumerate(values, 1):
+        cb.on_validation_end(engine, {key: v})
+        if engine.stop_reason:
+            return i, engine.stop_reason
+    return None, None
+
+
+@pytest.mark.parametrize("values,kwargs,stop_at", [
+    ([5, 4, 3, 3.5, 3.2, 3.1, 2], dict(patience=2), 5),  # checks 4 and 5 fail to beat 3
+    ([5, 4, 3, 3.5, 2.9, 3.1, 3.0], dict(patience=2), 7),  # an improvement resets the count
+    ([5, 4, 3, 3, 3], dict(patience=1), 4),  # equal is not better
+    ([1.0, 0.95, 0.92, 0.5], dict(patience=2, min_delta=0.1), 3),  # too small improvements count as bad
+    ([1, 2, 3, 2.5, 2.9], dict(patience=2, mode="max"), 5),
+    ([1, 2, float("nan")], dict(patience=5), 3),  # non-finite stops at once
+    ([5, 4, 3, 2, 1], dict(patience=1), None),
+])
+def test_early_stopping_unit(values, kwargs, stop_at):
+    cb = EarlyStopping(**kwargs)
+    at, reason = run_checks(cb, values)
+    assert at == stop_at
+    if stop_at:
+        assert cb.stopped_at_check == stop_at and reason.startswith("early stopping: val/loss")
+
+
+def test_early_stopping_ignores_other_metrics_and_resumes_state():
+    cb = EarlyStopping(patience=2)
+    run_checks(cb, [3, 2, 2.5])
+    assert run_checks(cb, [9], key="val/other") == (None, None) and cb.checks == 3
+    restored = EarlyStopping(patience=2)
+    restored.load_state_dict(cb.state_dict())
+    at, _ = run_checks(restored, [2.2])  # third bad check in a row across the "resume"
+    assert at == 1 and restored.stopped_at_check == 4
+
+
+def test_early_stopping_end_to_end(tmp_path, monkeypatch):
+    # One validation batch per check (16 samples, batch 16), so check i reports RT_VAL_LOSSES[i].
+    monkeypatch.setenv("RT_VAL_LOSSES", "5,4,3,3.5,3.2,3.1,1")
+    result, _ = train(tmp_path, task="rt_helpers:ScriptedValTask",
+                      **{"data.num_val_samples": 16, "training.val_every_n_steps": 2, "training.epochs": 2,
+                         "callbacks.early_stopping": True, "callbacks.early_stopping_patience": 2})
+    assert result["step"] == 10  # check 5 happens at step 10
+    vals = [r["val/loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "val"]
+    assert vals == pytest.approx([5, 4, 3, 3.5, 3.2])  # float32 losses
+    s = read_json(tmp_path / "summary.json")
+    assert s["stopped_early"] is True and s["global_step"] == 10 and s["best"]["value"] == 3
+
+
+# ----------------------------------------------------------------------------- LRSchedulerCallback
+def test_lr_scheduler_callback_records_changes():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    engine = SimpleNamespace(optimizer=opt, scheduler=None, global_step=0)
+    cb = LRSchedulerCallback()
+    cb.on_train_start(engine)
+    for step, lr in enumerate([1.0, 1.0, 0.5, 0.5, 0.25], 1):
+        opt.param_groups[0]["lr"] = lr
+        cb.on_batch_end(engine, step, None)
+    assert cb.history == [(0, [1.0]), (3, [0.5]), (5, [0.25])]
+    again = LRSchedulerCallback()
+    again.load_state_dict(cb.state_dict())
+    assert again.history == cb.history
+
+
+def test_lr_scheduler_callback_drives_reduce_on_plateau(tmp_path, monkeypatch):
+    # ReduceLROnPlateau(patience=1, factor=0.5): halves after the 2nd bad check in a row,
+    # i.e. at checks 4 and 7 (steps 8 and 14 with a check every 2 steps).
+    monkeypatch.setenv("RT_VAL_LOSSES", "5,4,4.5,4.6,3,3.1,3.2")
+    train(tmp_path, task="rt_helpers:PlateauTask",
+          **{"data.num_val_samples": 16, "training.val_every_n_steps": 2, "training.lr": 0.01})
+    lrs = {r["step"]: r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"}
+    assert all(lrs[s] == 0.01 for s in range(1, 9))
+    assert all(lrs[s] == 0.005 for s in range(9, 15))
+    assert lrs[15] == lrs[16] == 0.0025
+    history = load_state(checkpoints(tmp_path)[-1])["callbacks"]["LRSchedulerCallback"]["history"]
+    assert history == [[0, [0.01, 0.01]], [9, [0.005, 0.005]], [15, [0.0025, 0.0025]]]
