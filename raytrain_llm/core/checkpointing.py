@@ -30,9 +30,11 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes so any run can load it."""
     out = {}
     for key, value in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            key = key.replace(prefix, "")
-        out[key] = value
+        # Whole path components only: a submodule named e.g. `submodule` keeps its name.
+        parts = [p for p in key.split(".") if p != "_orig_mod"]  # compile wrappers, at any depth
+        while len(parts) > 1 and parts[0] == "module":  # DDP wraps the root only
+            parts.pop(0)
+        out[".".join(parts)] = value
     return out
 
 
