@@ -21,20 +21,31 @@ def last_good_checkpoint(config: Config) -> Optional[str]:
     return path
 
 
-def _reason(exc: BaseException) -> str:
-    # Ray's errors are long and nested; the most specific line is the one a user needs.
+def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keys = ("SIGKILL", "died", "Error:", "Exception:", "killed", "exit")
-    picked = [ln for ln in lines if any(k in ln for k in keys)]
-    text = "; ".join(dict.fromkeys((picked or lines or [type(exc).__name__])[:2]))
-    return text[:400]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause in one line: a dead worker first, since its peers then fail in collectives."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    died = {r: e for r, e in failures.items() if "Died" in type(e).__name__ or "died" in str(e)}
+    if died:
+        ranks = ", ".join(str(r) for r in sorted(died))
+        return (f"worker rank {ranks} died (process killed or crashed: signal, OOM or segfault); "
+                f"{_first_line(next(iter(died.values())))}")
+    if failures:
+        rank, err = sorted(failures.items())[0]
+        return f"worker rank {rank} raised {_first_line(err)}"
+    cause = getattr(exc, "controller_failure", None)
+    return _first_line(cause or exc)
 
 
 def failure_message(config: Config, exc: BaseException) -> str:
     d = config.distributed
     ckpt = last_good_checkpoint(config)
     return (f"Ray Train run {d.run_name!r} failed after {d.max_failures} restart(s) "
-            f"(distributed.max_failures): {type(exc).__name__}: {_reason(exc)}. "
+            f"(distributed.max_failures): {_reason(exc)}. "
             f"Last good checkpoint: {ckpt or 'none'}; logs in {config.logging.dir}")
 
 
