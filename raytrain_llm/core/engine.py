@@ -67,7 +67,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
-        self._saved_step = -1
+        self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._setup()
 
     # ------------------------------------------------------------------ setup
@@ -313,14 +313,20 @@ class TrainingEngine(EngineStateMixin):
 
             save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
 
+    def _progress_key(self) -> tuple:
+        # A save made at this step goes stale when the epoch ends or a validation runs after it
+        # (e.g. every_n_steps lands on the epoch's last step): it would resume inside a finished
+        # epoch and lack the val metric keep_best ranks by, so the step is saved again.
+        return self.global_step, self.epoch, self.batch_in_epoch, self._val_step
+
     def _checkpoint_if_needed(self) -> None:
-        if self.checkpoint_manager is None or self._saved_step == self.global_step or self.global_step == 0:
+        if self.checkpoint_manager is None or self._saved_at == self._progress_key() or self.global_step == 0:
             return
         self.save_checkpoint()
 
     def save_checkpoint(self) -> Optional[str]:
         """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
-        self._saved_step = self.global_step
+        self._saved_at = self._progress_key()
         state = self.state_dict()
         metrics = dict(self.last_val_metrics) if self._val_step == self.global_step else {}
         metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})

@@ -46,7 +46,7 @@ class EngineStateMixin:
         self.epoch = int(progress["epoch"])
         self.batch_in_epoch = int(progress["batch_in_epoch"])
         self.skipped_steps = int(progress.get("skipped_steps", 0))
-        self._saved_step = self.global_step
+        self._saved_at = self._progress_key()
         rng = state.get("rng") or []
         if isinstance(rng, dict):
             rng = [rng]
