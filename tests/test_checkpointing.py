@@ -1,0 +1,195 @@
+"""Checkpoints: rotation (keep_last + keep_best), fallback past a corrupt latest checkpoint,
+atomic writes, clean state-dict keys, and weights_only loading."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import checkpoints, ckpt_step, load_state, make_config, read_json, train
+from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import CheckpointError
+from raytrain_llm.tasks.regression_task import RegressionTask
+
+
+def steps(run_dir) -> list[int]:
+    return [ckpt_step(c) for c in checkpoints(run_dir)]
+
+
+def tiny_state(step: int) -> dict:
+    return {"model": {"w": torch.full((2,), float(step))}, "optimizer": {}, "progress": {"global_step": step}}
+
+
+# ----------------------------------------------------------------------------- rotation
+@pytest.mark.parametrize("keep_last,keep_best,mode,values,expected", [
+    (2, 1, "min", [5, 1, 3, 4, 6, 7], [2, 5, 6]),  # the best (step 2) is old and survives
+    (2, 2, "min", [5, 1, 3, 4, 6, 7], [2, 3, 5, 6]),
+    (1, 1, "max", [5, 9, 3, 4, 6, 7], [2, 6]),
+    (3, 0, "min", [5, 1, 3, 4, 6, 7], [4, 5, 6]),
+    (2, 1, "min", [5, 1, 3, 4, 6, 0.5], [5, 6]),  # the newest is also the best: no extra one
+])
+def test_rotation_unit(tmp_path, keep_last, keep_best, mode, values, expected):
+    m = CheckpointManager(str(tmp_path), keep_last=keep_last, keep_best=keep_best, mode=mode)
+    for step, v in enumerate(values, 1):
+        m.save(tiny_state(step), step=step, epoch=0, metrics={"val/loss": v, "train/loss": 100.0 - step})
+        assert len(m.checkpoints()) <= keep_last + keep_best
+    assert [c["step"] for c in m.checkpoints()] == expected
+    if keep_best:
+        best_step = (min if mode == "min" else max)(range(1, len(values) + 1), key=lambda s: values[s - 1])
+        assert m.best_path() == str(tmp_path / f"step-{best_step:08d}")
+
+
+def test_rotation_end_to_end_keeps_old_best(tmp_path, monkeypatch):
+    # Checks every 2 steps; the 2nd check (step 4) is the best and stays the best.
+    monkeypatch.setenv("RT_VAL_LOSSES", "3,1,2,2.5,2.6,2.7,2.8,2.9")
+    train(tmp_path, task="rt_helpers:ScriptedValTask",
+          **{"data.num_val_samples": 16, "training.val_every_n_steps": 2, "checkpoint.every_n_steps": 2,
+             "checkpoint.keep_last": 2, "checkpoint.keep_best": 1})
+    assert steps(tmp_path) == [4, 14, 16]
+    assert read_json(tmp_path / "summary.json")["best_checkpoint"] == str(tmp_path / "checkpoints" / "step-00000004")
+    assert read_json(tmp_path / "checkpoints" / "step-00000004" / "meta.json")["metrics"]["val/loss"] == 1.0
+
+
+# ----------------------------------------------------------------------------- corruption
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _garbage(path):
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garbage, lambda p: p.unlink()], ids=["truncated", "garbage", "missing"])
+def test_corrupt_latest_falls_back_to_previous_and_run_matches(tmp_path, damage):
+    common = {"training.lr_schedule": "constant", "checkpoint.every_n_steps": 4, "checkpoint.keep_last": 5}
+    train(tmp_path / "ref", **common)
+    run = tmp_path / "run"
+    train(run, **common, **{"training.max_steps": 12})
+    assert steps(run) == [4, 8, 12]
+    damage(run / "checkpoints" / "step-00000012" / "state.pt")
+    with pytest.raises(CheckpointError):
+        CheckpointManager.load(str(run / "checkpoints" / "step-00000012"))
+
+    result, _ = train(run, **common, **{"checkpoint.resume": "auto"})
+    assert result["step"] == 16
+    log = (run / "logs" / "rank0.log").read_text()
+    assert "step-00000012" in log and "falling back to an older checkpoint" in log and "WARNING" in log
+    assert "resumed from" in log and "at step 8 (epoch 0, batch 8)" in log
+    ref, got = load_state(checkpoints(tmp_path / "ref")[-1]), load_state(checkpoints(run)[-1])
+    assert all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"])
+    for c in checkpoints(run):  # the damaged step was re-saved properly
+        CheckpointManager.load(str(c))
+
+
+def test_all_corrupt_starts_fresh_with_warnings(tmp_path):
+    train(tmp_path, **{"checkpoint.every_n_steps": 8})
+    for c in checkpoints(tmp_path):
+        _truncate(c / "state.pt")
+    result, _ = train(tmp_path, **{"checkpoint.resume": "auto", "checkpoint.every_n_steps": 8})
+    assert result["step"] == 16
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert log.count("falling back to an older checkpoint") == 2 and "resumed from" not in log
+
+
+# ----------------------------------------------------------------------------- atomicity
+def test_tmp_folders_are_never_checkpoints(tmp_path):
+    train(tmp_path, **{"training.lr_schedule": "constant", "training.max_steps": 8, "checkpoint.every_n_steps": 4})
+    ckdir = tmp_path / "checkpoints"
+    # A save killed before its rename: a complete-looking folder under the temporary name, newer step.
+    fake = ckdir / ".tmp-step-00000099-4242"
+    shutil.copytree(ckdir / "step-00000008", fake)
+    state = torch.load(fake / "state.pt", weights_only=True)
+    state["progress"]["global_step"] = 99
+    torch.save(state, fake / "state.pt")
+    shutil.copytree(ckdir / "step-00000004", ckdir / "step-00000004.old-4242")
+    m = CheckpointManager(str(ckdir))
+    assert [c["step"] for c in m.checkpoints()] == [4, 8]
+    path, loaded = m.load_latest_valid()
+    assert path.endswith("step-00000008") and loaded["progress"]["global_step"] == 8
+    result, _ = train(tmp_path, **{"training.lr_schedule": "constant", "checkpoint.every_n_steps": 4,
+                                   "checkpoint.resume": "auto"})
+    assert result["step"] == 16
+    assert "at step 8 " in (tmp_path / "logs" / "rank0.log").read_text()
+    assert fake.exists()  # left alone, never loaded, never rotated as a checkpoint
+
+
+def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
+    m = CheckpointManager(str(tmp_path), keep_last=2, keep_best=0)
+    m.save(tiny_state(1), step=1, epoch=0, metrics={})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:  # half-written file, then the process "dies"
+            fh.truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("raytrain_llm.core.checkpointing.torch.save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(tiny_state(2), step=2, epoch=0, metrics={})
+    monkeypatch.undo()
+    assert [c["step"] for c in m.checkpoints()] == [1]
+    path, state = m.load_latest_valid()
+    assert path.endswith("step-00000001") and state["progress"]["global_step"] == 1
+    assert any(n.startswith(".tmp-step-00000002") for n in os.listdir(tmp_path))
+
+
+def test_refuses_to_save_non_finite_weights(tmp_path):
+    m = CheckpointManager(str(tmp_path))
+    state = tiny_state(3)
+    state["model"]["w"][0] = float("inf")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        m.save(state, step=3, epoch=0, metrics={})
+    assert m.checkpoints() == [] and os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- contents
+def test_clean_state_dict_strips_wrapper_prefixes_only():
+    raw = {"module._orig_mod.net.0.weight": 1, "_orig_mod.module.head.bias": 2, "module.x": 3,
+           "enc.submodule.weight": 4, "my_module.w": 5, "blk._orig_mod.w": 6, "module": 7}
+    assert clean_state_dict(raw) == {"net.0.weight": 1, "head.bias": 2, "x": 3, "enc.submodule.weight": 4,
+                                     "my_module.w": 5, "blk.w": 6, "module": 7}
+
+
+def test_epoch_end_checkpoint_has_val_metrics_when_every_n_steps_lands_on_it(tmp_path):
+    # every_n_steps=8 saves step 16 before the epoch-end validation; the epoch-end save must
+    # replace it, or no checkpoint carries val/loss and keep_best/best_checkpoint silently fail.
+    train(tmp_path, **{"checkpoint.every_n_steps": 8, "training.epochs": 2, "checkpoint.keep_last": 5})
+    metas = {ckpt_step(c): read_json(c / "meta.json") for c in checkpoints(tmp_path)}
+    assert set(metas) == {8, 16, 24, 32} and "val/loss" not in metas[24]["metrics"]
+    assert metas[32]["epoch"] == 2 and "val/loss" in metas[32]["metrics"]
+    assert metas[16]["epoch"] == 1 and "val/loss" in metas[16]["metrics"]
+    assert read_json(tmp_path / "summary.json")["best_checkpoint"] is not None
+
+
+def test_checkpoint_contents_load_with_weights_only(tmp_path):
+    _, cfg = train(tmp_path, **{"checkpoint.every_n_steps": 8})
+    path = checkpoints(tmp_path)[-1] / "state.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code needed
+    assert {"model", "optimizer", "scheduler", "scaler", "progress", "rng", "callbacks", "config"} <= set(state)
+    fresh = RegressionTask(cfg).build_model().state_dict()
+    assert list(state["model"]) == list(fresh)
+    assert not any(k.startswith(("module.", "_orig_mod.")) or "._orig_mod." in k for k in state["model"])
+    assert state["progress"] == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
+                                 "world_size": 1}
+    assert Config.from_dict(state["config"]) == cfg
+    assert (checkpoints(tmp_path)[-1] / "config.yaml").exists()
+    assert read_json(checkpoints(tmp_path)[-1] / "meta.json")["step"] == 16
+
+
+def test_resume_accepts_prefixed_keys(tmp_path):
+    _, cfg = train(tmp_path / "a", **{"training.max_steps": 8, "training.lr_schedule": "constant"})
+    src = checkpoints(tmp_path / "a")[-1]
+    state = load_state(src)
+    state["model"] = {f"module._orig_mod.{k}": v for k, v in state["model"].items()}
+    dst = tmp_path / "prefixed"
+    dst.mkdir()
+    torch.save(state, dst / "state.pt")
+    result, _ = train(tmp_path / "b", **{"training.lr_schedule": "constant", "checkpoint.resume": str(dst)})
+    assert result["step"] == 16
+    assert "resumed from" in (tmp_path / "b" / "logs" / "rank0.log").read_text()
