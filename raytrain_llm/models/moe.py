@@ -31,6 +31,21 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+class _PermuteRows(torch.autograd.Function):
+    """t[perm] whose backward is the gather g[inverse]: a permutation needs no scatter-add,
+    which autograd's index backward would use (and which is slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return t.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 class MoE(nn.Module):
     def __init__(self, d_model: int, hidden: int, num_experts: int, top_k: int, *, mlp_type: str = "gelu",
                  num_shared_experts: int = 0, capacity_factor: float = 0.0, bias_balancing: bool = False,
@@ -79,7 +94,10 @@ class MoE(nn.Module):
     def _sorted(self, x: torch.Tensor, r: Routing, backend: str) -> torch.Tensor:
         N, k = x.shape[0], self.top_k
         dt = compute_dtype(x)
-        xs = x[r.order % N].to(dt)  # [k*N, d] tokens grouped by expert
+        inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
+        # Row a of the slot-major copy is token a % N; permuting it groups tokens by expert.
+        x_slots = x.to(dt).expand(k, N, x.shape[1]).reshape(k * N, -1)
+        xs = _PermuteRows.apply(x_slots, r.order, inverse)  # [k*N, d]
         w_in, w_out = self.w_in.to(dt), self.w_out.to(dt)
         if backend == "grouped_mm":
             offs = r.counts.cumsum(0).to(torch.int32)
@@ -92,14 +110,19 @@ class MoE(nn.Module):
                            for xe, wi, wo in zip(xs.split(sizes), w_in.unbind(0), w_out.unbind(0))])
         h = h * r.weights.t().reshape(-1)[r.order, None]  # [k*N, d], fp32 weights promote
         # Un-sort with the inverse permutation and sum the k slots: a gather, not a scatter-add.
-        inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
-        return h[inverse].view(k, N, -1).sum(0).to(x.dtype)
+        return _PermuteRows.apply(h, inverse, r.order).view(k, N, -1).sum(0).to(x.dtype)
 
     def _padded(self, xs: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, r: Routing) -> torch.Tensor:
-        """Static-shape batched GEMM over [E, C, d] slots, C = capacity or N (dropless worst
-        case, E/k times the FLOPs): only for compiled fp32 graphs, where grouped_mm refuses fp32."""
+        """One batched GEMM over [E, C, d] slots. C is the capacity, else the busiest expert's
+        load (eager), else N (compiled: static, but E/k times the FLOPs; used only for fp32
+        graphs, where grouped_mm refuses fp32). Few ops, so it wins for many small experts."""
         E, N = self.num_experts, xs.shape[0] // self.top_k
-        C = self.router.capacity(N) if self.router.capacity_factor > 0 else N
+        if self.router.capacity_factor > 0:
+            C = self.router.capacity(N)
+        elif torch.compiler.is_compiling():
+            C = N  # a token picks an expert at most once
+        else:
+            C = max(1, int(r.counts.max()))  # eager: a host sync buys ~1x instead of E/k x FLOPs
         sorted_expert = r.experts.t().reshape(-1)[r.order]
         rank = torch.arange(xs.shape[0], device=xs.device) - (r.counts.cumsum(0) - r.counts)[sorted_expert]
         # Over-capacity rows (weight 0 already) park in one spare row past the E*C slots.
