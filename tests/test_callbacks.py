@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import checkpoints, ckpt_step, load_state, read_json, read_jsonl, train
+from rt_testing import checkpoints, ckpt_step, load_state, read_json, read_jsonl, train
 from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback
 from raytrain_llm.tasks.base_task import LRSchedule
 

@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import checkpoints, ckpt_step, load_state, make_config, read_json, train
+from rt_testing import checkpoints, ckpt_step, load_state, read_json, train
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import CheckpointError

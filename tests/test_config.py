@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from conftest import cli_env, run_cli
+from rt_testing import cli_env, run_cli
 from raytrain_llm.core.config import CHOICES, MAXIMUMS, MINIMUMS, SECTIONS, Config
 from raytrain_llm.core.config_loader import dump_yaml, load_config, parse_text
 from raytrain_llm.core.errors import ConfigError

@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from conftest import (checkpoints, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
+from rt_testing import (checkpoints, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
                       settings, train)
 
 

@@ -1,0 +1,103 @@
+"""Shared helpers for the core tests: tiny configs, the real CLI in a subprocess, checkpoint reads.
+
+A uniquely named module rather than `conftest`: tests/ray/conftest.py is also importable as
+`conftest`, so `from conftest import ...` would pick whichever directory is first on sys.path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+# Small enough that a run takes a fraction of a second on 2 CPU cores.
+TINY = {
+    "distributed.launcher": "local",
+    "logging.progress_bar": "off",
+    "logging.tensorboard": "false",
+    "logging.log_every_n_steps": "1",
+    "data.num_train_samples": "256",
+    "data.num_val_samples": "64",
+    "training.batch_size": "16",
+    "training.epochs": "1",
+    "training.device": "cpu",
+    "model.input_dim": "8",
+    "model.hidden_dim": "16",
+}
+
+
+def settings(tmp_path, **overrides) -> dict[str, str]:
+    """TINY plus `logging.dir` under tmp_path plus overrides (`training__lr=...` or {'training.lr': ...})."""
+    out = dict(TINY)
+    out["logging.dir"] = str(tmp_path)
+    for key, value in overrides.items():
+        out[key.replace("__", ".")] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def make_config(tmp_path, task: str = "regression", **overrides):
+    from raytrain_llm.core.config_loader import load_config
+
+    s = settings(tmp_path, **overrides)
+    return load_config(None, [f"{k}={v}" for k, v in s.items()], environ={}, task=task)
+
+
+def train(tmp_path, task: str = "regression", **overrides):
+    """One in-process run; returns (result, config)."""
+    from raytrain_llm.core.worker import train_worker
+
+    cfg = make_config(tmp_path, task, **overrides)
+    # One intra-op thread, like the subprocesses (cli_env): no oversubscription on small CPU
+    # boxes, and in-process, subprocess and spawned runs compute alike. Restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_worker(cfg), cfg
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cli_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYTRAIN_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO)])
+    env["OMP_NUM_THREADS"] = "1"  # also inherited by spawned workers
+    env.update(extra)
+    return env
+
+
+def run_cli(args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` from the repo root, as a user would run it."""
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def set_args(s: dict[str, str]) -> list[str]:
+    return [a for k, v in s.items() for a in ("--set", f"{k}={v}")]
+
+
+def checkpoints(run_dir) -> list[Path]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(p for p in d.iterdir() if p.name.startswith("step-")) if d.exists() else []
+
+
+def ckpt_step(path) -> int:
+    return int(Path(path).name.split("-")[1])
+
+
+def load_state(path) -> dict:
+    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_json(path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
