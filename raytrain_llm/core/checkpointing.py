@@ -38,6 +38,18 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _load_failure(exc: Exception) -> str:
+    """One short line. torch's weights-only message leads with advice to retry with
+    weights_only=False, which is wrong (and unsafe) for a garbled file: keep only the cause."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        cause = text.split(marker, 1)[1].strip().splitlines()
+        text = f"not a valid weights-only checkpoint ({cause[0].strip() if cause else 'unpickling failed'})"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:200]
+
+
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items()
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -140,8 +152,7 @@ class CheckpointManager:
         try:
             state = torch.load(file, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types for truncated or garbled files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint {file} is corrupt or unreadable: {reason[:200]}") from None
+            raise CheckpointError(f"checkpoint {file} is corrupt or unreadable: {_load_failure(exc)}") from None
         if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
             raise CheckpointError(f"checkpoint {file} is missing model/optimizer/progress state")
         return state
