@@ -85,6 +85,15 @@ def test_corrupt_latest_falls_back_to_previous_and_run_matches(tmp_path, damage)
         CheckpointManager.load(str(c))
 
 
+def test_corrupt_checkpoint_error_is_one_plain_line(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"garbage, not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        CheckpointManager.load(str(tmp_path))
+    msg = str(err.value)
+    assert "corrupt or unreadable" in msg and "\n" not in msg
+    assert "weights_only` set to `False`" not in msg  # no advice to unpickle untrusted garbage
+
+
 def test_all_corrupt_starts_fresh_with_warnings(tmp_path):
     train(tmp_path, **{"checkpoint.every_n_steps": 8})
     for c in checkpoints(tmp_path):
