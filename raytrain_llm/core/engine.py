@@ -90,9 +90,9 @@ class TrainingEngine(EngineStateMixin):
         self.criterion = self.task.build_criterion()
         if self.criterion is not None:
             self.criterion = self.criterion.to(self.device)
-        self.compiled = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
-            if cfg.optimization.compile else None
-        self.eval_model = self.compiled or self.raw_model
+        # A compiled module must not be truth-tested (`a or b` calls len() on it).
+        self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
+            if cfg.optimization.compile else self.raw_model
         self.model = self.eval_model
         if self.dist.enabled:
             self.model = DistributedDataParallel(
