@@ -51,6 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if not config.distributed.use_gpu and config.training.device == "auto":
         config.training.device = "cpu"  # a GPU may be visible on this node, but none was reserved
     dist = DistributedManager()
+    _record_placement(config, ctx, dist.rank)
 
     def data_module_factory(inner):
         return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
@@ -66,6 +67,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # After a restart (or a resumed run name): continue exactly from the last reported checkpoint.
     with checkpoint.as_directory() as path:
         train_worker(config, resume_from=path, **kwargs)
+
+
+def _record_placement(config: Config, ctx, rank: int) -> None:
+    """Where this rank runs (node id, IP, pid), in <logging.dir>/logs: the first thing to check on a cluster."""
+    import json
+
+    import ray
+
+    logs = os.path.join(config.logging.dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    info = {"rank": rank, "local_rank": ctx.get_local_rank(), "node_rank": ctx.get_node_rank(),
+            "node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
+    with open(os.path.join(logs, f"ray_worker_rank{rank}.json"), "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
 
 
 def _resources(config: Config) -> dict[str, float]:
