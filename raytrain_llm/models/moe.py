@@ -31,19 +31,40 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _PermuteRows(torch.autograd.Function):
-    """t[perm] whose backward is the gather g[inverse]: a permutation needs no scatter-add,
-    which autograd's index backward would use (and which is slow on CPU)."""
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index] for 2-D t. gather with an expanded index: on CPU it runs ~5x faster than
+    index_select or t[index] for a random permutation of a large tensor (it parallelises)."""
+    return torch.gather(t, 0, index[:, None].expand(-1, t.shape[1]))
+
+
+class _Dispatch(torch.autograd.Function):
+    """x [N, d] -> its k*N assignment rows in expert order. Backward gathers the gradient back
+    to slot-major order and sums the k slots: pure gathers, no scatter-add (slow on CPU)."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(inverse)
-        return t.index_select(0, perm)
+        ctx.n = x.shape[0]
+        return _rows(x, order % x.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
+        return _rows(grad, inverse).view(-1, ctx.n, grad.shape[1]).sum(0), None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    """t[perm] whose backward is the gather g[inverse]."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return _rows(t, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return _rows(grad, inverse), None, None
 
 
 class MoE(nn.Module):
@@ -62,6 +83,8 @@ class MoE(nn.Module):
         # Shared experts see every token with weight 1: n of them equal one MLP n times as wide.
         self.shared = MLP(d_model, hidden * num_shared_experts, mlp_type) if num_shared_experts else None
         self.drop = nn.Dropout(dropout)
+        for w in (self.w_in, self.w_out, self.router.weight):  # GPT re-inits; this is for standalone use
+            nn.init.normal_(w, std=0.02)
         # grouped_mm needs 16-byte aligned row strides: 8 elements covers fp32 and bf16.
         self.gmm_ok = _grouped_mm is not None and d_model % 8 == 0 and hidden % 8 == 0
 
@@ -95,9 +118,7 @@ class MoE(nn.Module):
         N, k = x.shape[0], self.top_k
         dt = compute_dtype(x)
         inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
-        # Row a of the slot-major copy is token a % N; permuting it groups tokens by expert.
-        x_slots = x.to(dt).expand(k, N, x.shape[1]).reshape(k * N, -1)
-        xs = _PermuteRows.apply(x_slots, r.order, inverse)  # [k*N, d]
+        xs = _Dispatch.apply(x.to(dt), r.order, inverse)  # [k*N, d] rows grouped by expert
         w_in, w_out = self.w_in.to(dt), self.w_out.to(dt)
         if backend == "grouped_mm":
             offs = r.counts.cumsum(0).to(torch.int32)
