@@ -74,14 +74,22 @@ def _copy_artifacts(src: str, dst: Optional[str]) -> None:
 def summarize(config: Config, result) -> dict[str, Any]:
     log_dir = config.logging.dir
     summary_path = os.path.join(log_dir, "summary.json")
-    if not os.path.exists(summary_path):
+    if os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        missing = [n for n in ("metrics.jsonl",) + (("tensorboard",) if config.logging.tensorboard else ())
+                   if not os.path.exists(os.path.join(log_dir, n))]
+        if missing:
+            raise TrainingError(f"Ray run finished but {', '.join(missing)} is missing under {log_dir}")
+    elif getattr(result, "metrics", None):
+        # Rank 0 ran on another node and logging.dir is not shared storage: report Ray's last metrics.
+        print(f"[ray] warning: no summary.json under {log_dir} on this node (rank 0 ran elsewhere?); "
+              "put logging.dir on storage every node sees", flush=True)
+        m = result.metrics
+        summary = {"global_step": int(m.get("step", 0)),
+                   "final": {"val": {k: v for k, v in m.items() if k.startswith("val/")}}}
+    else:
         raise TrainingError(f"Ray run finished but rank 0 wrote no summary at {summary_path}")
-    with open(summary_path, encoding="utf-8") as fh:
-        summary = json.load(fh)
-    missing = [n for n in ("metrics.jsonl",) + (("tensorboard",) if config.logging.tensorboard else ())
-               if not os.path.exists(os.path.join(log_dir, n))]
-    if missing:
-        raise TrainingError(f"Ray run finished but {', '.join(missing)} is missing under {log_dir}")
     _copy_artifacts(log_dir, getattr(result, "path", None))
     ck = config.checkpoint
     best = _best(result, ck.monitor, ck.mode)
