@@ -1,0 +1,206 @@
+"""`run_sweep`: a Ray Tune sweep in which every trial is a full Ray Train run of our engine.
+
+Train V2 cannot be handed to `Tuner` directly: each trial is a function that builds a
+`TorchTrainer` (`ray_train.build_trainer`) and fits it, with Tune's `TuneReportCallback` in
+the trainer's run config so every Train report (one per engine checkpoint) becomes a Tune
+result that ASHA can act on. All points are drawn and validated before Tune starts
+(sweep_space.py); the results are written by sweep_report.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.core.logger import Logger
+from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
+from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
+
+TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
+# Left free for the Ray Data tasks that feed the workers: a map task takes a whole CPU, and with
+# less than one free CPU Data never schedules it and the trial's workers wait forever.
+DATA_HEADROOM_CPU = 1.0
+STOPPED_FILE = "early_stopped.json"
+POINTS_FILE = "sweep_points.json"
+
+
+# ---------------------------------------------------------------- per trial (runs in a Ray actor)
+def trial_config(base: Config, point: dict[str, Any], sweep_dir: str) -> Config:
+    """The config one trial trains: the base with the point's values, its own folders, on Ray."""
+    cfg = apply_point(base, point)
+    cfg.logging.dir = os.path.join(sweep_dir, "tensorboard", point[POINT_ID])
+    cfg.logging.tensorboard = True
+    cfg.logging.progress_bar = "off"
+    cfg.checkpoint.dir = ""  # under the trial's logging.dir
+    cfg.checkpoint.resume = "none"
+    cfg.distributed.launcher = "ray"
+    cfg.distributed.run_name = point[POINT_ID]
+    cfg.distributed.storage_path = os.path.join(sweep_dir, "train")
+    return cfg
+
+
+def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, sweep_name: str) -> None:
+    """Tune's trainable: one Ray Train run; each of its reports reaches Tune through the callback."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raytrain_llm.launchers.ray_train import build_trainer
+
+    point = tune_config["point"]
+    cfg = trial_config(Config.from_dict(base), point, sweep_dir)
+    trainer = build_trainer(cfg, run_callbacks=[TuneReportCallback()], name=f"{sweep_name}-{point[POINT_ID]}",
+                            storage_path=cfg.distributed.storage_path)
+    import ray.train
+
+    from raytrain_llm.launchers.ray_results import failure_message
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingError(failure_message(cfg, exc)) from None
+    if getattr(result, "error", None) is not None:
+        raise TrainingError(failure_message(cfg, result.error))
+
+
+def trial_name(trial) -> str:
+    return trial.config["point"][POINT_ID]
+
+
+# ---------------------------------------------------------------- scheduling
+def make_scheduler(spec: SweepSpec):
+    if spec.scheduler.type == "none":
+        return None
+    from raytrain_llm.launchers.tune_scheduler import RecordingASHA
+
+    s = spec.scheduler
+    return RecordingASHA(os.path.join(spec.sweep_dir, STOPPED_FILE), time_attr=s.time_attr,
+                         grace_period=s.grace_period, max_t=s.max_t, reduction_factor=s.reduction_factor)
+
+
+def trial_resources(cfg: Config) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds while it runs: its own function plus its Train workers."""
+    d = cfg.distributed
+    gpus = d.num_workers * (d.gpus_per_worker or 1.0) if d.use_gpu else 0.0
+    return TRIAL_CPU + d.num_workers * d.cpus_per_worker, gpus
+
+
+def auto_concurrency(cfgs: list[Config], cluster: dict[str, float]) -> int:
+    """How many trials fit at once: the largest trial against the cluster, leaving CPUs for Ray Data.
+
+    Over-committing is what hangs a sweep (Train retries worker start-up forever), so round down.
+    """
+    cpu = max(trial_resources(c)[0] for c in cfgs)
+    gpu = max(trial_resources(c)[1] for c in cfgs)
+    total_cpu = cluster.get("CPU", 0.0)
+    n = math.floor(max(total_cpu - DATA_HEADROOM_CPU, 0.0) / cpu + 1e-9)
+    if gpu:
+        n = min(n, math.floor(cluster.get("GPU", 0.0) / gpu + 1e-9))
+    return max(1, min(n, len(cfgs)))
+
+
+# ---------------------------------------------------------------- the sweep
+def _check_same_sweep(spec: SweepSpec, points: list[dict[str, Any]], base: Config) -> None:
+    """A resumed sweep must be the same sweep: same points, same base config."""
+    path = os.path.join(spec.sweep_dir, POINTS_FILE)
+    record = {"points": points, "base": base.to_dict()}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        if json.loads(json.dumps(record)) != old:
+            raise UsageError(f"sweep {spec.name!r} already exists in {spec.sweep_dir} with a different search "
+                             "space or base config; give the sweep a new name (or delete that folder)")
+        return
+    from raytrain_llm.core.atomic_io import atomic_write_text
+
+    os.makedirs(spec.sweep_dir, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1))
+    atomic_write_text(os.path.join(spec.sweep_dir, "base_config.yaml"), dump_yaml(base))
+    if spec.source and os.path.isfile(spec.source):
+        with open(spec.source, encoding="utf-8") as fh:
+            atomic_write_text(os.path.join(spec.sweep_dir, "sweep.yaml"), fh.read())
+
+
+def plan(base_config: Config, sweep_path: str) -> tuple[SweepSpec, Config, list[dict[str, Any]]]:
+    """Parse, merge and validate everything a sweep needs, before Ray is touched."""
+    spec = load_sweep(sweep_path)
+    base = merge_base(base_config, spec.base_config)
+    points = build_points(spec, base)
+    return spec, base, points
+
+
+def build_tuner(spec: SweepSpec, base: Config, points: list[dict[str, Any]], concurrency: int):
+    from ray import tune
+
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), sweep_dir=spec.sweep_dir,
+                                     sweep_name=spec.name)
+    trainable = tune.with_resources(trainable, {"cpu": TRIAL_CPU})
+    if tune.Tuner.can_restore(spec.sweep_dir):
+        # Finished trials keep their results; unfinished ones run again (their Train run resumes
+        # from its own latest checkpoint); errored ones stay errored.
+        # The concurrency stored with the sweep applies: resume on a cluster at least as large.
+        return tune.Tuner.restore(spec.sweep_dir, trainable, resume_unfinished=True, resume_errored=False), True
+    tune_config = tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=make_scheduler(spec),
+                                  max_concurrent_trials=concurrency, num_samples=1,
+                                  trial_name_creator=trial_name, trial_dirname_creator=trial_name)
+    run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, verbose=1,
+                                failure_config=tune.FailureConfig(max_failures=0))
+    return tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
+                      tune_config=tune_config, run_config=run_config), False
+
+
+def unfinished_trials(grid) -> list[str]:
+    """Names of trials neither finished nor errored (the sweep was interrupted)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None) or []
+    return sorted(str(t) for t in trials if getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR"))
+
+
+def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
+    """Run (or resume) the sweep in `sweep_path` on top of `base_config`; returns the report's summary."""
+    spec, base, points = plan(base_config, sweep_path)
+    _check_same_sweep(spec, points, base)
+    logger = Logger("raytrain_llm.sweep", level=base.logging.level, log_dir=spec.sweep_dir, rank=0)
+    # Reports from a step without validation carry NaN for val metrics (ray_report.py); keep Tune
+    # from failing a trial over a result that lacks the metric.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import ray
+
+    from raytrain_llm.launchers.ray_cluster import init_ray
+
+    started = init_ray(base, include_dashboard=True)  # ASHA's early stops need the State API
+    try:
+        cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
+        fits = auto_concurrency(cfgs, ray.cluster_resources())
+        concurrency = min(spec.max_concurrent_trials or fits, fits)
+        if spec.max_concurrent_trials > fits:
+            logger.warning(f"max_concurrent_trials={spec.max_concurrent_trials} lowered to {fits}: more trials at "
+                           f"once do not fit in the cluster's free CPUs/GPUs and would hang waiting for them")
+        tuner, resumed = build_tuner(spec, base, points, concurrency)
+        logger.info(f"sweep {spec.name}: {len(points)} trials, {concurrency} at a time"
+                    f"{' (resumed)' if resumed else ''}; results in {spec.sweep_dir}")
+        grid = tuner.fit()
+        from raytrain_llm.launchers.sweep_report import collect_rows, write_report
+
+        rows = collect_rows(spec, base, grid)
+        summary = write_report(spec, base, rows)
+        unfinished = unfinished_trials(grid)
+    finally:
+        logger.close()
+        if started:
+            ray.shutdown()
+    if unfinished:  # Tune caught Ctrl-C (SIGINT) and saved its state
+        print(f"sweep {spec.name} interrupted with {len(unfinished)} unfinished trial(s) "
+              f"({', '.join(unfinished)}); run the same command again to resume it", file=sys.stderr)
+        raise KeyboardInterrupt
+    if summary.get("best") is None:
+        errors = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
+        raise TrainingError(f"sweep {spec.name}: no trial reported {spec.metric}"
+                            + (f" ({'; '.join(errors)[:500]})" if errors else "") + f"; see {spec.sweep_dir}")
+    print(f"best: {summary['best']['trial']} {spec.metric}={summary['best']['value']:.4g} "
+          f"-> {summary['best_config']}")
+    print(f"table: {summary['table_md']}")
+    return summary

@@ -1,0 +1,223 @@
+"""A finished (or resumed) sweep's results: table (CSV + Markdown), best config, plots, summary.
+
+Rows come from Tune's `ResultGrid`, i.e. exactly what the trials reported: each row's final and
+best metric are the last and best finite values of that trial's reports.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any, Optional
+
+from raytrain_llm.core.atomic_io import atomic_write_text
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.launchers.sweep_config import SweepSpec
+from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point
+
+# Reported names differ by launcher version: with and without the "train/" prefix.
+TOKENS_KEYS = ("train/tokens_per_s", "tokens_per_s")
+LOAD_KEYS = ("train/moe_max_load", "moe_max_load")
+X_KEY, GROUP_KEY = "model.num_experts", "model.top_k"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _column(history: list[dict], keys) -> list[float]:
+    for key in keys:
+        values = [h[key] for h in history if _finite(h.get(key))]
+        if values:
+            return values
+    return []
+
+
+def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]]:
+    """(active, total) parameters of a trial's model, counted on the meta device."""
+    key = json.dumps([cfg.task, cfg.to_dict()["model"]], sort_keys=True)
+    if key in cache:
+        return cache[key]
+    try:
+        import torch
+
+        if cfg.task == "lm":
+            from raytrain_llm.models import count_parameters
+
+            pc = count_parameters(cfg.model)
+            out = (pc.active, pc.total)
+        else:
+            from raytrain_llm.tasks.registry import resolve_task
+
+            with torch.device("meta"):
+                model = resolve_task(cfg.task)(cfg).build_model()
+            total = sum(p.numel() for p in model.parameters())
+            out = (total, total)
+    except Exception:  # noqa: BLE001 - a count is nice to have, never worth failing the report
+        out = (None, None)
+    cache[key] = out
+    return out
+
+
+def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
+    """One row per trial of a Tune ResultGrid, in trial order."""
+    from raytrain_llm.launchers.tune_scheduler import read_stopped
+
+    stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
+    cache: dict = {}
+    rows = []
+    for result in grid:
+        point = (result.config or {}).get("point", {})
+        df = result.metrics_dataframe
+        history = df.to_dict("records") if df is not None else []
+        rows.append(make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache))
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],
+             error: Optional[BaseException], cache: dict) -> dict[str, Any]:
+    values = _column(history, (spec.metric,))
+    better = min if spec.mode == "min" else max
+    tokens = _column(history, TOKENS_KEYS)
+    load = _column(history, LOAD_KEYS)
+    steps = _column(history, ("step",))
+    active, total = param_counts(apply_point(base, point), cache)
+    row: dict[str, Any] = {"trial": point.get(POINT_ID, "?")}
+    row.update({k: point.get(k) for k in spec.keys})
+    row.update({
+        f"{spec.metric} final": values[-1] if values else None,
+        f"{spec.metric} best": better(values) if values else None,
+        "reports": len(history),
+        "steps": int(steps[-1]) if steps else None,
+        "tokens/s": sum(tokens) / len(tokens) if tokens else None,
+        "active params": active,
+        "total params": total,
+        "expert load max/mean": load[-1] if load else None,
+        "stopped early": "yes" if stop_record else "no",
+        "status": "error" if error else ("stopped" if stop_record else "done"),
+        "error": (str(error).strip().splitlines() or [type(error).__name__])[0][:200] if error else "",
+    })
+    x = "step" if steps else "training_iteration"
+    row["_curve"] = [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]
+    row["_point"] = point
+    return row
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def table_text(rows: list[dict], markdown: bool) -> str:
+    columns = [c for c in rows[0] if not c.startswith("_")] if rows else ["trial"]
+    if not markdown:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+        return buf.getvalue()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def best_row(spec: SweepSpec, rows: list[dict]) -> Optional[dict]:
+    scored = [r for r in rows if _finite(r.get(f"{spec.metric} best"))]
+    if not scored:
+        return None
+    pick = min if spec.mode == "min" else max
+    return pick(scored, key=lambda r: r[f"{spec.metric} best"])
+
+
+def plot_results(spec: SweepSpec, rows: list[dict], out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    metric_best = f"{spec.metric} best"
+    numeric = [k for k in spec.keys if all(_finite(r.get(k)) for r in rows)]
+    x_key = X_KEY if X_KEY in numeric else (numeric[0] if numeric else None)
+    group_key = GROUP_KEY if GROUP_KEY in spec.keys and GROUP_KEY != x_key else None
+    scored = [r for r in rows if _finite(r.get(metric_best))]
+    if x_key and scored:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        groups = sorted({r.get(group_key) for r in scored}, key=str) if group_key else [None]
+        for g in groups:
+            best: dict = {}  # x -> best value among trials with that x (other swept keys vary)
+            for r in scored:
+                if group_key and r.get(group_key) != g:
+                    continue
+                x, v = r[x_key], r[metric_best]
+                if x not in best or (v < best[x] if spec.mode == "min" else v > best[x]):
+                    best[x] = v
+            xs = sorted(best)
+            ax.plot(xs, [best[x] for x in xs], marker="o", label=f"{group_key}={g}" if group_key else None)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(f"{spec.metric} ({'lowest' if spec.mode == 'min' else 'highest'} reported)")
+        if x_key == X_KEY:
+            ax.set_xticks(sorted({r[x_key] for r in scored}))
+        ax.set_title(f"sweep {spec.name}")
+        ax.grid(alpha=0.3)
+        if group_key:
+            ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{spec.metric.replace('/', '_')}_vs_{x_key.split('.')[-1]}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    curves = [r for r in rows if r["_curve"]]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in curves:
+            xs, ys = zip(*r["_curve"])
+            style = "--" if r["stopped early"] == "yes" else "-"
+            label = r["trial"] + " " + ", ".join(f"{k.split('.')[-1]}={_fmt(r[k])}" for k in spec.keys)
+            ax.plot(xs, ys, style, marker=".", label=label + (" (stopped)" if style == "--" else ""))
+        ax.set_xlabel("step")
+        ax.set_ylabel(spec.metric)
+        ax.set_title(f"sweep {spec.name}: {spec.metric} per trial")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, "loss_curves.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(spec: SweepSpec, base: Config, rows: list[dict]) -> dict[str, Any]:
+    """Writes results.csv, results.md, best_config.yaml, plots/*.png and summary.json in the sweep folder."""
+    d = spec.sweep_dir
+    os.makedirs(d, exist_ok=True)
+    paths = {"table_csv": os.path.join(d, "results.csv"), "table_md": os.path.join(d, "results.md")}
+    atomic_write_text(paths["table_csv"], table_text(rows, markdown=False))
+    atomic_write_text(paths["table_md"], table_text(rows, markdown=True))
+    best = best_row(spec, rows)
+    summary: dict[str, Any] = {"name": spec.name, "metric": spec.metric, "mode": spec.mode, "trials": len(rows),
+                               "stopped_early": sum(r["stopped early"] == "yes" for r in rows),
+                               "errored": sum(r["status"] == "error" for r in rows), "best": None,
+                               "best_config": None, **paths}
+    if best is not None:
+        cfg = apply_point(base, best["_point"])
+        header = (f"# Best trial {best['trial']} of sweep {spec.name}: {spec.metric} = "
+                  f"{best[f'{spec.metric} best']:.6g} ({spec.mode}).\n"
+                  f"# Swept values: {json.dumps({k: best[k] for k in spec.keys})}\n")
+        summary["best_config"] = os.path.join(d, "best_config.yaml")
+        atomic_write_text(summary["best_config"], header + dump_yaml(cfg))
+        summary["best"] = {"trial": best["trial"], "value": best[f"{spec.metric} best"],
+                           "point": {k: best[k] for k in spec.keys}}
+    summary["plots"] = plot_results(spec, rows, os.path.join(d, "plots"))
+    atomic_write_text(os.path.join(d, "summary.json"), json.dumps(summary, indent=1, default=str))
+    return summary
