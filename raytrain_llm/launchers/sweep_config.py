@@ -22,7 +22,7 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 # Set per trial by the sweep itself; sweeping them would make trials collide or leave Ray.
 RESERVED_KEYS = ("logging.dir", "checkpoint.dir", "checkpoint.resume", "distributed.launcher",
                  "distributed.run_name", "distributed.storage_path", "distributed.address")
-TIME_ATTRS = {"reports": "training_iteration", "training_iteration": "training_iteration"}
+TIME_ATTRS = {"reports": "training_iteration", "training_iteration": "training_iteration", "steps": "step"}
 
 
 @dataclass

@@ -62,8 +62,8 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
     return out
 
 
-def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
-    """One row per trial of a Tune ResultGrid, in trial order."""
+def collect_rows(spec: SweepSpec, base: Config, grid, unfinished=()) -> list[dict[str, Any]]:
+    """One row per trial of a Tune ResultGrid, in trial order (`unfinished`: names of interrupted trials)."""
     from raytrain_llm.launchers.tune_scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
@@ -73,7 +73,10 @@ def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
         point = (result.config or {}).get("point", {})
         df = result.metrics_dataframe
         history = df.to_dict("records") if df is not None else []
-        rows.append(make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache))
+        row = make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache)
+        if row["trial"] in unfinished:
+            row["status"] = "unfinished"
+        rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
 
 
