@@ -20,8 +20,8 @@ fi
 echo "== correctness checks" >&2
 timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_checks.jsonl"
 run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
-run                                    # dense
-run --moe --experts 8 --top-k 2 --batch 8   # MoE, expert width 4*d
+run --batch 32                              # dense
+run --moe --experts 8 --top-k 2 --batch 16  # MoE, expert width 4*d
 if [ -f benchmarks/moe_bench.py ] && [ "$PRESET" = "gpt2-small" ]; then
   echo "== moe_bench" >&2
   timeout 120 $PY benchmarks/moe_bench.py 2>>"$OUT/err.txt" | tee "$OUT/moe_bench.jsonl"
