@@ -11,7 +11,7 @@ PRESET=${PRESET:-gpt2-small}
 OUT=${OUT:-$(mktemp -d)}
 export PYTHONUNBUFFERED=1
 if [ "$PRESET" = "gpt2-small" ]; then
-  AMP="--amp bf16 --compile --data-workers 4"; STEPS="--steps 20 --warmup 8"
+  AMP="--amp bf16 --compile --data-workers 6"; STEPS="--steps 15 --warmup 6"
 else
   AMP="--amp bf16 --data-workers 0"; STEPS="--steps 10 --warmup 2"
 fi
