@@ -152,27 +152,6 @@ def build_tuner(spec: SweepSpec, base: Config, points: list[dict[str, Any]], con
                       tune_config=tune_config, run_config=run_config), False
 
 
-def unfinished_trials(sweep_dir: str) -> list[str]:
-    """Trials that Tune's saved state shows neither finished nor errored: the sweep was interrupted.
-
-    Read from the experiment state that `Tuner.restore` resumes from, so "unfinished" here means
-    exactly the trials a rerun will run again.
-    """
-    import glob
-
-    states = sorted(glob.glob(os.path.join(sweep_dir, "experiment_state-*.json")), key=os.path.getmtime)
-    if not states:
-        return []
-    with open(states[-1], encoding="utf-8") as fh:
-        data = json.load(fh)
-    out = []
-    for entry in data.get("trial_data", []):
-        trial = json.loads(entry[0] if isinstance(entry, list) else entry)
-        if trial.get("status") not in ("TERMINATED", "ERROR"):
-            out.append(str(trial.get("custom_trial_name") or trial.get("trial_id")))
-    return sorted(out)
-
-
 def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
     """Run (or resume) the sweep in `sweep_path` on top of `base_config`; returns the report's summary."""
     spec, base, points = plan(base_config, sweep_path)
@@ -199,9 +178,9 @@ def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
         grid = tuner.fit()
         from raytrain_llm.launchers.sweep_report import collect_rows, write_report
 
-        unfinished = unfinished_trials(spec.sweep_dir)
-        rows = collect_rows(spec, base, grid, unfinished)
+        rows = collect_rows(spec, base, grid)
         summary = write_report(spec, base, rows)
+        unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:
         logger.close()
         if started:

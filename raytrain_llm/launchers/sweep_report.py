@@ -62,8 +62,12 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
     return out
 
 
-def collect_rows(spec: SweepSpec, base: Config, grid, unfinished=()) -> list[dict[str, Any]]:
-    """One row per trial of a Tune ResultGrid, in trial order (`unfinished`: names of interrupted trials)."""
+def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
+    """One row per trial of a Tune ResultGrid, in trial order.
+
+    Tune marks the last result of every trial that ended (ran out, or was stopped) `done`; a trial
+    without it and without an error was interrupted (Ctrl-C) and is "unfinished".
+    """
     from raytrain_llm.launchers.tune_scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
@@ -74,7 +78,7 @@ def collect_rows(spec: SweepSpec, base: Config, grid, unfinished=()) -> list[dic
         df = result.metrics_dataframe
         history = df.to_dict("records") if df is not None else []
         row = make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache)
-        if row["trial"] in unfinished:
+        if not (result.metrics or {}).get("done") and result.error is None:
             row["status"] = "unfinished"
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
