@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from rt_testing import checkpoints, ckpt_step, load_state, read_json, train
+from rt_testing import checkpoints, ckpt_step, load_state, read_json, run_cli, set_args, settings, train
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import CheckpointError
@@ -201,3 +201,15 @@ def test_resume_accepts_prefixed_keys(tmp_path):
     result, _ = train(tmp_path / "b", **{"training.lr_schedule": "constant", "checkpoint.resume": str(dst)})
     assert result["step"] == 16
     assert "resumed from" in (tmp_path / "b" / "logs" / "rank0.log").read_text()
+
+
+def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(tmp_path):
+    s = settings(tmp_path, **{"training.epochs": 1})
+    first = run_cli(["--task", "regression", *set_args(s)], timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = sorted(p.name for p in checkpoints(tmp_path))
+    again = run_cli(["--task", "regression", *set_args(s)], timeout=120)
+    assert again.returncode == 2
+    last = again.stderr.strip().splitlines()[-1]
+    assert "already holds checkpoints" in last and "checkpoint.resume=auto" in last and "Traceback" not in again.stderr
+    assert sorted(p.name for p in checkpoints(tmp_path)) == before  # nothing already saved is lost

@@ -196,14 +196,16 @@ class TrainingEngine(EngineStateMixin):
         clip = self.config.training.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
         mean_loss = loss_sum / group
-        self._check_finite(mean_loss, grad_norm)
+        applied = self._apply_or_skip_step(mean_loss, grad_norm)
         self.global_step += 1
         self.batch_in_epoch += group
         self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
-        self._window_add(mean_loss, grad_norm, {k: v / group for k, v in metric_sums.items()})
+        if applied:  # a skipped step's NaN must not poison the logged window averages
+            self._window_add(mean_loss, grad_norm, {k: v / group for k, v in metric_sums.items()})
         return out
 
-    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def _apply_or_skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Optimizer and scheduler step if loss and gradients are finite; else skip or stop."""
         # One host sync per optimizer step: the price of catching a NaN before it reaches the weights.
         # With fp16 the scaler owns overflowing gradients (it skips those steps itself).
         watched = loss if self.precision.scaler else torch.stack([loss, grad_norm.float()])
@@ -216,7 +218,7 @@ class TrainingEngine(EngineStateMixin):
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.task.on_optimizer_step(self.raw_model)
-            return
+            return True
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.skip()
         where = f"step {self.global_step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch})"
@@ -226,6 +228,7 @@ class TrainingEngine(EngineStateMixin):
                 f"no checkpoint written (training.nan_policy=skip skips such steps)")
         self.skipped_steps += 1
         self.logger.warning(f"skipped {where}: non-finite loss or gradient")
+        return False
 
     def _after_step(self, outputs: StepOutput) -> None:
         step = self.global_step
