@@ -174,9 +174,9 @@ def test_sweep_completes_and_asha_stops_a_bad_trial(sweep):
     stopped = [r for r in rows if r["stopped early"] == "yes"]
     assert stopped, "ASHA stopped no trial"
     assert all(float(r["training.lr"]) == BAD_LR for r in stopped)
-    assert all(int(r["reports"]) < 4 for r in stopped)
     good = [r for r in rows if float(r["training.lr"]) == GOOD_LR]
-    assert all(r["stopped early"] == "no" and int(r["reports"]) == 4 and int(r["steps"]) == 16 for r in good)
+    assert all(r["stopped early"] == "no" and int(r["reports"]) >= 4 and int(r["steps"]) == 16 for r in good)
+    assert all(int(r["reports"]) < min(int(g["reports"]) for g in good) and int(r["steps"]) < 16 for r in stopped)
     for r in rows:
         assert float(r["tokens/s"]) > 0 and float(r["expert load max/mean"]) >= 1.0
         assert int(r["total params"]) > int(r["active params"]) > 0 or int(r["model.num_experts"]) == 1
