@@ -93,6 +93,11 @@ def load_state(path) -> dict:
     return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
 
 
+def final_state(run_dir) -> dict:
+    """The newest checkpoint's state of a run."""
+    return load_state(checkpoints(run_dir)[-1])
+
+
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

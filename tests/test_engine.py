@@ -9,12 +9,8 @@ import socket
 import pytest
 import torch
 
-from rt_testing import (checkpoints, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
+from rt_testing import (checkpoints, final_state, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
                       settings, train)
-
-
-def final_state(run_dir) -> dict:
-    return load_state(checkpoints(run_dir)[-1])
 
 
 def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:

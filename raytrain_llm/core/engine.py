@@ -276,7 +276,11 @@ class TrainingEngine(EngineStateMixin):
     def _validate_if_needed(self) -> None:
         if not self.config.training.validate or self._val_step == self.global_step or self.global_step == 0:
             return
-        self._run_validation_epoch()
+        # Validation must not consume training randomness, or validating more or less often
+        # (or at a resume point) would change the training run itself.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            self._run_validation_epoch()
 
     @torch.no_grad()
     def _run_validation_epoch(self) -> dict[str, float]:

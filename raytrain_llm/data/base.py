@@ -113,10 +113,13 @@ class DataModule(ABC):
     def num_train_batches(self, batch_size: int, world_size: int) -> int:
         return len(self.train_dataset) // (batch_size * world_size)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler, pin: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler, pin: bool, seed: int) -> DataLoader:
         workers = self.config.data.num_workers
+        # Its own generator: a DataLoader otherwise draws its base seed from the global torch
+        # RNG, so a resumed run (which creates the loader mid-epoch) would shift dropout noise.
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=keep_batch, num_workers=workers,
                           pin_memory=pin and self.config.data.pin_memory,
+                          generator=torch.Generator().manual_seed(seed),
                           persistent_workers=False, prefetch_factor=4 if workers else None)
 
     def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int,
@@ -124,10 +127,10 @@ class DataModule(ABC):
         sampler = ResumableBatchSampler(len(self.train_dataset), batch_size, rank=rank, world_size=world_size,
                                         seed=self.config.data.seed, epoch=epoch, start_batch=start_batch,
                                         shuffle=self.shuffle_train)
-        return self._loader(self.train_dataset, sampler, pin_memory)
+        return self._loader(self.train_dataset, sampler, pin_memory, seed=self.config.data.seed + epoch)
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,
                     pin_memory: bool = False) -> Iterable[Any]:
         sampler = ResumableBatchSampler(len(self.val_dataset), batch_size, rank=rank, world_size=world_size,
                                         shuffle=False, drop_last=False)
-        return self._loader(self.val_dataset, sampler, pin_memory)
+        return self._loader(self.val_dataset, sampler, pin_memory, seed=self.config.data.seed)
