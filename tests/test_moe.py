@@ -175,3 +175,14 @@ def test_bf16_autocast_on_cpu(backend):
         y, stats = moe(x)
     assert y.dtype == torch.float32 and stats["aux_loss"].dtype == torch.float32
     torch.testing.assert_close(y, moe(x)[0], rtol=0.05, atol=0.05)
+
+
+def test_top1_keeps_the_raw_gate_probability_so_the_router_learns():
+    moe = make_moe(4, 1)
+    x = torch.randn(20, 16)
+    routing = moe.router(x)
+    probs = torch.softmax(x @ moe.router.weight.t(), -1)
+    torch.testing.assert_close(routing.weights, probs.gather(1, routing.experts))
+    y, _ = moe(x)
+    y.sum().backward()
+    assert moe.router.weight.grad.abs().sum() > 0

@@ -18,7 +18,7 @@ class Routing:
     """One layer's routing decision for N tokens, top-k each."""
 
     experts: torch.Tensor  # [N, k] int64 expert ids
-    weights: torch.Tensor  # [N, k] fp32 combine weights, renormalised; 0 where dropped
+    weights: torch.Tensor  # [N, k] fp32 combine weights (renormalised if k > 1); 0 where dropped
     order: torch.Tensor  # [k*N] stable sort of the slot-major assignments by expert
     counts: torch.Tensor  # [E] int64 assignments per expert, before capacity drops
     stats: dict  # scalar/[E] tensors, see Router.stats
@@ -47,7 +47,10 @@ class Router(nn.Module):
         scores = probs + self.bias if self.bias_balancing else probs
         experts = scores.topk(k, dim=-1).indices  # [N, k]
         weights = probs.gather(1, experts)
-        weights = weights / weights.sum(dim=-1, keepdim=True)
+        if k > 1:
+            # Renormalise over the chosen k. Not for k=1 (Switch): the weight would be 1.0 and
+            # the router would learn from the balance losses alone.
+            weights = weights / weights.sum(dim=-1, keepdim=True)
 
         # Slot-major flattening: assignment a = slot * N + token. A stable sort then orders each
         # expert's assignments by (slot, token): every token's first choice before any second.
