@@ -7,7 +7,7 @@ import pytest
 from raytrain_llm.data.base import ResumableBatchSampler
 from raytrain_llm.launchers.ray_data import SlotGenerator, train_batches_needed
 
-from conftest import ray_config
+from ray_testing import ray_config
 
 
 @pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import final_params, fit, ray_config
+from ray_testing import final_params, fit, ray_config
 
 
 def _assert_close(a: dict, b: dict, atol: float) -> None:

@@ -10,14 +10,15 @@ from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.errors import TrainingError
 from raytrain_llm.launchers.ray_report import FAULT_ENV
 
-from conftest import final_params, fit, ray_config
+from ray_testing import final_params, fit, ray_config
 
 
 @pytest.mark.timeout(300)
 def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_local, reference_2w, monkeypatch):
     marker = tmp_path / "kills.txt"
-    # Rank 1 dies right after step 5: the last checkpoint is step 4, so steps 5.. are redone.
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=5,marker={marker},times=1")
+    # Rank 1 dies right after step 9, the first step of epoch 1: the last checkpoint is step 8 (end of
+    # epoch 0), so the restarted workers skip all of epoch 0 in their Ray Data stream and redo step 9.
+    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=9,marker={marker},times=1")
     config = ray_config(tmp_path, distributed__max_failures=1)
     result, resolved = fit(config)
     assert len(marker.read_text().split()) == 1, "the fault was not injected"
@@ -26,7 +27,7 @@ def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_loca
     ref = reference_2w["params"]
     for k in ref:
         assert torch.equal(params[k], ref[k]), f"{k} differs from the uninterrupted run"
-    # Each step appears once in metrics.jsonl: the records of the killed attempt after step 4 were dropped.
+    # Each step appears once in metrics.jsonl: the records of the killed attempt after step 8 were dropped.
     import json
 
     steps = [json.loads(line)["step"] for line in open(os.path.join(resolved.logging.dir, "metrics.jsonl"))

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import final_params, fit, ray_config
+from ray_testing import final_params, fit, ray_config
 
 
 @pytest.mark.timeout(300)
