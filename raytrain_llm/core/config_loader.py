@@ -100,26 +100,23 @@ class _Builder:
         return section, name
 
     def set_typed(self, key: str, value: Any, source: str) -> None:
-        found = self._lookup(key, source)
-        if found is None:
-            return
-        section, name = found
-        tp = self.types[section][name]
-        try:
-            self.values[section][name] = coerce(value, tp)
-        except (TypeError, StopIteration):
-            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{source}")
+        """A value that already has a type (from YAML or a dict)."""
+        self._set(key, value, source, coerce)
 
     def set_text(self, key: str, text: str, source: str) -> None:
+        """A string (from the environment or `--set`), parsed to the field's type."""
+        self._set(key, text, source, parse_text)
+
+    def _set(self, key: str, value: Any, source: str, convert) -> None:
         found = self._lookup(key, source)
         if found is None:
             return
         section, name = found
         tp = self.types[section][name]
         try:
-            self.values[section][name] = parse_text(text, tp)
-        except (ValueError, TypeError, yaml.YAMLError):
-            self.errors.append(f"{key}: expected {_type_name(tp)}, got {text!r}{source}")
+            self.values[section][name] = convert(value, tp)
+        except (ValueError, TypeError, StopIteration, yaml.YAMLError):
+            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{source}")
 
     def merge_mapping(self, data: Any, source: str) -> None:
         if not isinstance(data, Mapping):
