@@ -1,14 +1,16 @@
 """Ray Data for training: lazily generated "slot" datasets and the worker-side data module.
 
-A slot is one rank's micro-batch: B samples of one global batch. Slot k of an epoch belongs to
-global batch k // W and rank k % W and holds exactly the rows that `ResumableBatchSampler` gives
-that rank (data/base.py), so W workers at batch B see the global batches of 1 worker at W*B.
+A slot is one rank's micro-batch: B samples of one global batch, holding exactly the rows that
+`ResumableBatchSampler` gives that rank (data/base.py), so W workers at batch B see the global
+batches of 1 worker at W*B. A row of the dataset is a whole slot.
 
-Why whole slots as rows, one per block: with `preserve_order=True` and equal-sized blocks, Ray's
-`streaming_split(W, equal=True)` hands block k to shard k mod W (it feeds the shard with the fewest
-rows, ties to the lowest index). One slot per block makes that exactly the sampler's rank layout.
-Every slot also carries its (epoch, batch, rank), and the worker checks them: if Ray ever changes
-how it splits, the run fails loudly instead of silently training on a different order.
+Why blocks of G slots of one rank: with `preserve_order=True` and equal-sized blocks, Ray's
+`streaming_split(W, equal=True)` hands block j to shard j mod W (it feeds the shard with the fewest
+rows, ties to the lowest index). So block j holds G consecutive global batches of rank j mod W, and
+each shard streams exactly its rank's slots, in order. G > 1 cuts the number of Ray Data tasks (one
+per block) G-fold, which matters on small machines. Every slot also carries its (epoch, batch,
+rank), and the worker checks them: if Ray ever changes how it splits, the run fails loudly instead
+of silently training on a different order.
 
 The train dataset spans every epoch the run needs; the epoch's permutation is derived in the map
 function from (data seed, epoch), so shuffling is deterministic and no driver state is needed.
@@ -29,6 +31,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.data.base import epoch_permutation
 
 _META = ("_epoch", "_batch", "_rank", "_count")
+SLOTS_PER_BLOCK = 8  # G above
 
 
 @lru_cache(maxsize=4)
@@ -60,19 +63,30 @@ class SlotGenerator:
     """
 
     def __init__(self, config: Config, split: str, num_samples: int, *, batch_size: int, world_size: int,
-                 batches_per_epoch: int, seed: int, shuffle: bool):
+                 batches_per_epoch: int, total_batches: int, seed: int, shuffle: bool,
+                 group: int = SLOTS_PER_BLOCK):
         self.config_json, self.split, self.n = json.dumps(config.to_dict()), split, num_samples
-        self.b, self.w, self.nb = batch_size, world_size, batches_per_epoch
+        self.b, self.w, self.nb, self.g = batch_size, world_size, batches_per_epoch, group
+        self.total = max(total_batches, 1)  # global batches the run reads (across epochs)
         self.seed, self.shuffle = seed, shuffle
 
     @property
     def dataset(self):
         return _task_dataset(self.config_json, self.split)
 
-    def slot_ids(self, slot: int) -> tuple[int, int, int, np.ndarray]:
-        per_epoch = self.nb * self.w
-        epoch, within = divmod(slot, per_epoch)
-        batch, rank = divmod(within, self.w)
+    @property
+    def num_rows(self) -> int:
+        """Rows covering all global batches, padded to whole blocks for every rank."""
+        return -(-self.total // self.g) * self.g * self.w
+
+    def slot_ids(self, row: int) -> tuple[int, int, int, np.ndarray]:
+        """(epoch, batch in epoch, rank, sample ids) of a dataset row."""
+        block, within = divmod(row, self.g)
+        chunk, rank = divmod(block, self.w)
+        nth = chunk * self.g + within  # the rank's n-th global batch overall
+        epoch, batch = divmod(nth, self.nb)
+        if nth >= self.total:  # padding of the last block: no samples
+            return epoch, batch, rank, np.zeros(0, np.int64)
         order = _permutation(self.n, self.seed, epoch) if self.shuffle else np.arange(self.n)
         lo = (batch * self.w + rank) * self.b
         return epoch, batch, rank, order[lo:lo + self.b].astype(np.int64)
@@ -112,20 +126,20 @@ def build_ray_datasets(config: Config, data_module, world_size: int) -> dict[str
 
     b = config.training.batch_size
     nb = data_module.num_train_batches(b, world_size)
-    train_slots = train_batches_needed(config, nb) * world_size
     gen = SlotGenerator(config, "train", len(data_module.train_dataset), batch_size=b, world_size=world_size,
-                        batches_per_epoch=nb, seed=config.data.seed, shuffle=data_module.shuffle_train)
+                        batches_per_epoch=nb, total_batches=train_batches_needed(config, nb),
+                        seed=config.data.seed, shuffle=data_module.shuffle_train)
     n_val = len(data_module.val_dataset)
     nb_val = -(-n_val // (b * world_size))  # validation keeps its partial last batch
     val_gen = SlotGenerator(config, "val", n_val, batch_size=b, world_size=world_size,
-                            batches_per_epoch=nb_val, seed=0, shuffle=False)
+                            batches_per_epoch=nb_val, total_batches=nb_val, seed=0, shuffle=False)
 
-    def slots(n: int, fn: SlotGenerator):
-        # One slot per block (see the module docstring); batch_size=None maps a whole block at once.
-        return ray.data.range(max(n, 1), override_num_blocks=max(n, 1)).map_batches(
+    def slots(fn: SlotGenerator):
+        # Equal blocks of G rows (see the module docstring); batch_size=None maps one block per task.
+        return ray.data.range(fn.num_rows, override_num_blocks=fn.num_rows // fn.g).map_batches(
             fn, batch_size=None, batch_format="numpy")
 
-    return {"train": slots(train_slots, gen), "val": slots(nb_val * world_size, val_gen)}
+    return {"train": slots(gen), "val": slots(val_gen)}
 
 
 def _unpack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[int, int, int, int]]:

@@ -10,33 +10,47 @@ from raytrain_llm.launchers.ray_data import SlotGenerator, train_batches_needed
 from ray_testing import ray_config
 
 
+def _shard(gen: SlotGenerator, rank: int) -> list[tuple[int, int, list[int]]]:
+    """What streaming_split gives `rank`: blocks j with j % W == rank, in order (see ray_data.py)."""
+    out = []
+    for row in range(gen.num_rows):
+        if (row // gen.g) % gen.w == rank:
+            epoch, batch, r, ids = gen.slot_ids(row)
+            assert r == rank
+            out.append((epoch, batch, ids.tolist()))
+    return out
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_slots_match_resumable_batch_sampler(tmp_path, world):
+@pytest.mark.parametrize("world,group", [(1, 1), (2, 8), (3, 4), (2, 3)])
+def test_shards_match_resumable_batch_sampler(tmp_path, world, group):
     cfg = ray_config(tmp_path, distributed__num_workers=world)
-    n, b, nb = 128, 8, 128 // (8 * world)
+    n, b = 128, 8
+    nb = n // (b * world)
     gen = SlotGenerator(cfg, "train", n, batch_size=b, world_size=world, batches_per_epoch=nb,
-                        seed=cfg.data.seed, shuffle=True)
-    for epoch in (0, 1):
-        for rank in range(world):
-            expected = list(ResumableBatchSampler(n, b, rank=rank, world_size=world, seed=cfg.data.seed,
-                                                  epoch=epoch))
-            got = [gen.slot_ids((epoch * nb + i) * world + rank)[3].tolist() for i in range(nb)]
-            assert got == expected
-    # The generated row holds exactly the dataset's rows for those ids.
-    row = gen({"id": np.array([world + 0])})
-    ids = gen.slot_ids(world)[3]
+                        total_batches=2 * nb, seed=cfg.data.seed, shuffle=True, group=group)
+    for rank in range(world):
+        expected = [(e, i, ids) for e in (0, 1) for i, ids in enumerate(
+            ResumableBatchSampler(n, b, rank=rank, world_size=world, seed=cfg.data.seed, epoch=e))]
+        got = _shard(gen, rank)
+        assert got[:len(expected)] == expected
+        assert all(not ids for _, _, ids in got[len(expected):])  # block padding holds no samples
+    # A generated row holds exactly the dataset's rows for its ids.
+    row = gen({"id": np.array([1])})
+    epoch, batch, rank, ids = gen.slot_ids(1)
     np.testing.assert_array_equal(row["x"][0], gen.dataset.rows(ids)["x"])
-    # Slot `world` is global batch 1, rank 0, whatever the world size.
-    assert [int(row[k][0]) for k in ("_epoch", "_batch", "_rank", "_count")] == [0, 1, 0, b]
+    assert [int(row[k][0]) for k in ("_epoch", "_batch", "_rank", "_count")] == [epoch, batch, rank, b]
 
 
 @pytest.mark.timeout(30)
 def test_validation_tail_is_padded_and_counted(tmp_path):
     cfg = ray_config(tmp_path)
-    gen = SlotGenerator(cfg, "val", 20, batch_size=8, world_size=2, batches_per_epoch=2, seed=0, shuffle=False)
-    counts = [int(gen({"id": np.array([k])})["_count"][0]) for k in range(4)]
-    assert counts == [8, 8, 4, 0] and sum(counts) == 20
+    gen = SlotGenerator(cfg, "val", 20, batch_size=8, world_size=2, batches_per_epoch=2, total_batches=2,
+                        seed=0, shuffle=False, group=4)
+    counts = {r: [int(gen({"id": np.array([k])})["_count"][0]) for k in range(gen.num_rows) if (k // 4) % 2 == r]
+              for r in (0, 1)}
+    assert counts == {0: [8, 4, 0, 0], 1: [8, 0, 0, 0]}  # batch 1 holds ids 16..19: all rank 0's
+    assert sum(map(sum, counts.values())) == 20
 
 
 @pytest.mark.timeout(30)
