@@ -10,6 +10,9 @@ Each run is `train.py` in a fresh subprocess (what a user types). Reported per r
 - `data_wait_share`: mean share of step time spent waiting for the batch after warm-up;
 - `wall_s`: the whole command.
 Pairs to compare: local x1 vs ray x1 (batch 2B), spawn x2 vs ray x2 (batch B per worker).
+Every run gets OMP_NUM_THREADS=--threads (default 1, what Ray gives a worker with a fractional
+CPU): otherwise in-process runs use all cores' threads and the comparison measures thread
+oversubscription rather than the launcher.
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=8, help="per-worker batch B of the 2-worker runs")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every run")
     args = p.parse_args()
     b = args.batch
     plan = [("local-x1", "local", 1, 2 * b), ("ray-x1", "ray", 1, 2 * b),
@@ -74,7 +78,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     for _ in range(args.repeat):
         for name, launcher, workers, batch in plan:
-            print(json.dumps({**run(name, launcher, workers, batch, args, {}), "task": args.task,
+            env = {"OMP_NUM_THREADS": str(args.threads)}
+            print(json.dumps({**run(name, launcher, workers, batch, args, env), "task": args.task,
                               "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 1)}), flush=True)
 
 
