@@ -68,15 +68,18 @@ def ray_head():
             time.sleep(2)
         yield address, env
     finally:
-        # SIGTERM to the group we started: `ray start --block` then stops the processes it launched.
+        # SIGTERM to the group we started (ray start and the head processes it launched), then
+        # SIGKILL to whatever of that group is left: `ray start --block` can take long to exit.
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
