@@ -120,22 +120,39 @@ def run_hand(cfg, a) -> float:
     return time.perf_counter() - t0
 
 
-def measure(fn, cfg, a) -> dict:
-    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+def prepare(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    best = min(fn(cfg, a) for _ in range(a.repeats))
+
+
+def summarize(seconds: float, peak_mem: float, cfg, a) -> dict:
+    device = torch.device("cuda" if a.device == "cuda" else "cpu")
     tokens = cfg.training.batch_size * cfg.model.seq_len * a.steps
-    tps = tokens / best
+    tps = tokens / seconds
     out = {"tokens_per_s": round(tps, 1), "tflops": round(flops_per_token(cfg.model) * tps / 1e12, 3)}
     peak = peak_tflops(device)
     if peak:
         out["mfu"] = round(out["tflops"] / peak, 4)
     if device.type == "cuda":
-        out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["peak_mem_gib"] = round(peak_mem / 2**30, 2)
     return out
+
+
+def measure_side_by_side(cfg, a) -> tuple[dict, dict]:
+    """Hand and engine runs interleaved, best of `repeats` each: neither always runs on a warmer
+    (or quieter) machine."""
+    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+    best = {"hand": float("inf"), "engine": float("inf")}
+    mem = {"hand": 0.0, "engine": 0.0}
+    for _ in range(a.repeats):
+        for name, fn in (("hand", run_hand), ("engine", run_engine)):
+            prepare(device)
+            best[name] = min(best[name], fn(cfg, a))
+            if device.type == "cuda":
+                mem[name] = max(mem[name], torch.cuda.max_memory_allocated())
+    return summarize(best["hand"], mem["hand"], cfg, a), summarize(best["engine"], mem["engine"], cfg, a)
 
 
 def main() -> None:
@@ -155,9 +172,7 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(a, tmp)
-        # Alternate the order so neither side always runs on a warmer machine.
-        hand = measure(run_hand, cfg, a)
-        engine = measure(run_engine, cfg, a)
+        hand, engine = measure_side_by_side(cfg, a)
     result = {
         "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile, "moe": a.moe,
         "experts": a.experts if a.moe else None, "top_k": a.top_k if a.moe else None,
