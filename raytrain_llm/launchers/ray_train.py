@@ -62,11 +62,50 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        _fallback_to_engine_checkpoints(config, dist)
         train_worker(config, **kwargs)
         return
     # After a restart (or a resumed run name): continue exactly from the last reported checkpoint.
     with checkpoint.as_directory() as path:
         train_worker(config, resume_from=path, **kwargs)
+
+
+def _fallback_to_engine_checkpoints(config: Config, dist) -> None:
+    """No Ray checkpoint: resume from the engine's own folder if this run already wrote one there.
+
+    Ray registers a report only when its controller next polls the workers, so a worker killed
+    within a poll interval of a save restarts with `get_checkpoint() is None` although the
+    checkpoint is on disk. `build_trainer` refused folders holding an earlier run's checkpoints,
+    so whatever is there now is this run's. Every rank must pick the same one (or none).
+    """
+    from raytrain_llm.core.checkpointing import CheckpointManager
+
+    if config.checkpoint.resume != "none" or not config.checkpoint.enabled:
+        return
+    latest = CheckpointManager(config.checkpoint_dir, is_main=False).latest_path()
+    seen = dist.gather_objects(os.path.basename(latest) if latest else None)
+    if not any(seen):
+        return
+    if len(set(seen)) > 1:
+        raise TrainingError(f"restarted without a Ray checkpoint, and ranks see different checkpoints in "
+                            f"{config.checkpoint_dir} ({seen}): put logging.dir on storage all nodes share")
+    config.checkpoint.resume = "auto"
+
+
+def _refuse_stale_checkpoints(config: Config) -> None:
+    """A new run must not start in a folder holding another run's checkpoints (as the engine rules)."""
+    from raytrain_llm.core.checkpointing import CheckpointManager
+    from raytrain_llm.core.errors import UsageError
+
+    d = config.distributed
+    snapshot = os.path.join(d.storage_path, d.run_name, "checkpoint_manager_snapshot.json")
+    if (config.checkpoint.resume != "none" or not config.checkpoint.enabled or "://" in d.storage_path
+            or os.path.exists(snapshot)):  # Ray resumes this run name from its own snapshot
+        return
+    if CheckpointManager(config.checkpoint_dir, is_main=False).checkpoints():
+        raise UsageError(f"checkpoint.dir {os.path.abspath(config.checkpoint_dir)} already holds checkpoints of "
+                         "an earlier run: set checkpoint.resume=auto to continue it, or use another "
+                         "logging.dir/checkpoint.dir")
 
 
 def _record_placement(config: Config, ctx, rank: int) -> None:
@@ -104,6 +143,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint
+    _refuse_stale_checkpoints(cfg)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(

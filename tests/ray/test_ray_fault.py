@@ -66,3 +66,29 @@ def test_failure_message_names_the_dead_worker(tmp_path):
     message = failure_message(config, exc)
     assert "failed after 2 restart(s)" in message and "worker rank 1 died" in message
     assert "Last good checkpoint: none" in message
+
+
+class _OneRank:
+    def gather_objects(self, obj):
+        return [obj]
+
+
+@pytest.mark.timeout(30)
+def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
+    """Ray can lose a report when a worker dies within a poll interval of it; the folder still has it."""
+    from raytrain_llm.core.errors import UsageError
+    from raytrain_llm.launchers.ray_train import (_fallback_to_engine_checkpoints, _refuse_stale_checkpoints,
+                                                  resolve_paths)
+
+    config = resolve_paths(ray_config(tmp_path))
+    _fallback_to_engine_checkpoints(config, _OneRank())
+    assert config.checkpoint.resume == "none"  # nothing on disk: a fresh start
+    _refuse_stale_checkpoints(config)
+    CheckpointManager(config.checkpoint_dir).save(
+        {"model": {"w": torch.zeros(1)}, "optimizer": {}, "progress": {}}, step=2, epoch=0, metrics={})
+    _fallback_to_engine_checkpoints(config, _OneRank())
+    assert config.checkpoint.resume == "auto"
+    # ...while a new run (not a restart) in that folder is refused before anything starts.
+    fresh = resolve_paths(ray_config(tmp_path))
+    with pytest.raises(UsageError, match="already holds checkpoints"):
+        _refuse_stale_checkpoints(fresh)
