@@ -166,25 +166,30 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
 
 
+def fit(trainer, cfg: Config):
+    """`trainer.fit()`, with a failed run turned into our one-line `TrainingError` (exit 1)."""
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingError(failure_message(cfg, exc)) from None
+    if getattr(result, "error", None) is not None:
+        raise TrainingError(failure_message(cfg, result.error))
+    return result
+
+
 def run_ray(config: Config) -> dict[str, Any]:
     """Train on Ray (an existing cluster or a private local one); returns final metrics and paths."""
     import ray
-    import ray.train
 
     cfg = resolve_paths(config)
     started = init_ray(cfg)
     try:
-        trainer = build_trainer(cfg)
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as exc:
-            raise TrainingError(failure_message(cfg, exc)) from None
-        if getattr(result, "error", None) is not None:
-            raise TrainingError(failure_message(cfg, result.error))
-        return summarize(cfg, result)
+        return summarize(cfg, fit(build_trainer(cfg), cfg))
     finally:
         if started:
             ray.shutdown()
 
 
-__all__ = ["build_trainer", "resolve_paths", "run_ray", "train_loop_per_worker"]
+__all__ = ["build_trainer", "fit", "resolve_paths", "run_ray", "train_loop_per_worker"]

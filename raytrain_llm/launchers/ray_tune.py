@@ -48,22 +48,14 @@ def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: s
     """Tune's trainable: one Ray Train run; each of its reports reaches Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytrain_llm.launchers.ray_train import build_trainer
+    from raytrain_llm.launchers.ray_train import build_trainer, fit, resolve_paths
 
     point = tune_config["point"]
     cfg = trial_config(Config.from_dict(base), point, sweep_dir)
-    trainer = build_trainer(cfg, run_callbacks=[TuneReportCallback()], name=f"{sweep_name}-{point[POINT_ID]}",
+    name = f"{sweep_name}-{point[POINT_ID]}"
+    trainer = build_trainer(cfg, run_callbacks=[TuneReportCallback()], name=name,
                             storage_path=cfg.distributed.storage_path)
-    import ray.train
-
-    from raytrain_llm.launchers.ray_results import failure_message
-
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise TrainingError(failure_message(cfg, exc)) from None
-    if getattr(result, "error", None) is not None:
-        raise TrainingError(failure_message(cfg, result.error))
+    fit(trainer, resolve_paths(cfg, name=name, storage_path=cfg.distributed.storage_path))
 
 
 def trial_name(trial) -> str:
