@@ -67,6 +67,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
+        self._window: Optional[dict[str, Any]] = None  # sums since the last train log record
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._setup()
 
@@ -246,7 +247,7 @@ class TrainingEngine(EngineStateMixin):
 
     # ------------------------------------------------------------------ logging
     def _window_add(self, loss, grad_norm, metrics) -> None:
-        w = getattr(self, "_window", None)
+        w = self._window
         if w is None:
             w = self._window = {"n": 0, "loss": 0.0, "grad_norm": 0.0, "metrics": {}}
         w["n"] += 1
@@ -256,7 +257,7 @@ class TrainingEngine(EngineStateMixin):
             w["metrics"][k] = w["metrics"].get(k, 0.0) + v
 
     def _log_train(self) -> None:
-        w = getattr(self, "_window", None)
+        w = self._window
         if not w or not w["n"]:
             return
         self._window = None
