@@ -163,3 +163,14 @@ def test_spawn_two_gloo_workers_equal_one_worker_at_double_batch(tmp_path):
     v1 = read_json(tmp_path / "one" / "summary.json")["final"]["val"]["val/loss"]
     v2 = read_json(tmp_path / "two" / "summary.json")["final"]["val"]["val/loss"]
     assert v1 == pytest.approx(v2, rel=1e-4)
+
+
+@pytest.mark.timeout(200)
+def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
+    s = settings(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,
+                              "distributed.backend": "gloo", "distributed.master_port": _free_port(),
+                              "checkpoint.resume": str(tmp_path / "no-such-checkpoint")})
+    p = run_cli(set_args(s), timeout=180)
+    assert p.returncode == 2, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: checkpoint.resume: no checkpoint at"), last

@@ -13,7 +13,7 @@ import torch
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager, pick_backend
-from raytrain_llm.core.errors import RaytrainError, TrainingError
+from raytrain_llm.core.errors import RaytrainError, TrainingError, UsageError
 from raytrain_llm.core.worker import train_worker
 
 
@@ -50,7 +50,11 @@ def run_spawn(config: Config) -> dict[str, Any]:
     try:
         torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
+        # The child's traceback ends in "module.ErrorType: message": keep a usage error a usage error.
         last = str(exc).strip().splitlines()[-1]
+        kind, _, message = last.partition(": ")
+        if kind.rsplit(".", 1)[-1] in ("UsageError", "ConfigError"):
+            raise UsageError(message) from None
         raise TrainingError(f"a spawned worker failed: {last}") from None
     except torch.multiprocessing.ProcessExitedException as exc:
         raise TrainingError(f"a spawned worker died: {exc}") from None
