@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
-from raytrain_llm.core.errors import CheckpointError
+from raytrain_llm.core.errors import CheckpointError, UsageError
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -84,6 +84,14 @@ class CheckpointManager:
             meta["path"] = path
             found.append(meta)
         return sorted(found, key=lambda m: m["step"])
+
+    def refuse_earlier_run(self) -> None:
+        """A fresh run must not share a folder with an earlier run's checkpoints: rotation would
+        delete the new run's checkpoints in favour of the older run's higher steps."""
+        if self.checkpoints():
+            raise UsageError(
+                f"checkpoint.dir {self.directory} already holds checkpoints of an earlier run: set "
+                "checkpoint.resume=auto to continue it, or use another logging.dir/checkpoint.dir")
 
     def latest_path(self) -> Optional[str]:
         ckpts = self.checkpoints()

@@ -62,12 +62,8 @@ class EngineStateMixin:
         explicit = self.resume_from
         mode = self.config.checkpoint.resume
         if explicit is None and mode == "none":
-            # A fresh run must not mix with an earlier run's checkpoints: rotation would delete
-            # its own new ones in favour of the older run's higher steps.
-            if self.checkpoint_manager is not None and self.checkpoint_manager.checkpoints():
-                raise UsageError(
-                    f"checkpoint.dir {self.checkpoint_manager.directory} already holds checkpoints of an earlier "
-                    "run: set checkpoint.resume=auto to continue it, or use another logging.dir/checkpoint.dir")
+            if self.checkpoint_manager is not None:
+                self.checkpoint_manager.refuse_earlier_run()
             return None, None
         if explicit is None and mode == "auto":
             if self.checkpoint_manager is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from raytrain_llm.core.callbacks.metrics_logger import read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager, pick_backend
 from raytrain_llm.core.errors import RaytrainError, TrainingError, UsageError
@@ -58,16 +59,8 @@ def run_spawn(config: Config) -> dict[str, Any]:
         raise TrainingError(f"a spawned worker failed: {last}") from None
     except torch.multiprocessing.ProcessExitedException as exc:
         raise TrainingError(f"a spawned worker died: {exc}") from None
-    return _read_summary(config)
-
-
-def _read_summary(config: Config) -> dict[str, Any]:
-    import json
-
-    path = os.path.join(config.logging.dir, "summary.json")
-    if not os.path.exists(path):
-        raise RaytrainError(f"training finished but wrote no summary at {path}")
-    with open(path, encoding="utf-8") as fh:
-        summary = json.load(fh)
+    summary = read_summary(config.logging.dir)
+    if summary is None:
+        raise RaytrainError(f"training finished but wrote no summary in {config.logging.dir}")
     return {"train": summary["final"].get("train", {}), "val": summary["final"].get("val", {}),
             "step": summary["global_step"]}

@@ -7,6 +7,7 @@ current-cluster file names, e.g. a head someone else started on this machine.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from raytrain_llm.core.config import Config
@@ -24,7 +25,7 @@ def local_num_cpus(config: Config) -> int:
     # All cores, but never fewer logical CPUs than the workers reserve plus one for Ray Data.
     d = config.distributed
     need = d.num_workers * d.cpus_per_worker + 1
-    return max(os.cpu_count() or 1, int(-(-need // 1)))
+    return max(os.cpu_count() or 1, math.ceil(need))
 
 
 def init_ray(config: Config, *, include_dashboard: bool = True) -> bool:

@@ -1,12 +1,12 @@
 """After `fit()`: the driver's summary of a Ray run, and a readable message when it failed."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 from typing import Any, Optional
 
+from raytrain_llm.core.callbacks.metrics_logger import read_summary
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import TrainingError
@@ -73,10 +73,8 @@ def _copy_artifacts(src: str, dst: Optional[str]) -> None:
 
 def summarize(config: Config, result) -> dict[str, Any]:
     log_dir = config.logging.dir
-    summary_path = os.path.join(log_dir, "summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path, encoding="utf-8") as fh:
-            summary = json.load(fh)
+    summary = read_summary(log_dir)
+    if summary is not None:
         missing = [n for n in ("metrics.jsonl",) + (("tensorboard",) if config.logging.tensorboard else ())
                    if not os.path.exists(os.path.join(log_dir, n))]
         if missing:
@@ -89,7 +87,7 @@ def summarize(config: Config, result) -> dict[str, Any]:
         summary = {"global_step": int(m.get("step", 0)),
                    "final": {"val": {k: v for k, v in m.items() if k.startswith("val/")}}}
     else:
-        raise TrainingError(f"Ray run finished but rank 0 wrote no summary at {summary_path}")
+        raise TrainingError(f"Ray run finished but rank 0 wrote no summary in {log_dir}")
     _copy_artifacts(log_dir, getattr(result, "path", None))
     ck = config.checkpoint
     best = _best(result, ck.monitor, ck.mode)

@@ -95,17 +95,13 @@ def _fallback_to_engine_checkpoints(config: Config, dist) -> None:
 def _refuse_stale_checkpoints(config: Config) -> None:
     """A new run must not start in a folder holding another run's checkpoints (as the engine rules)."""
     from raytrain_llm.core.checkpointing import CheckpointManager
-    from raytrain_llm.core.errors import UsageError
 
     d = config.distributed
     snapshot = os.path.join(d.storage_path, d.run_name, "checkpoint_manager_snapshot.json")
     if (config.checkpoint.resume != "none" or not config.checkpoint.enabled or "://" in d.storage_path
             or os.path.exists(snapshot)):  # Ray resumes this run name from its own snapshot
         return
-    if CheckpointManager(config.checkpoint_dir, is_main=False).checkpoints():
-        raise UsageError(f"checkpoint.dir {os.path.abspath(config.checkpoint_dir)} already holds checkpoints of "
-                         "an earlier run: set checkpoint.resume=auto to continue it, or use another "
-                         "logging.dir/checkpoint.dir")
+    CheckpointManager(config.checkpoint_dir, is_main=False).refuse_earlier_run()
 
 
 def _record_placement(config: Config, ctx, rank: int) -> None:
@@ -123,7 +119,8 @@ def _record_placement(config: Config, ctx, rank: int) -> None:
         json.dump(info, fh)
 
 
-def _resources(config: Config) -> dict[str, float]:
+def worker_resources(config: Config) -> dict[str, float]:
+    """What each Train worker reserves (Tune sums these per trial)."""
     d = config.distributed
     res = {"CPU": d.cpus_per_worker}
     if d.use_gpu:
@@ -158,7 +155,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, "")},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
-                                               resources_per_worker=_resources(cfg),
+                                               resources_per_worker=worker_resources(cfg),
                                                placement_strategy=d.placement_strategy),
         run_config=run_config,
         datasets=build_ray_datasets(cfg, data_module, d.num_workers),

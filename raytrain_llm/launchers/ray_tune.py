@@ -75,9 +75,10 @@ def make_scheduler(spec: SweepSpec):
 
 def trial_resources(cfg: Config) -> tuple[float, float]:
     """(CPUs, GPUs) one trial holds while it runs: its own function plus its Train workers."""
-    d = cfg.distributed
-    gpus = d.num_workers * (d.gpus_per_worker or 1.0) if d.use_gpu else 0.0
-    return TRIAL_CPU + d.num_workers * d.cpus_per_worker, gpus
+    from raytrain_llm.launchers.ray_train import worker_resources
+
+    per_worker, n = worker_resources(cfg), cfg.distributed.num_workers
+    return TRIAL_CPU + n * per_worker["CPU"], n * per_worker.get("GPU", 0.0)
 
 
 def auto_concurrency(cfgs: list[Config], cluster: dict[str, float]) -> int:

@@ -10,6 +10,17 @@ from typing import Any, Optional
 from raytrain_llm.core.atomic_io import atomic_write_json
 from raytrain_llm.core.callbacks.base import Callback
 
+SUMMARY_FILE = "summary.json"
+
+
+def read_summary(log_dir: str) -> Optional[dict[str, Any]]:
+    """The summary.json a run's MetricsLogger wrote, or None if there is none (yet)."""
+    path = os.path.join(log_dir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
 
 def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
     if not math.isfinite(value):
@@ -22,7 +33,7 @@ def is_better(value: float, best: Optional[float], mode: str, min_delta: float =
 class MetricsLogger(Callback):
     def __init__(self, log_dir: str, monitor: str = "val/loss", mode: str = "min"):
         self.path = os.path.join(log_dir, "metrics.jsonl")
-        self.summary_path = os.path.join(log_dir, "summary.json")
+        self.summary_path = os.path.join(log_dir, SUMMARY_FILE)
         self.monitor, self.mode = monitor, mode
         self.best_value: Optional[float] = None
         self.best_record: dict[str, Any] = {}
