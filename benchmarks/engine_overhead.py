@@ -5,7 +5,8 @@
     python benchmarks/engine_overhead.py --preset gpt2-small --moe --amp bf16 --batch 8
 
 Prints one JSON line per preset: tokens/s, TFLOP/s, MFU (CUDA) and peak memory of both, and
-`ratio` = engine tokens/s / hand tokens/s (goal >= 0.97 on GPU; engine overhead <= 1.03 on CPU).
+`ratio` = engine tokens/s / hand tokens/s of the best run of each (goal >= 0.97 on GPU; engine
+overhead <= 1.03 on CPU), and the median / min / max of the per-pair ratios.
 The hand loop trains on batches generated up front on the device, so any data-pipeline cost
 the engine pays shows up in the ratio instead of being hidden.
 """
@@ -15,6 +16,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from raytrain_llm.core.callbacks import Callback  # noqa: E402
 from raytrain_llm.core.config_loader import load_config  # noqa: E402
 from raytrain_llm.core.engine import TrainingEngine  # noqa: E402
+from raytrain_llm.core.host_memory import keep_freed_host_memory  # noqa: E402
 from raytrain_llm.core.monitoring import peak_tflops  # noqa: E402
 from raytrain_llm.models import GPT, flops_per_token  # noqa: E402
 from raytrain_llm.tasks.lm_task import LanguageModelingTask  # noqa: E402
@@ -52,7 +55,7 @@ def make_config(a, out_dir: str):
         f"data.num_workers={a.data_workers}", f"optimization.amp={a.amp}", f"optimization.compile={a.compile}",
         "checkpoint.enabled=false", "logging.tensorboard=false", "logging.progress_bar=off",
         f"logging.log_every_n_steps={steps}", f"logging.dir={out_dir}", "logging.level=WARNING",
-        "distributed.launcher=local",
+        "distributed.launcher=local", f"optimization.keep_host_memory={not a.default_malloc}",
     ]
     return load_config(overrides=sets, environ={}, task="lm")
 
@@ -92,8 +95,7 @@ def run_hand(cfg, a) -> float:
     device = torch.device("cuda" if a.device == "cuda" else "cpu")
     torch.manual_seed(cfg.training.seed)
     model = GPT(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.95), fused=True)
     fwd = torch.compile(model) if cfg.optimization.compile else model
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optimization.amp)
     dm = LanguageModelingTask(cfg).build_data_module()
@@ -140,19 +142,25 @@ def summarize(seconds: float, peak_mem: float, cfg, a) -> dict:
     return out
 
 
-def measure_side_by_side(cfg, a) -> tuple[dict, dict]:
-    """Hand and engine runs interleaved, best of `repeats` each: neither always runs on a warmer
-    (or quieter) machine."""
+def measure_side_by_side(cfg, a) -> tuple[dict, dict, dict]:
+    """Hand and engine runs in pairs, the order alternating from pair to pair so neither always
+    runs on a warmer (or quieter) machine. Returns the best run of each and the spread of the
+    per-pair ratios: on a shared machine one pair can be off by several percent either way."""
     device = torch.device("cuda" if a.device == "cuda" else "cpu")
-    best = {"hand": float("inf"), "engine": float("inf")}
+    seconds = {"hand": [], "engine": []}
     mem = {"hand": 0.0, "engine": 0.0}
-    for _ in range(a.repeats):
-        for name, fn in (("hand", run_hand), ("engine", run_engine)):
+    runs = (("hand", run_hand), ("engine", run_engine))
+    for i in range(a.repeats):
+        for name, fn in runs if i % 2 == 0 else runs[::-1]:
             prepare(device)
-            best[name] = min(best[name], fn(cfg, a))
+            seconds[name].append(fn(cfg, a))
             if device.type == "cuda":
                 mem[name] = max(mem[name], torch.cuda.max_memory_allocated())
-    return summarize(best["hand"], mem["hand"], cfg, a), summarize(best["engine"], mem["engine"], cfg, a)
+    pair_ratios = sorted(h / e for h, e in zip(seconds["hand"], seconds["engine"]))
+    spread = {"pair_ratio_median": round(statistics.median(pair_ratios), 4),
+              "pair_ratio_min": round(pair_ratios[0], 4), "pair_ratio_max": round(pair_ratios[-1], 4)}
+    return (summarize(min(seconds["hand"]), mem["hand"], cfg, a),
+            summarize(min(seconds["engine"]), mem["engine"], cfg, a), spread)
 
 
 def main() -> None:
@@ -169,15 +177,21 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--data-workers", type=int, default=0)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc as is (the engine's CPU default keeps freed memory)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(a, tmp)
-        hand, engine = measure_side_by_side(cfg, a)
+        if a.device == "cpu" and cfg.optimization.keep_host_memory:
+            keep_freed_host_memory()  # up front, so that both loops run under the same allocator
+        hand, engine, spread = measure_side_by_side(cfg, a)
     result = {
         "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile, "moe": a.moe,
         "experts": a.experts if a.moe else None, "top_k": a.top_k if a.moe else None,
         "batch": cfg.training.batch_size, "seq_len": cfg.model.seq_len,
+        "keep_host_memory": cfg.optimization.keep_host_memory,
         "hand": hand, "engine": engine, "ratio": round(engine["tokens_per_s"] / hand["tokens_per_s"], 4),
+        **spread, "repeats": a.repeats,
     }
     if a.device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()

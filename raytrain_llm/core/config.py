@@ -104,6 +104,7 @@ class OptimizationConfig:
     tf32: bool = True
     fused_optimizer: bool = True  # fused AdamW where the device supports it
     chunked_cross_entropy: int = 0  # rows per chunk; 0 computes the logits at once
+    keep_host_memory: bool = True  # CPU training: glibc keeps freed memory (no per-step page faults)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine_state import EngineStateMixin
 from raytrain_llm.core.errors import TrainingError
+from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
@@ -76,6 +77,8 @@ class TrainingEngine(EngineStateMixin):
         cfg = self.config
         if self.device.type == "cuda":
             configure_matmul(cfg.optimization.tf32)
+        elif cfg.optimization.keep_host_memory and keep_freed_host_memory():
+            self.logger.debug("glibc malloc keeps freed memory (optimization.keep_host_memory)")
         seed_everything(cfg.training.seed)  # same init on every rank
         self.raw_model = self.task.build_model().to(self.device)
         self.optimizer = self.task.build_optimizer(self.raw_model)

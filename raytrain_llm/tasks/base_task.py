@@ -16,6 +16,8 @@ from torch import nn
 
 from raytrain_llm.core.config import Config
 
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
 
 @dataclass
 class StepOutput:
@@ -82,7 +84,9 @@ class TrainingTask(ABC):
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         device_type = next(model.parameters()).device.type
-        fused = self.config.optimization.fused_optimizer and device_type == "cuda"
+        # One kernel over all parameters instead of ~10 per parameter: on CPU (torch >= 2.4)
+        # as well, where it is ~5x faster than the per-tensor loop torch picks by default.
+        fused = self.config.optimization.fused_optimizer and device_type in FUSED_ADAMW_DEVICES
         return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused or None)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
