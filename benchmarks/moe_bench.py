@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from raytrain_llm.core.host_memory import keep_freed_host_memory  # noqa: E402
 from raytrain_llm.models.mlp import MLP  # noqa: E402
 from raytrain_llm.models.moe import MoE  # noqa: E402
 
@@ -97,7 +98,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc malloc as is")
     a = p.parse_args()
+    if not a.default_malloc:
+        keep_freed_host_memory()  # as the engine does for CPU training: no per-step page faults
     wanted = set(filter(None, a.cases.split(",")))
     runs = []
     if a.device in ("cpu", "all"):

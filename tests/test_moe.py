@@ -30,9 +30,10 @@ def run(moe, x, r):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mlp_type", ["gelu", "swiglu"])
-@pytest.mark.parametrize("E,k", [(4, 1), (4, 2), (4, 4), (8, 2), (8, 3)])
-def test_sorted_dispatch_matches_loop(backend, mlp_type, E, k):
-    ref = make_moe(E, k, mlp_type, "loop")
+@pytest.mark.parametrize("E,k,h", [(4, 1, 24), (4, 2, 24), (4, 4, 24), (8, 2, 24), (8, 3, 24), (8, 2, 8), (16, 4, 8)])
+def test_sorted_dispatch_matches_loop(backend, mlp_type, E, k, h):
+    # h > d scales the rows after the second GEMM, h <= d (fine-grained experts) before it.
+    ref = make_moe(E, k, mlp_type, "loop", h=h)
     fast = copy.deepcopy(ref)
     fast.impl = backend
     x, r = torch.randn(2, 37, 16), torch.randn(2, 37, 16)

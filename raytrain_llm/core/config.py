@@ -43,7 +43,7 @@ class ModelConfig:
     z_loss_coef: float = 0.001
     bias_balancing: bool = False  # DeepSeek-V3 aux-loss-free balancing
     bias_update_rate: float = 0.001
-    moe_impl: str = "auto"  # auto | grouped | loop
+    moe_impl: str = "auto"  # auto | grouped | split | padded | loop (see models/moe.py)
 
 
 @dataclass
@@ -152,7 +152,7 @@ CHOICES = {
     "model.mlp_type": ("gelu", "swiglu"),
     "model.position": ("rope", "learned"),
     "model.norm": ("rmsnorm", "layernorm"),
-    "model.moe_impl": ("auto", "grouped", "loop"),
+    "model.moe_impl": ("auto", "grouped", "split", "padded", "loop"),
     "training.lr_schedule": ("constant", "cosine", "linear"),
     "training.nan_policy": ("stop", "skip"),
     "training.device": ("auto", "cpu", "cuda"),

@@ -3,16 +3,23 @@
 Experts are stacked 3-D weights ([E, d, h] and [E, h, d]): one parameter per projection, so
 every expert is in the autograd graph on every step and DDP never sees an unused parameter.
 
-Dispatch (`grouped`): sort the k*N assignments by expert, gather the tokens in that order,
-run both projections as one grouped GEMM over contiguous per-expert row blocks, scale by the
-combine weights and un-sort. No host sync on that path. Backends for the expert GEMMs:
-  grouped_mm - torch.nn.functional.grouped_mm with int32 cumulative offsets (CUDA, compile)
-  split      - per-expert matmuls over `split(counts.tolist())`: needs a host sync, which
-               costs nothing on CPU, and is the faster choice there (benchmarks/moe_bench.py)
-  padded     - one bmm over [E, capacity, d] slots: static shapes for compiled fp32 graphs
+Dispatch: the k*N (token, choice) assignments are laid out as rows in expert order, the tokens
+are gathered into those rows, both projections run per expert block, the rows are scaled by
+their combine weights and gathered back to their tokens. Backends for the expert GEMMs:
+  grouped_mm - torch.nn.functional.grouped_mm over contiguous blocks with int32 cumulative
+               offsets: CUDA bf16, compiled graphs, and eager CPU (no host sync)
+  split      - per-expert matmuls over `split(counts.tolist())`: the fallback where grouped_mm
+               is missing (older torch, fp32 CUDA)
+  padded     - one bmm over [E, C, d] slots (C = capacity, else the busiest expert's load):
+               static shapes for compiled fp32 graphs, and as fast as grouped_mm on CPU
 `loop` is the textbook per-expert reference (torch.where + index_add_), kept for tests.
+benchmarks/moe_bench.py measures them side by side.
 """
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +29,7 @@ from raytrain_llm.models.mlp import MLP, activate
 from raytrain_llm.models.router import Router, Routing
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+BACKENDS = ("auto", "grouped", "split", "padded", "loop")
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -31,40 +39,64 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t[index] for 2-D t. gather with an expanded index: on CPU it runs ~5x faster than
-    index_select or t[index] for a random permutation of a large tensor (it parallelises)."""
-    return torch.gather(t, 0, index[:, None].expand(-1, t.shape[1]))
+@functools.lru_cache(maxsize=None)
+def cpu_grouped_mm_works(dtype: torch.dtype) -> bool:
+    """Whether this torch has an eager CPU grouped_mm kernel for `dtype` (newer releases do)."""
+    if _grouped_mm is None:
+        return False
+    try:
+        _grouped_mm(torch.zeros(2, 8, dtype=dtype), torch.zeros(1, 8, 8, dtype=dtype),
+                    offs=torch.tensor([2], dtype=torch.int32))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
-class _Dispatch(torch.autograd.Function):
-    """x [N, d] -> its k*N assignment rows in expert order. Backward gathers the gradient back
-    to slot-major order and sums the k slots: pure gathers, no scatter-add (slow on CPU)."""
+def _gather_rows(t: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tensor:
+    """t[index] for 2-D t; with `pad`, index == len(t) reads a zero row (padding, drops). The
+    zero row costs a copy of t, so layouts without padding or drops say so."""
+    return (F.pad(t, (0, 0, 0, 1)) if pad else t).index_select(0, index)
+
+
+class _ToRows(torch.autograd.Function):
+    """x [N, d] -> [R, d], row r holding token src[r]. The backward gathers each assignment's
+    gradient through `inverse` ([k*N] row of assignment slot*N + token) and sums a token's k
+    choices: gathers only. A scatter-add would take atomics on CUDA (nondeterministic sums)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        ctx.n = x.shape[0]
-        return _rows(x, order % x.shape[0])
+    def forward(ctx, x: torch.Tensor, layout: "RowLayout") -> torch.Tensor:
+        ctx.layout = layout
+        return _gather_rows(x, layout.src, layout.has_padding)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return _rows(grad, inverse).view(-1, ctx.n, grad.shape[1]).sum(0), None, None
+        lay = ctx.layout
+        return _gather_rows(grad, lay.inverse, lay.has_drops).view(lay.k, -1, grad.shape[1]).sum(0), None
 
 
-class _PermuteRows(torch.autograd.Function):
-    """t[perm] whose backward is the gather g[inverse]."""
+class _FromRows(torch.autograd.Function):
+    """h [R, d] -> y [N, d], y[n] = sum of the rows of token n's k choices: _ToRows transposed."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return _rows(t, perm)
+    def forward(ctx, h: torch.Tensor, layout: "RowLayout") -> torch.Tensor:
+        ctx.layout = layout
+        return _gather_rows(h, layout.inverse, layout.has_drops).view(layout.k, -1, h.shape[1]).sum(0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return _rows(grad, inverse), None, None
+        return _gather_rows(grad, ctx.layout.src, ctx.layout.has_padding), None
+
+
+@dataclass
+class RowLayout:
+    """Where the k*N assignments (id = choice * N + token) live as R rows in expert order."""
+
+    src: torch.Tensor  # [R] token of each row; N marks a padding row
+    inverse: torch.Tensor  # [k*N] row of each assignment; R marks a dropped one
+    assign: torch.Tensor  # [R] assignment of each row; k*N marks a padding row
+    k: int
+    has_padding: bool
+    has_drops: bool
 
 
 class MoE(nn.Module):
@@ -89,75 +121,93 @@ class MoE(nn.Module):
         self.gmm_ok = _grouped_mm is not None and d_model % 8 == 0 and hidden % 8 == 0
 
     def backend(self, x: torch.Tensor) -> str:
-        if self.impl in ("loop", "split", "padded"):  # forced (tests, benchmarks)
+        if self.impl in ("loop", "split", "padded"):  # forced (config, tests, benchmarks)
             return self.impl
-        compiling = torch.compiler.is_compiling()
-        # grouped_mm takes fp32 only on the eager CPU kernel; CUDA and the compile-time shape
-        # check want bf16.
-        gmm = self.gmm_ok and (compute_dtype(x) == torch.bfloat16 or (x.device.type == "cpu" and not compiling))
-        if compiling:
-            return "grouped_mm" if gmm else "padded"  # no host sync allowed in a graph
-        if gmm and (self.impl == "grouped" or x.is_cuda):
-            return "grouped_mm"
-        return "split"  # eager CPU: measured fastest; CUDA fp32: grouped_mm unsupported
+        dt = compute_dtype(x)
+        if torch.compiler.is_compiling():  # no host sync allowed in a graph
+            # The compile-time check of grouped_mm wants bf16.
+            return "grouped_mm" if self.gmm_ok and dt == torch.bfloat16 else "padded"
+        if x.is_cuda:
+            return "grouped_mm" if self.gmm_ok and dt == torch.bfloat16 else "split"
+        return "grouped_mm" if self.gmm_ok and cpu_grouped_mm_works(dt) else "split"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, d]
         routing = self.router(x)
         backend = self.backend(x)
-        if backend == "loop":
-            y = self._loop(x, routing)
-        else:
-            y = self._sorted(x, routing, backend)
+        y = self._loop(x, routing) if backend == "loop" else self._dispatch(x, routing, backend)
         if self.shared is not None:
             y = y + self.shared(x)
         return self.drop(y.view(shape)), routing.stats
 
-    def _sorted(self, x: torch.Tensor, r: Routing, backend: str) -> torch.Tensor:
-        N, k = x.shape[0], self.top_k
+    def _dispatch(self, x: torch.Tensor, r: Routing, backend: str) -> torch.Tensor:
+        N, k, E = x.shape[0], self.top_k, self.num_experts
         dt = compute_dtype(x)
-        inverse = torch.empty_like(r.order).scatter_(0, r.order, torch.arange(k * N, device=x.device))
-        xs = _Dispatch.apply(x.to(dt), r.order, inverse)  # [k*N, d] rows grouped by expert
-        w_in, w_out = self.w_in.to(dt), self.w_out.to(dt)
-        if backend == "grouped_mm":
+        C = self.slots_per_expert(r, N) if backend == "padded" else None
+        layout = self._row_layout(r, N, C)
+        xs = _ToRows.apply(x.to(dt), layout)  # [R, d] in expert order
+        # Combine weight of each row; 0 for padding rows and capacity drops.
+        w_rows = _gather_rows(r.weights.t().reshape(-1, 1), layout.assign, layout.has_padding)  # [R, 1] fp32
+
+        if backend == "padded":
+            def project(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return torch.bmm(a.view(E, C, -1), w).view(E * C, -1)
+        elif backend == "grouped_mm":
             offs = r.counts.cumsum(0).to(torch.int32)
-            h = _grouped_mm(activate(_grouped_mm(xs, w_in, offs=offs), self.swiglu), w_out, offs=offs)
-        elif backend == "padded":
-            h = self._padded(xs, w_in, w_out, r)
+
+            def project(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return _grouped_mm(a, w, offs=offs)
         else:
             sizes = r.counts.tolist()
-            h = torch.cat([activate(xe @ wi, self.swiglu) @ wo
-                           for xe, wi, wo in zip(xs.split(sizes), w_in.unbind(0), w_out.unbind(0))])
-        h = h * r.weights.t().reshape(-1)[r.order, None]  # [k*N, d], fp32 weights promote
-        # Un-sort with the inverse permutation and sum the k slots: a gather, not a scatter-add.
-        return _PermuteRows.apply(h, inverse, r.order).view(k, N, -1).sum(0).to(x.dtype)
 
-    def _padded(self, xs: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, r: Routing) -> torch.Tensor:
-        """One batched GEMM over [E, C, d] slots. C is the capacity, else the busiest expert's
-        load (eager), else N (compiled: static, but E/k times the FLOPs; used only for fp32
-        graphs, where grouped_mm refuses fp32). Few ops, so it wins for many small experts."""
-        E, N = self.num_experts, xs.shape[0] // self.top_k
-        if self.router.capacity_factor > 0:
-            C = self.router.capacity(N)
-        elif torch.compiler.is_compiling():
-            C = N  # a token picks an expert at most once
+            def project(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return torch.cat([ae @ we for ae, we in zip(a.split(sizes), w.unbind(0))])
+
+        h = activate(project(xs, self.w_in.to(dt)), self.swiglu)  # [R, hidden]
+        # Scale on whichever side of the second GEMM is narrower: the hidden side for
+        # fine-grained experts; the output side otherwise, where fp32 weights promote the
+        # rows to fp32 before the k choices are summed.
+        if h.shape[1] <= x.shape[1]:
+            out = project(h * w_rows.to(dt), self.w_out.to(dt)).float()
         else:
-            C = max(1, int(r.counts.max()))  # eager: a host sync buys ~1x instead of E/k x FLOPs
-        sorted_expert = r.experts.t().reshape(-1)[r.order]
-        rank = torch.arange(xs.shape[0], device=xs.device) - (r.counts.cumsum(0) - r.counts)[sorted_expert]
-        # Over-capacity rows (weight 0 already) park in one spare row past the E*C slots.
-        slot = torch.where(rank < C, sorted_expert * C + rank, E * C)
-        buf = xs.new_zeros(E * C + 1, xs.shape[1]).index_copy(0, slot, xs)[:-1].view(E, C, -1)
-        h = torch.bmm(activate(torch.bmm(buf, w_in), self.swiglu), w_out).reshape(E * C, -1)
-        return h[slot.clamp_max(E * C - 1)]
+            out = project(h, self.w_out.to(dt)) * w_rows
+        return _FromRows.apply(out, layout).to(x.dtype)
+
+    def slots_per_expert(self, r: Routing, N: int) -> int:
+        if self.router.capacity_factor > 0:
+            return self.router.capacity(N)
+        if torch.compiler.is_compiling():
+            return N  # static; a token picks an expert at most once (E/k times the FLOPs)
+        return max(1, int(r.counts.max()))  # eager: a host sync buys ~1x instead of E/k x FLOPs
+
+    def _row_layout(self, r: Routing, N: int, C: Optional[int]) -> RowLayout:
+        """C None: R = k*N rows, the sorted assignments back to back (capacity drops keep their
+        row, with weight 0). Else R = E*C: expert e owns rows [e*C, (e+1)*C), unused rows are
+        padding and assignments past C are dropped (only when C is a capacity)."""
+        k, kN = self.top_k, self.top_k * N
+        if C is None:
+            rows = torch.arange(kN, device=r.order.device)
+            inverse = torch.empty_like(r.order).scatter_(0, r.order, rows)
+            return RowLayout(r.order % N, inverse, r.order, k, has_padding=False, has_drops=False)
+        E = self.num_experts
+        sorted_expert = r.experts.t().reshape(-1)[r.order]  # [k*N]
+        rank = torch.arange(kN, device=r.order.device) - (r.counts.cumsum(0) - r.counts)[sorted_expert]
+        row = torch.where(rank < C, sorted_expert * C + rank, E * C)  # of each sorted assignment
+        inverse = torch.empty_like(r.order).scatter_(0, r.order, row)
+        # One spare row past E*C takes every dropped assignment, then goes.
+        assign = r.order.new_full((E * C + 1,), kN).scatter_(0, row, r.order)[:-1]
+        src = torch.where(assign == kN, N, assign % N)
+        return RowLayout(src, inverse, assign, k, has_padding=True, has_drops=self.router.capacity_factor > 0)
 
     def _loop(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         dt = compute_dtype(x)
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        # unbind, not w_in[e]: the backward of E selects would zero-fill E full-size gradients.
+        w_in, w_out = self.w_in.to(dt).unbind(0), self.w_out.to(dt).unbind(0)
         for e in range(self.num_experts):
             tok, slot = torch.where(r.experts == e)
-            h = activate(x[tok].to(dt) @ self.w_in[e].to(dt), self.swiglu) @ self.w_out[e].to(dt)
+            h = activate(x[tok].to(dt) @ w_in[e], self.swiglu) @ w_out[e]
             y.index_add_(0, tok, h.float() * r.weights[tok, slot, None])
         return y.to(x.dtype)
 
