@@ -59,32 +59,35 @@ def _gather_rows(t: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tenso
 
 
 class _ToRows(torch.autograd.Function):
-    """x [N, d] -> [R, d], row r holding token src[r]. The backward gathers each assignment's
-    gradient through `inverse` ([k*N] row of assignment slot*N + token) and sums a token's k
-    choices: gathers only. A scatter-add would take atomics on CUDA (nondeterministic sums)."""
+    """x [N, d] -> [k*N, d], row r holding token src[r] (a permutation of the assignments).
+    The backward gathers each assignment's gradient through `inverse` (row of assignment
+    slot*N + token) and sums a token's k choices: gathers only. A scatter-add would take
+    atomics on CUDA (nondeterministic sums)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layout: "RowLayout") -> torch.Tensor:
-        ctx.layout = layout
-        return _gather_rows(x, layout.src, layout.has_padding)
+    def forward(ctx, x: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x.index_select(0, src)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        lay = ctx.layout
-        return _gather_rows(grad, lay.inverse, lay.has_drops).view(lay.k, -1, grad.shape[1]).sum(0), None
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse).view(ctx.k, -1, grad.shape[1]).sum(0), None, None, None
 
 
 class _FromRows(torch.autograd.Function):
-    """h [R, d] -> y [N, d], y[n] = sum of the rows of token n's k choices: _ToRows transposed."""
+    """h [k*N, d] -> y [N, d], y[n] = sum of the rows of token n's k choices: _ToRows transposed."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, layout: "RowLayout") -> torch.Tensor:
-        ctx.layout = layout
-        return _gather_rows(h, layout.inverse, layout.has_drops).view(layout.k, -1, h.shape[1]).sum(0)
+    def forward(ctx, h: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(src)
+        return h.index_select(0, inverse).view(k, -1, h.shape[1]).sum(0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _gather_rows(grad, ctx.layout.src, ctx.layout.has_padding), None
+        (src,) = ctx.saved_tensors
+        return grad.index_select(0, src), None, None, None
 
 
 @dataclass
@@ -146,7 +149,7 @@ class MoE(nn.Module):
         dt = compute_dtype(x)
         C = self.slots_per_expert(r, N) if backend == "padded" else None
         layout = self._row_layout(r, N, C)
-        xs = _ToRows.apply(x.to(dt), layout)  # [R, d] in expert order
+        xs = self._to_rows(x.to(dt), layout)  # [R, d] in expert order
         # Combine weight of each row; 0 for padding rows and capacity drops.
         w_rows = _gather_rows(r.weights.t().reshape(-1, 1), layout.assign, layout.has_padding)  # [R, 1] fp32
 
@@ -172,7 +175,22 @@ class MoE(nn.Module):
             out = project(h * w_rows.to(dt), self.w_out.to(dt)).float()
         else:
             out = project(h, self.w_out.to(dt)) * w_rows
-        return _FromRows.apply(out, layout).to(x.dtype)
+        return self._from_rows(out, layout).to(x.dtype)
+
+    @staticmethod
+    def _to_rows(x: torch.Tensor, lay: "RowLayout") -> torch.Tensor:
+        if lay.has_padding:
+            # Plain index_select: dynamo fails to lift the padded layout's symbolic sizes into
+            # an autograd.Function. Its backward index_adds the k copies of a token (atomics
+            # on CUDA), which only the compiled fp32 graphs meet.
+            return _gather_rows(x, lay.src, True)
+        return _ToRows.apply(x, lay.src, lay.inverse, lay.k)
+
+    @staticmethod
+    def _from_rows(h: torch.Tensor, lay: "RowLayout") -> torch.Tensor:
+        if lay.has_padding:  # backward: index_add_ onto distinct rows, deterministic
+            return _gather_rows(h, lay.inverse, lay.has_drops).view(lay.k, -1, h.shape[1]).sum(0)
+        return _FromRows.apply(h, lay.src, lay.inverse, lay.k)
 
     def slots_per_expert(self, r: Routing, N: int) -> int:
         if self.router.capacity_factor > 0:
