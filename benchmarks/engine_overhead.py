@@ -7,8 +7,10 @@
 Prints one JSON line per preset: tokens/s, TFLOP/s, MFU (CUDA) and peak memory of both, and
 `ratio` = engine tokens/s / hand tokens/s of the best run of each (goal >= 0.97 on GPU; engine
 overhead <= 1.03 on CPU), and the median / min / max of the per-pair ratios.
-The hand loop trains on batches generated up front on the device, so any data-pipeline cost
-the engine pays shows up in the ratio instead of being hidden.
+By default the hand loop trains on batches generated up front on the device, so any
+data-pipeline cost the engine pays shows up in the ratio instead of being hidden;
+`--hand-data sampled` makes it sample every batch from the same dataset instead, which leaves
+the engine's own machinery (DataLoader, bookkeeping, callbacks, NaN check) as the difference.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def make_config(a, out_dir: str):
         "training.grad_clip=1.0", "training.validate=false", "training.lr_schedule=constant",
         f"training.device={a.device}", f"data.num_train_samples={B * (steps + 2)}", f"data.num_val_samples={B}",
         f"data.num_workers={a.data_workers}", f"optimization.amp={a.amp}", f"optimization.compile={a.compile}",
+        f"optimization.compile_mode={a.compile_mode}",
         "checkpoint.enabled=false", "logging.tensorboard=false", "logging.progress_bar=off",
         f"logging.log_every_n_steps={steps}", f"logging.dir={out_dir}", "logging.level=WARNING",
         "distributed.launcher=local", f"optimization.keep_host_memory={not a.default_malloc}",
@@ -96,21 +99,24 @@ def run_hand(cfg, a) -> float:
     torch.manual_seed(cfg.training.seed)
     model = GPT(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.95), fused=True)
-    fwd = torch.compile(model) if cfg.optimization.compile else model
+    fwd = torch.compile(model, mode=cfg.optimization.compile_mode) if cfg.optimization.compile else model
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optimization.amp)
     dm = LanguageModelingTask(cfg).build_data_module()
     B = cfg.training.batch_size
     import numpy as np
 
-    rows = dm.train_dataset.rows(np.arange(B * 4))
-    data = [{k: torch.from_numpy(v[i * B:(i + 1) * B]).to(device) for k, v in rows.items()} for i in range(4)]
+    def load(i: int) -> dict:
+        rows = dm.train_dataset.rows(np.arange(i * B, (i + 1) * B))
+        return {k: torch.from_numpy(v).to(device) for k, v in rows.items()}
+
+    data = [load(i) for i in range(4)]
     m = cfg.model
     t0 = 0.0
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
             sync(device)
             t0 = time.perf_counter()
-        batch = data[i % 4]
+        batch = load(i) if a.hand_data == "sampled" else data[i % 4]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             _, aux = fwd(batch["input_ids"], targets=batch["targets"])
             loss = aux["ce_loss"] + m.aux_loss_coef * aux["aux_loss"] + m.z_loss_coef * aux["z_loss"]
@@ -169,6 +175,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     p.add_argument("--moe", action="store_true")
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
@@ -177,6 +184,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--data-workers", type=int, default=0)
+    p.add_argument("--hand-data", choices=["pregenerated", "sampled"], default="pregenerated",
+                   help="hand loop trains on 4 batches made up front (the engine's data cost shows in the "
+                        "ratio), or samples each batch from the same dataset, as the engine does")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as is (the engine's CPU default keeps freed memory)")
     a = p.parse_args()
@@ -186,10 +196,11 @@ def main() -> None:
             keep_freed_host_memory()  # up front, so that both loops run under the same allocator
         hand, engine, spread = measure_side_by_side(cfg, a)
     result = {
-        "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile, "moe": a.moe,
+        "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile,
+        "compile_mode": a.compile_mode if a.compile else None, "moe": a.moe,
         "experts": a.experts if a.moe else None, "top_k": a.top_k if a.moe else None,
         "batch": cfg.training.batch_size, "seq_len": cfg.model.seq_len,
-        "keep_host_memory": cfg.optimization.keep_host_memory,
+        "keep_host_memory": cfg.optimization.keep_host_memory, "hand_data": a.hand_data,
         "hand": hand, "engine": engine, "ratio": round(engine["tokens_per_s"] / hand["tokens_per_s"], 4),
         **spread, "repeats": a.repeats,
     }

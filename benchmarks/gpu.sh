@@ -4,6 +4,7 @@
 # through a minimal hand loop over our own model, in the same call: one JSON line per config.
 #   bash benchmarks/gpu.sh            (OUT=<dir> keeps a copy of the results)
 #   PRESET=cpu-tiny bash benchmarks/gpu.sh   (the same script on CPU, as a smoke run)
+#   AUTOTUNE=1 bash benchmarks/gpu.sh        (adds dense with compile_mode=max-autotune: minutes more)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,6 +23,7 @@ timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_check
 run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
 run --batch 32                              # dense
 run --moe --experts 8 --top-k 2 --batch 16  # MoE, expert width 4*d
+if [ "${AUTOTUNE:-0}" = "1" ]; then run --batch 32 --compile-mode max-autotune; fi
 if [ -f benchmarks/moe_bench.py ] && [ "$PRESET" = "gpt2-small" ]; then
   echo "== moe_bench" >&2
   timeout 120 $PY benchmarks/moe_bench.py 2>>"$OUT/err.txt" | tee "$OUT/moe_bench.jsonl"

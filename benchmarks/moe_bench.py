@@ -31,6 +31,7 @@ CPU_CASES = [
     ("cpu-d128-e8-k2", 128, 8, 2, 512, 4096),
     ("cpu-d256-e32-k4-fine", 256, 32, 4, 256, 4096),
     ("cpu-d128-e64-k8-fine", 128, 64, 8, 64, 4096),
+    ("cpu-d128-e32-k4-1k-tokens", 128, 32, 4, 128, 1024),  # one cpu-small batch (8 x 128)
 ]
 CUDA_CASES = [("cuda-gpt2s-e8-k2", 768, 8, 2, 3072, 16384), ("cuda-gpt2s-e64-k8-fine", 768, 64, 8, 384, 16384)]
 

@@ -68,7 +68,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
-        self._window: Optional[dict[str, Any]] = None  # sums since the last train log record
+        self._window: Optional[dict[tuple, list]] = None  # names -> [steps, summed values] since the last log
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._setup()
 
@@ -172,8 +172,8 @@ class TrainingEngine(EngineStateMixin):
 
     def _optimizer_step(self, batches, group: int) -> Optional[StepOutput]:
         """Accumulate `group` micro-batches, then one checked optimizer step."""
-        loss_sum = torch.zeros((), device=self.device)
-        metric_sums: dict[str, Any] = {}
+        sums: Optional[torch.Tensor] = None  # [loss, *metrics] summed over the micro-batches
+        keys: tuple = ()
         samples = tokens = 0
         out = None
         for i in range(group):
@@ -190,23 +190,30 @@ class TrainingEngine(EngineStateMixin):
                 with self.precision.autocast():
                     out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
                 self.precision.backward(out.loss / group)
-            loss_sum += out.loss.detach().float()
-            for k, v in out.metrics.items():
-                v = v.detach().float() if torch.is_tensor(v) else float(v)
-                metric_sums[k] = metric_sums.get(k, 0.0) + v
+            keys, values = self._step_values(out)
+            sums = values if sums is None else sums + values
             samples += out.num_samples or _batch_len(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
         clip = self.config.training.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
-        mean_loss = loss_sum / group
-        applied = self._apply_or_skip_step(mean_loss, grad_norm)
+        means = sums / group if group > 1 else sums
+        applied = self._apply_or_skip_step(means[0], grad_norm)
         self.global_step += 1
         self.batch_in_epoch += group
         self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
         if applied:  # a skipped step's NaN must not poison the logged window averages
-            self._window_add(mean_loss, grad_norm, {k: v / group for k, v in metric_sums.items()})
+            self._window_add((*keys, "grad_norm"), torch.cat([means, grad_norm.detach().float().reshape(1)]))
         return out
+
+    @torch.no_grad()
+    def _step_values(self, out: StepOutput) -> tuple[tuple, torch.Tensor]:
+        """("loss", *metric names) and their values as one fp32 vector: one op per micro-batch
+        for the bookkeeping, however many metrics the task reports."""
+        values = [out.loss, *out.metrics.values()]
+        values = [v.float().reshape(()) if torch.is_tensor(v)
+                  else torch.tensor(float(v), device=self.device) for v in values]
+        return ("loss", *out.metrics), torch.stack(values)
 
     def _apply_or_skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Optimizer and scheduler step if loss and gradients are finite; else skip or stop."""
@@ -249,27 +256,36 @@ class TrainingEngine(EngineStateMixin):
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
     # ------------------------------------------------------------------ logging
-    def _window_add(self, loss, grad_norm, metrics) -> None:
-        w = self._window
-        if w is None:
-            w = self._window = {"n": 0, "loss": 0.0, "grad_norm": 0.0, "metrics": {}}
-        w["n"] += 1
-        w["loss"] = w["loss"] + loss
-        w["grad_norm"] = w["grad_norm"] + grad_norm.detach().float()
-        for k, v in metrics.items():
-            w["metrics"][k] = w["metrics"].get(k, 0.0) + v
+    def _window_add(self, keys: tuple, values: torch.Tensor) -> None:
+        """Sum a step's values into the logging window, one vector per distinct set of names
+        (a task may report some metrics only on some steps)."""
+        if self._window is None:
+            self._window = {}
+        entry = self._window.get(keys)
+        if entry is None:
+            self._window[keys] = [1, values]
+        else:
+            entry[0] += 1
+            entry[1] = entry[1] + values
 
     def _log_train(self) -> None:
-        w = self._window
-        if not w or not w["n"]:
+        window, self._window = self._window, None
+        if not window:
             return
-        self._window = None
-        names = ["loss", "grad_norm", *w["metrics"]]
-        values = [w["loss"], w["grad_norm"], *w["metrics"].values()]
-        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in values])
-        stacked = (self.dist.reduce_mean(stacked) / w["n"]).tolist()
+        names: list[str] = []
+        for keys in window:
+            names += [k for k in keys if k not in names]
+        index = {k: i for i, k in enumerate(names)}
+        totals = torch.zeros(len(names), device=self.device)
+        counts = torch.zeros(len(names), device=self.device)
+        for keys, (n, values) in window.items():
+            rows = torch.tensor([index[k] for k in keys], device=self.device)
+            totals.index_add_(0, rows, values)
+            counts[rows] += n
+        # Each value averaged over the steps that reported it, then over ranks.
+        means = (self.dist.reduce_mean(totals) / counts).tolist()
         record = {"split": "train", "step": self.global_step, "epoch": self.epoch,
-                  "lr": float(self.optimizer.param_groups[0]["lr"]), **dict(zip(names, stacked)),
+                  "lr": float(self.optimizer.param_groups[0]["lr"]), **dict(zip(names, means)),
                   **self.monitor.summary()}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
