@@ -68,3 +68,19 @@ class PlateauTask(ScriptedValTask):
 
     def build_scheduler(self, optimizer, total_steps):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
+
+
+class SparseMetricTask(RegressionTask):
+    """Reports `call` (the 1-based train_step call) on odd calls only, and a plain float `half`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.calls = 0
+
+    def train_step(self, model, batch, criterion):
+        out = super().train_step(model, batch, criterion)
+        self.calls += 1
+        out.metrics["half"] = 0.5
+        if self.calls % 2:
+            out.metrics["call"] = torch.tensor(float(self.calls))
+        return out
