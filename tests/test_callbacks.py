@@ -174,10 +174,12 @@ def test_lr_scheduler_callback_drives_reduce_on_plateau(tmp_path, monkeypatch):
     assert history == [[0, [0.01, 0.01]], [9, [0.005, 0.005]], [15, [0.0025, 0.0025]]]
 
 
-def test_logged_metrics_average_over_the_steps_that_reported_them(tmp_path):
-    train(tmp_path, task="rt_helpers:SparseMetricTask", **{"logging.log_every_n_steps": 4})
+@pytest.mark.parametrize("accum", [1, 2])
+def test_logged_metrics_average_over_the_steps_that_reported_them(tmp_path, accum):
+    train(tmp_path, task="rt_helpers:SparseMetricTask",
+          **{"logging.log_every_n_steps": 4 // accum, "training.grad_accum_steps": accum})
     records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    assert [r["step"] for r in records] == [4, 8, 12, 16]
-    # Steps 1-4 report `call` at 1 and 3 only: their mean, not their sum over 4 steps.
+    assert [r["step"] for r in records] == [s // accum for s in (4, 8, 12, 16)]
+    # train_step calls 1-4 report `call` at 1 and 3 only: their mean, not their sum over 4.
     assert [r["call"] for r in records] == [2.0, 6.0, 10.0, 14.0]
     assert all(r["half"] == 0.5 and r["loss"] > 0 and r["grad_norm"] > 0 for r in records)

@@ -68,7 +68,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
-        self._window: Optional[dict[tuple, list]] = None  # names -> [steps, summed values] since the last log
+        self._window: Optional[dict[tuple, list]] = None  # names -> [count, summed values] since the last log
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._setup()
 
@@ -172,8 +172,7 @@ class TrainingEngine(EngineStateMixin):
 
     def _optimizer_step(self, batches, group: int) -> Optional[StepOutput]:
         """Accumulate `group` micro-batches, then one checked optimizer step."""
-        sums: Optional[torch.Tensor] = None  # [loss, *metrics] summed over the micro-batches
-        keys: tuple = ()
+        sums: dict[tuple, list] = {}  # ("loss", *metric names) -> [micro-batches, summed values]
         samples = tokens = 0
         out = None
         for i in range(group):
@@ -191,19 +190,28 @@ class TrainingEngine(EngineStateMixin):
                     out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
                 self.precision.backward(out.loss / group)
             keys, values = self._step_values(out)
-            sums = values if sums is None else sums + values
+            entry = sums.get(keys)
+            if entry is None:
+                sums[keys] = [1, values]
+            else:
+                entry[0] += 1
+                entry[1] = entry[1] + values
             samples += out.num_samples or _batch_len(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
         clip = self.config.training.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
-        means = sums / group if group > 1 else sums
-        applied = self._apply_or_skip_step(means[0], grad_norm)
+        # Every micro-batch reports the loss first; its metrics may differ from step to step.
+        totals = [values for _, values in sums.values()]
+        loss = totals[0][0] if len(totals) == 1 else torch.stack([t[0] for t in totals]).sum()
+        applied = self._apply_or_skip_step(loss / group if group > 1 else loss, grad_norm)
         self.global_step += 1
         self.batch_in_epoch += group
         self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
         if applied:  # a skipped step's NaN must not poison the logged window averages
-            self._window_add((*keys, "grad_norm"), torch.cat([means, grad_norm.detach().float().reshape(1)]))
+            for keys, (n, values) in sums.items():
+                self._window_add(keys, n, values)
+            self._window_add(("grad_norm",), 1, grad_norm.detach().float().reshape(1))
         return out
 
     @torch.no_grad()
@@ -256,16 +264,16 @@ class TrainingEngine(EngineStateMixin):
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
     # ------------------------------------------------------------------ logging
-    def _window_add(self, keys: tuple, values: torch.Tensor) -> None:
-        """Sum a step's values into the logging window, one vector per distinct set of names
-        (a task may report some metrics only on some steps)."""
+    def _window_add(self, keys: tuple, n: int, values: torch.Tensor) -> None:
+        """Add `values`, the sum of n observations of `keys`, to the logging window: one vector
+        per distinct set of names (a task may report some metrics only on some steps)."""
         if self._window is None:
             self._window = {}
         entry = self._window.get(keys)
         if entry is None:
-            self._window[keys] = [1, values]
+            self._window[keys] = [n, values]
         else:
-            entry[0] += 1
+            entry[0] += n
             entry[1] = entry[1] + values
 
     def _log_train(self) -> None:
@@ -282,7 +290,8 @@ class TrainingEngine(EngineStateMixin):
             rows = torch.tensor([index[k] for k in keys], device=self.device)
             totals.index_add_(0, rows, values)
             counts[rows] += n
-        # Each value averaged over the steps that reported it, then over ranks.
+        # Each value averaged over the micro-batches (grad_norm: the steps) that reported it,
+        # then over ranks.
         means = (self.dist.reduce_mean(totals) / counts).tolist()
         record = {"split": "train", "step": self.global_step, "epoch": self.epoch,
                   "lr": float(self.optimizer.param_groups[0]["lr"]), **dict(zip(names, means)),
