@@ -32,6 +32,9 @@ CPU_CASES = [
     ("cpu-d256-e32-k4-fine", 256, 32, 4, 256, 4096),
     ("cpu-d128-e64-k8-fine", 128, 64, 8, 64, 4096),
     ("cpu-d128-e32-k4-1k-tokens", 128, 32, 4, 128, 1024),  # one cpu-small batch (8 x 128)
+    # Small layers, few rows per expert: where the loop's per-expert work (not FLOPs) dominates.
+    ("cpu-d64-e16-k2-512-tokens", 64, 16, 2, 128, 512),
+    ("cpu-d64-e32-k4-512-tokens", 64, 32, 4, 64, 512),
 ]
 CUDA_CASES = [("cuda-gpt2s-e8-k2", 768, 8, 2, 3072, 16384), ("cuda-gpt2s-e64-k8-fine", 768, 64, 8, 384, 16384)]
 
