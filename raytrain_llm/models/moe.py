@@ -57,22 +57,30 @@ def _gather_rows(t: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tenso
     return (F.pad(t, (0, 0, 0, 1)) if pad else t).index_select(0, index)
 
 
+def _sum_choices(rows: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+    """[k*N, d] rows -> [N, d]: each token's k rows summed. On CUDA a gather through `inverse`
+    and a sum over k: index_add_ would take atomics there (nondeterministic sums). On CPU
+    index_add_ is deterministic, whatever the thread count, and ~2x faster than gather + sum."""
+    if rows.is_cuda:
+        return rows.index_select(0, inverse).view(k, -1, rows.shape[1]).sum(0)
+    return rows.new_zeros(inverse.numel() // k, rows.shape[1]).index_add_(0, src, rows)
+
+
 class _ToRows(torch.autograd.Function):
-    """x [N, d] -> [k*N, d], row r holding token src[r] (a permutation of the assignments).
-    The backward gathers each assignment's gradient through `inverse` (row of assignment
-    slot*N + token) and sums a token's k choices: gathers only. A scatter-add would take
-    atomics on CUDA (nondeterministic sums)."""
+    """x [N, d] -> [k*N, d], row r holding token src[r] (a permutation of the assignments);
+    `inverse` is the row of assignment slot*N + token. The backward sums each token's k rows
+    of gradient without CUDA atomics (_sum_choices)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
+        ctx.save_for_backward(src, inverse)
         ctx.k = k
         return x.index_select(0, src)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse).view(ctx.k, -1, grad.shape[1]).sum(0), None, None, None
+        src, inverse = ctx.saved_tensors
+        return _sum_choices(grad, src, inverse, ctx.k), None, None, None
 
 
 class _FromRows(torch.autograd.Function):
@@ -81,7 +89,7 @@ class _FromRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
         ctx.save_for_backward(src)
-        return h.index_select(0, inverse).view(k, -1, h.shape[1]).sum(0)
+        return _sum_choices(h, src, inverse, k)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
