@@ -7,11 +7,11 @@ Dispatch: the k*N (token, choice) assignments are laid out as rows in expert ord
 are gathered into those rows, both projections run per expert block, the rows are scaled by
 their combine weights and gathered back to their tokens. Backends for the expert GEMMs:
   grouped_mm - torch.nn.functional.grouped_mm over contiguous blocks with int32 cumulative
-               offsets: CUDA bf16, compiled graphs, and eager CPU (no host sync)
+               offsets: CUDA bf16, compiled graphs, and eager CPU with larger experts
   split      - per-expert matmuls over `split(counts.tolist())`: the fallback where grouped_mm
                is missing (older torch, fp32 CUDA)
   padded     - one bmm over [E, C, d] slots (C = capacity, else the busiest expert's load):
-               static shapes for compiled fp32 graphs (on CPU eager, within ~10% of grouped_mm)
+               static shapes for compiled fp32 graphs, and eager CPU when experts are small
 `loop` is the textbook per-expert reference (torch.where + index_add_), kept for tests.
 benchmarks/moe_bench.py measures them side by side.
 """
@@ -29,6 +29,9 @@ from raytrain_llm.models.mlp import MLP, activate
 from raytrain_llm.models.router import Router, Routing
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# Eager CPU: below this many rows per expert on average, `padded` was faster than `grouped_mm`
+# (1.3x at 64 rows), above it slower (0.93x at 128 rows; benchmarks/moe_bench.py).
+PADDED_MAX_ROWS_PER_EXPERT = 96
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -139,6 +142,8 @@ class MoE(nn.Module):
             return "grouped_mm" if self.gmm_ok and dt == torch.bfloat16 else "padded"
         if x.is_cuda:
             return "grouped_mm" if self.gmm_ok and dt == torch.bfloat16 else "split"
+        if self.top_k * x.shape[0] <= PADDED_MAX_ROWS_PER_EXPERT * self.num_experts:
+            return "padded"  # small experts: one bmm beats per-expert GEMMs despite the padding
         return "grouped_mm" if self.gmm_ok and cpu_grouped_mm_works(dt) else "split"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
