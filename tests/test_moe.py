@@ -187,3 +187,15 @@ def test_top1_keeps_the_raw_gate_probability_so_the_router_learns():
     y, _ = moe(x)
     y.sum().backward()
     assert moe.router.weight.grad.abs().sum() > 0
+
+
+def test_auto_backend_on_eager_cpu_follows_the_rows_per_expert():
+    from raytrain_llm.models.moe import PADDED_MAX_ROWS_PER_EXPERT, cpu_grouped_mm_works
+
+    moe = MoE(16, 24, 8, 2)  # auto
+    small = torch.randn(PADDED_MAX_ROWS_PER_EXPERT * 8 // 2, 16)  # exactly the limit: k*N/E rows
+    large = torch.randn(small.shape[0] + 1, 16)
+    assert moe.backend(small) == "padded"
+    assert moe.backend(large) == ("grouped_mm" if cpu_grouped_mm_works(torch.float32) else "split")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert moe.backend(large) == ("grouped_mm" if cpu_grouped_mm_works(torch.bfloat16) else "split")
