@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,7 +87,7 @@ class StepTimer(Callback):
 
 def run_engine(cfg, a) -> float:
     task = LanguageModelingTask(cfg)
-    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+    device = torch.device(a.device)
     timer = StepTimer(a.warmup, a.warmup + a.steps, device)
     engine = TrainingEngine(cfg, task, callbacks=[timer])
     engine.fit()
@@ -95,7 +96,7 @@ def run_engine(cfg, a) -> float:
 
 def run_hand(cfg, a) -> float:
     """The loop a user would write by hand: same model, optimizer, precision and clipping."""
-    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+    device = torch.device(a.device)
     torch.manual_seed(cfg.training.seed)
     model = GPT(cfg.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, betas=(0.9, 0.95), fused=True)
@@ -103,7 +104,6 @@ def run_hand(cfg, a) -> float:
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optimization.amp)
     dm = LanguageModelingTask(cfg).build_data_module()
     B = cfg.training.batch_size
-    import numpy as np
 
     def load(i: int) -> dict:
         rows = dm.train_dataset.rows(np.arange(i * B, (i + 1) * B))
@@ -136,7 +136,7 @@ def prepare(device: torch.device) -> None:
 
 
 def summarize(seconds: float, peak_mem: float, cfg, a) -> dict:
-    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+    device = torch.device(a.device)
     tokens = cfg.training.batch_size * cfg.model.seq_len * a.steps
     tps = tokens / seconds
     out = {"tokens_per_s": round(tps, 1), "tflops": round(flops_per_token(cfg.model) * tps / 1e12, 3)}
@@ -152,7 +152,7 @@ def measure_side_by_side(cfg, a) -> tuple[dict, dict, dict]:
     """Hand and engine runs in pairs, the order alternating from pair to pair so neither always
     runs on a warmer (or quieter) machine. Returns the best run of each and the spread of the
     per-pair ratios: on a shared machine one pair can be off by several percent either way."""
-    device = torch.device("cuda" if a.device == "cuda" else "cpu")
+    device = torch.device(a.device)
     seconds = {"hand": [], "engine": []}
     mem = {"hand": 0.0, "engine": 0.0}
     runs = (("hand", run_hand), ("engine", run_engine))
@@ -172,7 +172,7 @@ def measure_side_by_side(cfg, a) -> tuple[dict, dict, dict]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="cpu-tiny", choices=PRESETS)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])

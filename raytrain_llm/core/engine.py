@@ -68,7 +68,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
-        self._window: Optional[dict[tuple, list]] = None  # names -> [count, summed values] since the last log
+        self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._setup()
 
@@ -189,13 +189,7 @@ class TrainingEngine(EngineStateMixin):
                 with self.precision.autocast():
                     out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
                 self.precision.backward(out.loss / group)
-            keys, values = self._step_values(out)
-            entry = sums.get(keys)
-            if entry is None:
-                sums[keys] = [1, values]
-            else:
-                entry[0] += 1
-                entry[1] = entry[1] + values
+            _accumulate(sums, *self._step_values(out))
             samples += out.num_samples or _batch_len(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
@@ -210,8 +204,8 @@ class TrainingEngine(EngineStateMixin):
         self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
         if applied:  # a skipped step's NaN must not poison the logged window averages
             for keys, (n, values) in sums.items():
-                self._window_add(keys, n, values)
-            self._window_add(("grad_norm",), 1, grad_norm.detach().float().reshape(1))
+                _accumulate(self._window, keys, values, n)
+            _accumulate(self._window, ("grad_norm",), grad_norm.detach().float().reshape(1))
         return out
 
     @torch.no_grad()
@@ -264,20 +258,8 @@ class TrainingEngine(EngineStateMixin):
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
     # ------------------------------------------------------------------ logging
-    def _window_add(self, keys: tuple, n: int, values: torch.Tensor) -> None:
-        """Add `values`, the sum of n observations of `keys`, to the logging window: one vector
-        per distinct set of names (a task may report some metrics only on some steps)."""
-        if self._window is None:
-            self._window = {}
-        entry = self._window.get(keys)
-        if entry is None:
-            self._window[keys] = [n, values]
-        else:
-            entry[0] += n
-            entry[1] = entry[1] + values
-
     def _log_train(self) -> None:
-        window, self._window = self._window, None
+        window, self._window = self._window, {}
         if not window:
             return
         names: list[str] = []
@@ -371,6 +353,17 @@ class TrainingEngine(EngineStateMixin):
         self.dist.barrier()
         self.callbacks.on_save_checkpoint(self, path, metrics)
         return path
+
+
+def _accumulate(sums: dict, keys: tuple, values: torch.Tensor, n: int = 1) -> None:
+    """sums[keys] = [count, summed values] plus `values`, the sum of n observations of `keys`.
+    One entry per distinct set of names: a task may report some metrics only on some steps."""
+    entry = sums.get(keys)
+    if entry is None:
+        sums[keys] = [n, values]
+    else:
+        entry[0] += n
+        entry[1] = entry[1] + values
 
 
 def _batch_len(batch) -> int:

@@ -80,7 +80,6 @@ class MarkovChain:
         B, L = u.shape
         out = np.empty((B, L), dtype=np.int64)
         out[:, 0] = np.minimum(np.searchsorted(self.stationary_cdf, u[:, 0], side="right"), self.vocab_size - 1)
-        rows = np.arange(B)
         for t in range(1, L):
             cur = out[:, t - 1]
             slot = (self.cdf[cur] <= u[:, t, None]).sum(axis=1)  # inverse-CDF within the row

@@ -157,7 +157,7 @@ class MoE(nn.Module):
         return self.drop(y.view(shape)), routing.stats
 
     def _dispatch(self, x: torch.Tensor, r: Routing, backend: str) -> torch.Tensor:
-        N, k, E = x.shape[0], self.top_k, self.num_experts
+        N, E = x.shape[0], self.num_experts
         dt = compute_dtype(x)
         C = self.slots_per_expert(r, N) if backend == "padded" else None
         layout = self._row_layout(r, N, C)
@@ -190,7 +190,7 @@ class MoE(nn.Module):
         return self._from_rows(out, layout).to(x.dtype)
 
     @staticmethod
-    def _to_rows(x: torch.Tensor, lay: "RowLayout") -> torch.Tensor:
+    def _to_rows(x: torch.Tensor, lay: RowLayout) -> torch.Tensor:
         if lay.has_padding:
             # Plain index_select: dynamo fails to lift the padded layout's symbolic sizes into
             # an autograd.Function. Its backward index_adds the k copies of a token (atomics
@@ -199,7 +199,7 @@ class MoE(nn.Module):
         return _ToRows.apply(x, lay.src, lay.inverse, lay.k)
 
     @staticmethod
-    def _from_rows(h: torch.Tensor, lay: "RowLayout") -> torch.Tensor:
+    def _from_rows(h: torch.Tensor, lay: RowLayout) -> torch.Tensor:
         if lay.has_padding:  # backward: index_add_ onto distinct rows, deterministic
             return _gather_rows(h, lay.inverse, lay.has_drops).view(lay.k, -1, h.shape[1]).sum(0)
         return _FromRows.apply(h, lay.src, lay.inverse, lay.k)

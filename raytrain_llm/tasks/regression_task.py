@@ -1,7 +1,6 @@
 """`RegressionTask`: the smallest complete task; a template for writing your own."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from raytrain_llm.data.synthetic import SyntheticDataModule

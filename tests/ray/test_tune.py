@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 import time
