@@ -105,9 +105,11 @@ class CheckpointManager:
         value = meta.get("metrics", {}).get(self.monitor)
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
-    def _ranked(self) -> list[dict[str, Any]]:
-        scored = [m for m in self.checkpoints() if self._score(m) is not None]
-        return sorted(scored, key=lambda m: self._score(m), reverse=self.mode == "max")
+    def _ranked(self, ckpts: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
+        scored = [(score, m) for m in (self.checkpoints() if ckpts is None else ckpts)
+                  if (score := self._score(m)) is not None]
+        scored.sort(key=lambda sm: sm[0], reverse=self.mode == "max")
+        return [m for _, m in scored]
 
     # --- saving ---
     def save(self, state: dict[str, Any], *, step: int, epoch: int, metrics: dict[str, float],
@@ -145,7 +147,7 @@ class CheckpointManager:
     def _rotate(self) -> None:
         ckpts = self.checkpoints()
         keep = {m["path"] for m in ckpts[-self.keep_last:]} if self.keep_last else {m["path"] for m in ckpts}
-        keep |= {m["path"] for m in self._ranked()[: self.keep_best]}
+        keep |= {m["path"] for m in self._ranked(ckpts)[: self.keep_best]}
         for meta in ckpts:
             if meta["path"] not in keep:
                 shutil.rmtree(meta["path"], ignore_errors=True)

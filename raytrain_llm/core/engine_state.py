@@ -48,8 +48,6 @@ class EngineStateMixin:
         self.skipped_steps = int(progress.get("skipped_steps", 0))
         self._saved_at = self._progress_key()
         rng = state.get("rng") or []
-        if isinstance(rng, dict):
-            rng = [rng]
         if len(rng) == self.dist.world_size:
             restore_rng(rng[self.dist.rank])
         elif rng and self.dist.is_main:

@@ -29,7 +29,6 @@ class RayReportCallback(Callback):
     def __init__(self, monitor: str, checkpoints_enabled: bool):
         self.monitor = monitor
         self.checkpoints_enabled = checkpoints_enabled
-        self.reports = 0
 
     def _report(self, engine, metrics: dict[str, Any], path: Optional[str]) -> None:
         import ray.train
@@ -40,7 +39,6 @@ class RayReportCallback(Callback):
         values.setdefault(self.monitor, math.nan)
         checkpoint = ray.train.Checkpoint.from_directory(path) if path else None
         ray.train.report(values, checkpoint=checkpoint)
-        self.reports += 1
 
     def on_save_checkpoint(self, engine, path: Optional[str], metrics: dict[str, float]) -> None:
         self._report(engine, metrics, path if engine.dist.is_main else None)

@@ -52,10 +52,8 @@ def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: s
 
     point = tune_config["point"]
     cfg = trial_config(Config.from_dict(base), point, sweep_dir)
-    name = f"{sweep_name}-{point[POINT_ID]}"
-    trainer = build_trainer(cfg, run_callbacks=[TuneReportCallback()], name=name,
-                            storage_path=cfg.distributed.storage_path)
-    fit(trainer, resolve_paths(cfg, name=name, storage_path=cfg.distributed.storage_path))
+    cfg = resolve_paths(cfg, name=f"{sweep_name}-{point[POINT_ID]}")
+    fit(build_trainer(cfg, run_callbacks=[TuneReportCallback()]), cfg)
 
 
 def trial_name(trial) -> str:

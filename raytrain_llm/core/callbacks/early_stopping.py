@@ -17,7 +17,6 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.checks = 0
         self.stopped_at_check: Optional[int] = None
-        self.reason = ""
 
     def on_validation_end(self, engine, metrics) -> None:
         if self.monitor not in metrics:
@@ -37,7 +36,6 @@ class EarlyStopping(Callback):
 
     def _stop(self, engine, reason: str) -> None:
         self.stopped_at_check = self.checks
-        self.reason = reason
         engine.request_stop(f"early stopping: {reason}")
 
     def state_dict(self):

@@ -2,13 +2,16 @@
 
 Step-based schedulers are stepped by the engine after each optimizer step. A
 `ReduceLROnPlateau` needs the validation metric, so this callback steps it after each
-validation; it also keeps the LR history per param group and logs every change.
+validation; it also keeps the LR history per param group (the last HISTORY_KEPT changes)
+and logs every change.
 """
 from __future__ import annotations
 
 import torch
 
 from raytrain_llm.core.callbacks.base import Callback
+
+HISTORY_KEPT = 1000
 
 
 class LRSchedulerCallback(Callback):
@@ -28,6 +31,8 @@ class LRSchedulerCallback(Callback):
         lrs = self._lrs(engine)
         if not self.history or lrs != self.history[-1][1]:
             self.history.append((step, lrs))
+            if len(self.history) > HISTORY_KEPT:  # a decaying schedule changes the LR every step
+                del self.history[0]
 
     def on_validation_end(self, engine, metrics) -> None:
         scheduler = engine.scheduler
@@ -39,7 +44,7 @@ class LRSchedulerCallback(Callback):
                 self.logger.info(f"lr reduced on plateau at step {engine.global_step}: {before} -> {after}")
 
     def state_dict(self):
-        return {"history": [[s, lrs] for s, lrs in self.history[-1000:]]}
+        return {"history": [[s, lrs] for s, lrs in self.history]}
 
     def load_state_dict(self, state) -> None:
         self.history = [(int(s), list(lrs)) for s, lrs in state.get("history", [])]
