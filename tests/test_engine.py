@@ -101,6 +101,24 @@ def test_max_steps_stop_then_resume_auto_matches_uninterrupted(tmp_path):
     assert_same_params(final_state(tmp_path / "ref")["model"], final_state(run)["model"])
 
 
+def test_resume_with_more_epochs_follows_the_new_lr_schedule(tmp_path):
+    # The checkpoint's schedule decays over 1 epoch; resumed with 2 epochs, the LR must follow
+    # the 2-epoch cosine from the resume point on, as an uninterrupted 2-epoch run's does.
+    common = {"training.lr_schedule": "cosine", "training.warmup_steps": 3}
+    train(tmp_path / "ref", **common, **{"training.epochs": 2})
+    run = tmp_path / "extended"
+    train(run, **common, **{"training.epochs": 1})
+    r2, _ = train(run, **common, **{"training.epochs": 2, "checkpoint.resume": "auto"})
+    assert r2["step"] == 32
+    lr = {name: {r["step"]: r["lr"] for r in read_jsonl(tmp_path / name / "metrics.jsonl") if "lr" in r}
+          for name in ("ref", "extended")}
+    after = [s for s in lr["ref"] if s > 16]
+    assert len(after) == 16 and lr["extended"][16] < lr["ref"][16]  # the 1-epoch run had decayed
+    for s in after:
+        assert lr["extended"][s] == pytest.approx(lr["ref"][s], rel=1e-12), s
+    assert lr["extended"][32] == pytest.approx(lr["ref"][32]) and lr["ref"][32] < lr["ref"][17]
+
+
 # ----------------------------------------------------------------------------- NaN
 @pytest.mark.timeout(120)
 def test_nan_stop_exits_1_and_never_saves_bad_state(tmp_path):

@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import torch
+
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.rng_state import capture_rng, restore_rng
+from raytrain_llm.tasks.base_task import LRSchedule
 
 
 class EngineStateMixin:
@@ -38,7 +41,7 @@ class EngineStateMixin:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"checkpoint does not match this model/optimizer: {first[:300]}") from None
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            self._load_scheduler(state["scheduler"])
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
@@ -55,6 +58,28 @@ class EngineStateMixin:
                                 "RNG streams are reseeded, the rest resumes exactly")
         self.callbacks.load_state_dict(state.get("callbacks") or {})
         self.callbacks.on_load_checkpoint(self, state)
+
+    def _load_scheduler(self, saved: dict[str, Any]) -> None:
+        """Restore the scheduler's position, but keep the schedule's length from this run's config.
+
+        LambdaLR saves a callable object's attributes, so loading would bring back the old run's
+        decay length: a run resumed with more epochs or a larger max_steps would finish its decay
+        at the old end and then sit at the floor. The length is what the user just asked for.
+        """
+        planned = _schedule_shapes(self.scheduler)
+        self.scheduler.load_state_dict(saved)
+        if planned is None or _schedule_shapes(self.scheduler) == planned:
+            return
+        before = self.scheduler.lr_lambdas[0].decay_steps
+        for fn, shape in zip(self.scheduler.lr_lambdas, planned):
+            fn.__dict__.update(shape)
+        step = self.scheduler.last_epoch
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        if self.dist.is_main:
+            self.logger.warning(f"LR schedule follows this run's config, not the checkpoint's: decay over "
+                                f"{planned[0]['decay_steps']} steps (the checkpoint's run: {before})")
 
     def _find_resume_state(self) -> tuple[Optional[str], Optional[dict[str, Any]]]:
         explicit = self.resume_from
@@ -82,3 +107,12 @@ class EngineStateMixin:
         self.load_state_dict(state)
         self.logger.info(f"resumed from {path} at step {self.global_step} "
                          f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+def _schedule_shapes(scheduler) -> Optional[list[dict[str, Any]]]:
+    """The shape of each of our LR multipliers, or None for a scheduler that is not ours."""
+    fns = getattr(scheduler, "lr_lambdas", None)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or not all(
+            isinstance(fn, LRSchedule) for fn in fns):
+        return None
+    return [dict(vars(fn)) for fn in fns]
