@@ -111,6 +111,20 @@ def test_all_errors_reported_at_once(tmp_path):
     assert len(err.value.problems) == 7 and "\n" not in msg
 
 
+def test_range_errors_say_where_the_value_was_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  num_experts: 4\n  dropout: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(f), ["model.top_k=5"], environ={"RAYTRAIN_TRAINING__LR": "0"})
+    problems = {p.partition(":")[0]: p for p in err.value.problems}
+    assert problems["model.dropout"].endswith(f"in {f}")
+    assert problems["model.top_k"].endswith("(from --set)")
+    assert problems["training.lr"].endswith("(from $RAYTRAIN_TRAINING__LR)")
+    with pytest.raises(ConfigError) as err:  # a default that breaks a cross-field rule has no source
+        load_config(None, ["model.num_experts=1"], environ={})
+    assert err.value.problems == ["model.top_k: must be <= model.num_experts (1) (got 2)"]
+
+
 # ----------------------------------------------------------------------------- round trips
 def _field_strategy(key: str, tp):
     if key in CHOICES:
@@ -220,6 +234,7 @@ def _bad_cases(d):
         ("missing_config", ["--config", str(d / "nope.yaml")], {}, str(d / "nope.yaml")),
         ("bad_env_value", [], {"RAYTRAIN_TRAINING__LR": "fast"}, "RAYTRAIN_TRAINING__LR"),
         ("bad_env_key", [], {"RAYTRAIN_TRAINING__NOPE": "1"}, "training.nope"),
+        ("env_value_out_of_range", [], {"RAYTRAIN_TRAINING__BATCH_SIZE": "0"}, "$RAYTRAIN_TRAINING__BATCH_SIZE"),
         ("bad_choice_amp", ["--set", "optimization.amp=fp8"], {}, "optimization.amp"),
         ("fp16_on_cpu", ["--set", "optimization.amp=fp16", "--set", "training.device=cpu"], {},
          "optimization.amp"),

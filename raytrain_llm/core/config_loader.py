@@ -83,6 +83,7 @@ class _Builder:
         self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         self.task: Optional[str] = None
         self.errors: list[str] = []
+        self.sources: dict[str, str] = {}  # dotted key -> where its value came from, for messages
         self.types = {name: _field_types(cls) for name, cls in SECTIONS.items()}
 
     def _lookup(self, key: str, source: str):
@@ -115,6 +116,7 @@ class _Builder:
         tp = self.types[section][name]
         try:
             self.values[section][name] = convert(value, tp)
+            self.sources[key] = source
         except (ValueError, TypeError, StopIteration, yaml.YAMLError):
             self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{source}")
 
@@ -210,10 +212,15 @@ def _finish(builder: _Builder, task: Optional[str]) -> Config:
     cfg = builder.build()
     if task:
         cfg.task = task
-    errors = builder.errors + cfg.validate()
+    errors = builder.errors + [_with_source(e, builder.sources) for e in cfg.validate()]
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _with_source(error: str, sources: Mapping[str, str]) -> str:
+    """A range or cross-field error, told where its key's value was set (YAML, env or --set)."""
+    return error + sources.get(error.partition(":")[0], "")
 
 
 def dump_yaml(cfg: Config) -> str:
