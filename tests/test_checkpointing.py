@@ -213,3 +213,28 @@ def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(tmp_path):
     last = again.stderr.strip().splitlines()[-1]
     assert "already holds checkpoints" in last and "checkpoint.resume=auto" in last and "Traceback" not in again.stderr
     assert sorted(p.name for p in checkpoints(tmp_path)) == before  # nothing already saved is lost
+
+
+@pytest.mark.timeout(180)
+def test_resume_with_another_model_names_the_changed_key_and_keeps_the_checkpoints(tmp_path):
+    s = settings(tmp_path, **{"training.epochs": 1})
+    assert run_cli(["--task", "regression", *set_args(s)], timeout=120).returncode == 0
+    before = {p.name: (p / "state.pt").read_bytes() for p in checkpoints(tmp_path)}
+    changed = {**s, "model.hidden_dim": "32", "checkpoint.resume": "auto"}
+    p = run_cli(["--task", "regression", *set_args(changed)], timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert "does not match" in last and "model.hidden_dim is 32 here, 16 in the checkpoint" in last, last
+    assert {q.name: (q / "state.pt").read_bytes() for q in checkpoints(tmp_path)} == before
+
+
+def test_mismatch_without_a_saved_config_quotes_torchs_concrete_reason():
+    from raytrain_llm.core.engine_state import _mismatch_cause
+
+    model = RegressionTask(Config()).build_model()
+    state = {k: v for k, v in model.state_dict().items()}
+    state.pop(next(iter(state)))
+    with pytest.raises(RuntimeError) as exc:
+        model.load_state_dict(state)
+    cause = _mismatch_cause({"model": state}, Config().to_dict(), exc.value)
+    assert cause.startswith("Missing key(s) in state_dict") and "Error(s)" not in cause

@@ -38,8 +38,10 @@ class EngineStateMixin:
             self.raw_model.load_state_dict(clean_state_dict(state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"checkpoint does not match this model/optimizer: {first[:300]}") from None
+            # The user's config no longer describes the saved run: a usage error (exit 2), and
+            # the checkpoint folder is left as it is.
+            raise UsageError(f"checkpoint does not match this run's model/optimizer: "
+                             f"{_mismatch_cause(state, self.config.to_dict(), exc)}") from None
         if self.scheduler is not None and state.get("scheduler") is not None:
             self._load_scheduler(state["scheduler"])
         if self.precision.scaler and state.get("scaler"):
@@ -116,3 +118,20 @@ def _schedule_shapes(scheduler) -> Optional[list[dict[str, Any]]]:
             isinstance(fn, LRSchedule) for fn in fns):
         return None
     return [dict(vars(fn)) for fn in fns]
+
+
+def _mismatch_cause(state: dict[str, Any], config: dict[str, Any], exc: Exception) -> str:
+    """The config keys that differ from the checkpoint's run, else torch's first concrete reason
+    (its message leads with a bare "Error(s) in loading state_dict for GPT:" header)."""
+    saved = state.get("config") or {}
+    diffs = [f"{section}.{key} is {value!r} here, {saved[section][key]!r} in the checkpoint"
+             for section in ("model",) if isinstance(saved.get(section), dict)
+             for key, value in config[section].items()
+             if key in saved[section] and saved[section][key] != value]
+    if saved.get("task") not in (None, config["task"]):
+        diffs.insert(0, f"task is {config['task']!r} here, {saved['task']!r} in the checkpoint")
+    if diffs:
+        return "; ".join(diffs[:4]) + (f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else "")
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.startswith("Error(s) in loading")), None)
+    return (detail or type(exc).__name__)[:300]
