@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu.sh            (OUT=<dir> keeps a copy of the results)
 #   PRESET=cpu-tiny bash benchmarks/gpu.sh   (the same script on CPU, as a smoke run)
 #   AUTOTUNE=1 bash benchmarks/gpu.sh        (adds dense with compile_mode=max-autotune: minutes more)
+#   DENSE_BATCHES="32 64" bash benchmarks/gpu.sh   (dense at each batch size; default 32)
+# Exits 1 when a correctness check fails or a benchmark printed no line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,11 +23,17 @@ fi
 echo "== correctness checks" >&2
 timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_checks.jsonl"
 run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
-run --batch 32                              # dense
-run --moe --experts 8 --top-k 2 --batch 16  # MoE, expert width 4*d
-if [ "${AUTOTUNE:-0}" = "1" ]; then run --batch 32 --compile-mode max-autotune; fi
+runs=0
+for b in ${DENSE_BATCHES:-32}; do run --batch "$b"; runs=$((runs + 1)); done  # dense
+run --moe --experts 8 --top-k 2 --batch 16; runs=$((runs + 1))                 # MoE, expert width 4*d
+if [ "${AUTOTUNE:-0}" = "1" ]; then run --batch 32 --compile-mode max-autotune; runs=$((runs + 1)); fi
 if [ -f benchmarks/moe_bench.py ] && [ "$PRESET" = "gpt2-small" ]; then
   echo "== moe_bench" >&2
   timeout 120 $PY benchmarks/moe_bench.py 2>>"$OUT/err.txt" | tee "$OUT/moe_bench.jsonl"
 fi
 if [ -s "$OUT/err.txt" ]; then grep -v '^ ' "$OUT/err.txt" | grep -iE 'error|warn' | tail -5 >&2; fi
+failed=$(grep -c '"ok": false' "$OUT/gpu_checks.jsonl" 2>/dev/null)
+lines=$(grep -c '"ratio"' "$OUT/gpu_bench.jsonl" 2>/dev/null)
+if [ "${failed:-0}" != "0" ] || [ "${lines:-0}" != "$runs" ]; then
+  echo "gpu.sh: ${failed:-0} failed checks, ${lines:-0} of $runs benchmark lines (see $OUT/err.txt)" >&2; exit 1
+fi
