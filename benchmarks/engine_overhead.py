@@ -51,6 +51,7 @@ def make_config(a, out_dir: str):
     sets = [
         f"model.vocab_size={vocab}", f"model.d_model={d}", f"model.n_layers={L}", f"model.n_heads={h}",
         f"model.seq_len={T}", "model.mlp_type=gelu", "model.position=learned", "model.norm=layernorm",
+        f"model.attention_backend={a.attention}",
         f"model.use_moe={a.moe}", f"model.num_experts={a.experts}", f"model.top_k={a.top_k}",
         f"training.batch_size={B}", f"training.max_steps={steps}", "training.epochs=1", "training.lr=3e-4",
         "training.grad_clip=1.0", "training.validate=false", "training.lr_schedule=constant",
@@ -176,6 +177,8 @@ def main() -> None:
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
+                   help="model.attention_backend (the SDPA kernel tried first), for both loops")
     p.add_argument("--moe", action="store_true")
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
@@ -197,7 +200,7 @@ def main() -> None:
         hand, engine, spread = measure_side_by_side(cfg, a)
     result = {
         "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile,
-        "compile_mode": a.compile_mode if a.compile else None, "moe": a.moe,
+        "compile_mode": a.compile_mode if a.compile else None, "attention": a.attention, "moe": a.moe,
         "experts": a.experts if a.moe else None, "top_k": a.top_k if a.moe else None,
         "batch": cfg.training.batch_size, "seq_len": cfg.model.seq_len,
         "keep_host_memory": cfg.optimization.keep_host_memory, "hand_data": a.hand_data,

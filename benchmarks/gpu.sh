@@ -6,6 +6,7 @@
 #   PRESET=cpu-tiny bash benchmarks/gpu.sh   (the same script on CPU, as a smoke run)
 #   AUTOTUNE=1 bash benchmarks/gpu.sh        (adds dense with compile_mode=max-autotune: minutes more)
 #   DENSE_BATCHES="32 64" bash benchmarks/gpu.sh   (dense at each batch size; default 32)
+#   ATTENTION=cudnn bash benchmarks/gpu.sh   (model.attention_backend for every run; default auto)
 # Exits 1 when a correctness check fails or a benchmark printed no line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ fi
   $PY -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"; } | tee "$OUT/env.txt"
 echo "== correctness checks" >&2
 timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_checks.jsonl"
-run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
+run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" --attention "${ATTENTION:-auto}" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
 runs=0
 for b in ${DENSE_BATCHES:-32}; do run --batch "$b"; runs=$((runs + 1)); done  # dense
 run --moe --experts 8 --top-k 2 --batch 16; runs=$((runs + 1))                 # MoE, expert width 4*d

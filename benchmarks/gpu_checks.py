@@ -2,7 +2,9 @@
 
 - the MoE grouped dispatch equals the per-expert reference loop on CUDA bf16 (forward and grads);
 - the MoE model compiles as one graph under bf16 autocast (no graph breaks);
-- the engine trains with fp16 + GradScaler and bf16 on CUDA, and the loss goes down.
+- the engine trains with fp16 + GradScaler and bf16 on CUDA, and the loss goes down;
+- each `model.attention_backend` at the GPT-2-small attention shape: which kernel ran, its
+  forward+backward time, and its error against the math kernel (a small shape on CPU).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -61,6 +64,48 @@ def moe_compiles_without_breaks(device: torch.device) -> None:
          ok=explanation.graph_break_count == 0)
 
 
+def attention_backends(device: torch.device) -> None:
+    from raytrain_llm.models.attention import CausalSelfAttention
+
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    # GPT-2 small on CUDA: 12 heads of 64, seq 1024, batch 16; a small shape for the CPU dry run.
+    x = torch.randn(*((16, 1024) if cuda else (2, 128)), 768, device=device)
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    ref = None
+    for backend in ("math", "auto", "flash", "cudnn", "efficient"):
+        torch.manual_seed(1)  # the same weights for every backend
+        layer = CausalSelfAttention(768, 12, x.shape[1], 0.0, rope=False, backend=backend).to(device)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                y = layer(x)
+            y.float().square().mean().backward()
+            return y.float().detach()
+
+        y = step()
+        sync(device)
+        with torch.profiler.profile(activities=[activity]) as prof:
+            step()
+            sync(device)
+        ran = sorted(((e.device_time_total if cuda else e.cpu_time_total), e.key) for e in prof.key_averages()
+                     if not e.key.startswith("autograd::") and any(w in e.key.lower() for w in ("flash", "fmha", "cudnn", "efficient", "math", "sdpa")))
+        t0 = time.perf_counter()
+        for _ in range(10):
+            step()
+        sync(device)
+        ms = (time.perf_counter() - t0) / 10 * 1e3
+        ref = y if ref is None else ref
+        err = ((y - ref).abs().max() / ref.abs().max()).item()
+        emit("attention_backend", device=device.type, backend=backend, ms_fwd_bwd_with_projections=round(ms, 3),
+             kernels=[k[:70] for _, k in ran[::-1][:2]], rel_err_vs_math=err, ok=err < 2e-2)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 class KeepRecords(Callback):
     def __init__(self):
         self.records = []
@@ -91,7 +136,7 @@ def main() -> None:
     # `--cpu` dry-runs the same checks on CPU (bf16 only) before spending GPU time.
     device = torch.device("cpu" if "--cpu" in sys.argv or not torch.cuda.is_available() else "cuda")
     checks = [lambda: moe_dispatch_matches_loop(device), lambda: moe_compiles_without_breaks(device),
-              lambda: engine_trains("bf16", device)]
+              lambda: engine_trains("bf16", device), lambda: attention_backends(device)]
     if device.type == "cuda":
         checks.append(lambda: engine_trains("fp16", device))
     for check in checks:

@@ -80,9 +80,30 @@ def test_chunked_ce_and_activation_checkpointing_match_plain():
     assert other(x, targets=x)[0] is None  # chunked: the logits are never materialised
 
 
+def test_attention_backend_preference_on_cpu():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    base = GPT(tiny())
+    x = ids()
+    l_auto, g_auto = loss_and_grads(base, x, tiny())
+    with sdpa_kernel([SDPBackend.MATH]):
+        l_ref, g_ref = loss_and_grads(base, x, tiny())
+    for name, (l0, g0) in {"math": (l_ref, g_ref), "flash": (l_auto, g_auto),
+                           # no CPU kernel: torch's own choice runs instead, no error
+                           "cudnn": (l_auto, g_auto), "efficient": (l_auto, g_auto)}.items():
+        model = GPT(tiny(attention_backend=name))
+        model.load_state_dict(base.state_dict())
+        l1, g1 = loss_and_grads(model, x, tiny())
+        assert torch.equal(l1, l0), name
+        assert all(torch.equal(g1[n], g0[n]) for n in g0), name
+    assert not torch.equal(g_ref["blocks.0.attn.qkv.weight"], g_auto["blocks.0.attn.qkv.weight"])
+
+
 @pytest.mark.timeout(300)
 def test_compile_fullgraph_matches_eager():
-    cfg = tiny(**MOE, moe_every_n_layers=2, num_shared_experts=1, capacity_factor=1.25)
+    # A preferred SDPA backend too: its sdpa_kernel context must not break the graph.
+    cfg = tiny(**MOE, moe_every_n_layers=2, num_shared_experts=1, capacity_factor=1.25, attention_backend="cudnn")
     torch.manual_seed(0)
     model = GPT(cfg)
     x = ids()

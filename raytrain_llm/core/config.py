@@ -31,6 +31,7 @@ class ModelConfig:
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     tie_embeddings: bool = True
     activation_checkpointing: bool = False
+    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math: SDPA kernel tried first
     # Mixture of Experts.
     use_moe: bool = False
     num_experts: int = 4
@@ -153,6 +154,7 @@ CHOICES = {
     "model.position": ("rope", "learned"),
     "model.norm": ("rmsnorm", "layernorm"),
     "model.moe_impl": ("auto", "grouped", "split", "padded", "loop"),
+    "model.attention_backend": ("auto", "flash", "cudnn", "efficient", "math"),
     "training.lr_schedule": ("constant", "cosine", "linear"),
     "training.nan_policy": ("stop", "skip"),
     "training.device": ("auto", "cpu", "cuda"),

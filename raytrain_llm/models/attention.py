@@ -4,9 +4,34 @@ Learned absolute positions live in the model's embedding, so this module only kn
 """
 from __future__ import annotations
 
+import inspect
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+_SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+_CAN_PRIORITISE = "set_priority" in inspect.signature(sdpa_kernel).parameters  # torch >= 2.6
+
+
+def sdpa_order(preferred: str) -> Optional[list]:
+    """The SDPA backends to allow, `preferred` first; None keeps torch's own choice.
+
+    On CUDA torch tries FlashAttention-2 first; on Hopper cuDNN's fused attention can be faster
+    below ~8k tokens, so which one wins is measured (benchmarks/gpu.sh), not assumed. Where the
+    preferred kernel cannot run (fp32 for flash, head size, dropout) the others follow it, so the
+    choice never becomes an error. CPU ignores the order (it has flash and math): there only
+    `math`, allowed alone, changes the kernel. Torch without priorities (< 2.6) allows the
+    preferred backend alone."""
+    if preferred == "auto":
+        return None
+    first = _SDPA[preferred]
+    if preferred == "math" or not _CAN_PRIORITISE:
+        return [first]
+    return [first] + [b for name, b in _SDPA.items() if name != preferred]
 
 
 class Rotary(nn.Module):
@@ -32,10 +57,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, seq_len: int, dropout: float, rope: bool):
+    def __init__(self, d_model: int, n_heads: int, seq_len: int, dropout: float, rope: bool,
+                 backend: str = "auto"):
         super().__init__()
         assert d_model % n_heads == 0
         self.n_heads, self.dropout = n_heads, dropout
+        self.sdpa_order = sdpa_order(backend)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
         self.proj.residual_out = True  # scaled init, see GPT._init_weights
@@ -48,7 +75,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         if self.rotary is not None:
             q, k = self.rotary(q, k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        if self.sdpa_order is None:
+            y = self._attend(q, k, v)
+        else:
+            kwargs = {"set_priority": True} if len(self.sdpa_order) > 1 else {}
+            with sdpa_kernel(self.sdpa_order, **kwargs):  # compiles inside a fullgraph too
+                y = self._attend(q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return self.resid_drop(self.proj(y))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                              dropout_p=self.dropout if self.training else 0.0)

@@ -47,7 +47,8 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.norm1, self.norm2 = make_norm(cfg), make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.seq_len, cfg.dropout, cfg.position == "rope")
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.seq_len, cfg.dropout, cfg.position == "rope",
+                                        cfg.attention_backend)
         self.is_moe = is_moe_layer(cfg, layer)
         if self.is_moe:
             self.ffn = MoE(cfg.d_model, expert_hidden(cfg), cfg.num_experts, cfg.top_k, mlp_type=cfg.mlp_type,
