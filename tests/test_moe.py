@@ -199,3 +199,18 @@ def test_auto_backend_on_eager_cpu_follows_the_rows_per_expert():
     assert moe.backend(large) == ("grouped_mm" if cpu_grouped_mm_works(torch.float32) else "split")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert moe.backend(large) == ("grouped_mm" if cpu_grouped_mm_works(torch.bfloat16) else "split")
+
+
+def test_both_ways_of_summing_a_tokens_rows_agree():
+    # CUDA sums each token's k rows by a gather (no atomics), CPU by index_add_: same result.
+    from raytrain_llm.models.moe import _sum_choices
+
+    torch.manual_seed(0)
+    N, k, d = 37, 3, 8
+    order = torch.randperm(k * N)  # row r holds assignment order[r] = choice * N + token
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(k * N))
+    rows = torch.randn(k * N, d, dtype=torch.float64)
+    expected = torch.zeros(N, d, dtype=torch.float64).index_add_(0, order % N, rows)
+    for atomic_free in (True, False):
+        got = _sum_choices(rows, order % N, inverse, k, atomic_free=atomic_free)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

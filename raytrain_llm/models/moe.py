@@ -60,11 +60,13 @@ def _gather_rows(t: torch.Tensor, index: torch.Tensor, pad: bool) -> torch.Tenso
     return (F.pad(t, (0, 0, 0, 1)) if pad else t).index_select(0, index)
 
 
-def _sum_choices(rows: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+def _sum_choices(rows: torch.Tensor, src: torch.Tensor, inverse: torch.Tensor, k: int,
+                 atomic_free: Optional[bool] = None) -> torch.Tensor:
     """[k*N, d] rows -> [N, d]: each token's k rows summed. On CUDA a gather through `inverse`
     and a sum over k: index_add_ would take atomics there (nondeterministic sums). On CPU
-    index_add_ is deterministic, whatever the thread count, and ~2x faster than gather + sum."""
-    if rows.is_cuda:
+    index_add_ is deterministic, whatever the thread count, and ~2x faster than gather + sum.
+    `atomic_free` overrides the choice (tests run the CUDA way on CPU)."""
+    if rows.is_cuda if atomic_free is None else atomic_free:
         return rows.index_select(0, inverse).view(k, -1, rows.shape[1]).sum(0)
     return rows.new_zeros(inverse.numel() // k, rows.shape[1]).index_add_(0, src, rows)
 
