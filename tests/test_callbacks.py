@@ -183,3 +183,24 @@ def test_logged_metrics_average_over_the_steps_that_reported_them(tmp_path, accu
     # train_step calls 1-4 report `call` at 1 and 3 only: their mean, not their sum over 4.
     assert [r["call"] for r in records] == [2.0, 6.0, 10.0, 14.0]
     assert all(r["half"] == 0.5 and r["loss"] > 0 and r["grad_norm"] > 0 for r in records)
+
+
+# ----------------------------------------------------------------------------- Profiler
+def test_profiler_traces_the_chosen_steps_and_a_run_that_ends_inside_them(tmp_path):
+    # 256 samples / batch 16 / accumulation 2 = 8 optimizer steps.
+    train(tmp_path / "a", **{"training.grad_accum_steps": 2, "callbacks.profile_start_step": 3,
+                             "callbacks.profile_steps": 2})
+    train(tmp_path / "b", **{"training.grad_accum_steps": 2, "callbacks.profile_start_step": 7,
+                             "callbacks.profile_steps": 5})
+    for run, steps in (("a", "3-4"), ("b", "7-8")):
+        out = tmp_path / run / "profiler"
+        assert sorted(p.name for p in out.iterdir()) == [f"rank0_steps{steps}.trace.json", f"rank0_steps{steps}.txt"]
+        events = read_json(out / f"rank0_steps{steps}.trace.json")["traceEvents"]
+        names = {e.get("name", "") for e in events}
+        first, last = (int(s) for s in steps.split("-"))
+        # One range per optimizer step, and the model's matmuls in them.
+        assert {n for n in names if n.startswith("optimizer step")} == {
+            f"optimizer step {s}" for s in range(first, last + 1)}, sorted(names)[:20]
+        assert names & {"aten::addmm", "aten::mm", "aten::linear"}
+        assert "Self CPU" in (out / f"rank0_steps{steps}.txt").read_text()
+        assert f"profiled steps {steps}" in (tmp_path / run / "logs" / "rank0.log").read_text()

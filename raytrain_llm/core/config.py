@@ -136,6 +136,8 @@ class CallbacksConfig:
     early_stopping_min_delta: float = 0.0
     monitor: str = "val/loss"
     mode: str = "min"
+    profile_steps: int = 0  # optimizer steps traced by torch.profiler; 0 = off
+    profile_start_step: int = 5  # the first of them (after compile/warm-up)
 
 
 SECTIONS = {
@@ -195,6 +197,7 @@ MINIMUMS = {
     "checkpoint.keep_best": (0, True),
     "logging.log_every_n_steps": (1, True),
     "callbacks.early_stopping_patience": (1, True), "callbacks.early_stopping_min_delta": (0, True),
+    "callbacks.profile_steps": (0, True), "callbacks.profile_start_step": (1, True),
 }
 MAXIMUMS = {"model.dropout": 1.0, "training.min_lr_ratio": 1.0, "distributed.master_port": 65535}
 

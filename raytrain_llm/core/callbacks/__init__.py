@@ -5,6 +5,7 @@ from raytrain_llm.core.callbacks.base import Callback, CallbackList
 from raytrain_llm.core.callbacks.early_stopping import EarlyStopping
 from raytrain_llm.core.callbacks.lr_scheduler import LRSchedulerCallback
 from raytrain_llm.core.callbacks.metrics_logger import MetricsLogger
+from raytrain_llm.core.callbacks.profiler import Profiler
 from raytrain_llm.core.callbacks.progress_bar import ProgressBar
 from raytrain_llm.core.callbacks.tensorboard_logger import TensorBoardLogger
 
@@ -21,6 +22,8 @@ def default_callbacks(config, logger=None) -> list[Callback]:
     if c.early_stopping:
         cbs.append(EarlyStopping(monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience,
                                  min_delta=c.early_stopping_min_delta))
+    if c.profile_steps:
+        cbs.append(Profiler(log_dir, start_step=c.profile_start_step, num_steps=c.profile_steps, logger=logger))
     bar = config.logging.progress_bar
     if bar != "off":
         cbs.append(ProgressBar(enabled=True if bar == "on" else None))
@@ -28,4 +31,4 @@ def default_callbacks(config, logger=None) -> list[Callback]:
 
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger",
-           "ProgressBar", "TensorBoardLogger", "default_callbacks"]
+           "Profiler", "ProgressBar", "TensorBoardLogger", "default_callbacks"]
