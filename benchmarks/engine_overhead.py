@@ -15,6 +15,7 @@ the engine's own machinery (DataLoader, bookkeeping, callbacks, NaN check) as th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raytrain_llm.core.callbacks import Callback  # noqa: E402
+from raytrain_llm.core.callbacks import Callback, Profiler  # noqa: E402
 from raytrain_llm.core.config_loader import load_config  # noqa: E402
 from raytrain_llm.core.engine import TrainingEngine  # noqa: E402
 from raytrain_llm.core.host_memory import keep_freed_host_memory  # noqa: E402
@@ -93,6 +94,14 @@ def run_engine(cfg, a) -> float:
     engine = TrainingEngine(cfg, task, callbacks=[timer])
     engine.fit()
     return timer.t1 - timer.t0
+
+
+def profile_engine(cfg, a) -> list[str]:
+    """One more engine run, untimed, tracing two steps after warm-up (callbacks.Profiler)."""
+    cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, dir=a.profile))
+    profiler = Profiler(a.profile, start_step=a.warmup + 1, num_steps=2)
+    TrainingEngine(cfg, LanguageModelingTask(cfg), callbacks=[profiler]).fit()
+    return profiler.files
 
 
 def run_hand(cfg, a) -> float:
@@ -190,6 +199,8 @@ def main() -> None:
     p.add_argument("--hand-data", choices=["pregenerated", "sampled"], default="pregenerated",
                    help="hand loop trains on 4 batches made up front (the engine's data cost shows in the "
                         "ratio), or samples each batch from the same dataset, as the engine does")
+    p.add_argument("--profile", metavar="DIR",
+                   help="afterwards, trace two engine steps into DIR/profiler (not timed)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as is (the engine's CPU default keeps freed memory)")
     a = p.parse_args()
@@ -198,6 +209,7 @@ def main() -> None:
         if a.device == "cpu" and cfg.optimization.keep_host_memory:
             keep_freed_host_memory()  # up front, so that both loops run under the same allocator
         hand, engine, spread = measure_side_by_side(cfg, a)
+        profile = profile_engine(cfg, a) if a.profile else None
     result = {
         "preset": a.preset, "device": a.device, "amp": a.amp, "compile": a.compile,
         "compile_mode": a.compile_mode if a.compile else None, "attention": a.attention, "moe": a.moe,
@@ -207,6 +219,8 @@ def main() -> None:
         "hand": hand, "engine": engine, "ratio": round(engine["tokens_per_s"] / hand["tokens_per_s"], 4),
         **spread, "repeats": a.repeats,
     }
+    if profile is not None:
+        result["profile"] = profile
     if a.device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     result["torch"] = torch.__version__

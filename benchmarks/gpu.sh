@@ -7,6 +7,7 @@
 #   AUTOTUNE=1 bash benchmarks/gpu.sh        (adds dense with compile_mode=max-autotune: minutes more)
 #   DENSE_BATCHES="32 64" bash benchmarks/gpu.sh   (dense at each batch size; default 32)
 #   ATTENTION=cudnn bash benchmarks/gpu.sh   (model.attention_backend for every run; default auto)
+#   PROFILE=1 bash benchmarks/gpu.sh         (also traces 2 engine steps of each run: $OUT/profile-*/)
 # Exits 1 when a correctness check fails or a benchmark printed no line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,13 @@ fi
   $PY -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"; } | tee "$OUT/env.txt"
 echo "== correctness checks" >&2
 timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_checks.jsonl"
-run() { echo "== $*" >&2; timeout 240 $PY benchmarks/engine_overhead.py --preset "$PRESET" --attention "${ATTENTION:-auto}" $AMP $STEPS "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"; }
+n=0
+run() {
+  n=$((n + 1)); local prof=()
+  if [ "${PROFILE:-0}" = "1" ]; then prof=(--profile "$OUT/profile-$n"); fi
+  echo "== $*" >&2; timeout 300 $PY benchmarks/engine_overhead.py --preset "$PRESET" --attention "${ATTENTION:-auto}" $AMP $STEPS "${prof[@]}" "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"
+  if [ -d "$OUT/profile-$n" ]; then gzip -f "$OUT/profile-$n"/profiler/*.trace.json 2>/dev/null; rm -rf "$OUT/profile-$n"/logs; fi
+}
 runs=0
 for b in ${DENSE_BATCHES:-32}; do run --batch "$b"; runs=$((runs + 1)); done  # dense
 run --moe --experts 8 --top-k 2 --batch 16; runs=$((runs + 1))                 # MoE, expert width 4*d
