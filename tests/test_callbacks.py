@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rt_testing import checkpoints, ckpt_step, load_state, read_json, read_jsonl, train
 from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback
+from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.base_task import LRSchedule
 
 TRAIN_FIELDS = {"step", "epoch", "split", "loss", "lr", "grad_norm", "mae", "step_time", "data_wait",
@@ -36,7 +37,7 @@ def test_metrics_jsonl_fields_and_values(logged_run):
     for r in train_recs:
         assert set(r) == TRAIN_FIELDS, set(r) ^ TRAIN_FIELDS
         assert r["epoch"] == (r["step"] - 1) // 16
-        assert r["lr"] == pytest.approx(0.01 * schedule(r["step"]), rel=1e-9)  # LR after `step` scheduler steps
+        assert r["lr"] == pytest.approx(0.01 * schedule(r["step"] - 1), rel=1e-9)  # the LR step `step` used
         assert math.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0
         assert r["step_time"] > 0 and 0 <= r["data_wait"] <= r["step_time"] and 0 <= r["data_wait_share"] <= 1
         assert r["samples_per_s"] == pytest.approx(16 / r["step_time"], rel=1e-6)  # one 16-sample step per record
@@ -121,10 +122,12 @@ def test_early_stopping_unit(values, kwargs, stop_at):
         assert cb.stopped_at_check == stop_at and reason.startswith("early stopping: val/loss")
 
 
-def test_early_stopping_ignores_other_metrics_and_resumes_state():
+def test_early_stopping_refuses_a_missing_monitor_and_resumes_state():
     cb = EarlyStopping(patience=2)
     run_checks(cb, [3, 2, 2.5])
-    assert run_checks(cb, [9], key="val/other") == (None, None) and cb.checks == 3
+    with pytest.raises(UsageError, match=r"callbacks.monitor: 'val/loss' is not among the validation metrics \(val/los\)"):
+        run_checks(cb, [9], key="val/los")  # a typo must not leave early stopping silently off
+    assert cb.checks == 3
     restored = EarlyStopping(patience=2)
     restored.load_state_dict(cb.state_dict())
     at, _ = run_checks(restored, [2.2])  # third bad check in a row across the "resume"
@@ -142,6 +145,19 @@ def test_early_stopping_end_to_end(tmp_path, monkeypatch):
     assert vals == pytest.approx([5, 4, 3, 3.5, 3.2])  # float32 losses
     s = read_json(tmp_path / "summary.json")
     assert s["stopped_early"] is True and s["global_step"] == 10 and s["best"]["value"] == 3
+    # Resumed, it stays stopped, as a finished run stays finished; a larger patience trains on.
+    again, _ = train(tmp_path, task="rt_helpers:ScriptedValTask",
+                     **{"data.num_val_samples": 16, "training.val_every_n_steps": 2, "training.epochs": 2,
+                        "callbacks.early_stopping": True, "callbacks.early_stopping_patience": 2,
+                        "checkpoint.resume": "auto"})
+    assert again["step"] == 10 and read_json(tmp_path / "summary.json")["stopped_early"] is True
+    assert again["val"]["val/loss"] == pytest.approx(3.2)  # the checkpoint's validation, not a new one
+    assert max(r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")) == 10
+    more, _ = train(tmp_path, task="rt_helpers:ScriptedValTask",
+                    **{"data.num_val_samples": 16, "training.val_every_n_steps": 2, "training.epochs": 2,
+                       "callbacks.early_stopping": True, "callbacks.early_stopping_patience": 9,
+                       "checkpoint.resume": "auto"})
+    assert more["step"] > 10 and max(r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")) == more["step"]
 
 
 # ----------------------------------------------------------------------------- LRSchedulerCallback
@@ -151,9 +167,11 @@ def test_lr_scheduler_callback_records_changes():
     engine = SimpleNamespace(optimizer=opt, scheduler=None, global_step=0)
     cb = LRSchedulerCallback()
     cb.on_train_start(engine)
-    for step, lr in enumerate([1.0, 1.0, 0.5, 0.5, 0.25], 1):
+    for step, lr in enumerate([1.0, 1.0, 0.5, 0.5, 0.25], 1):  # the LR each step uses
         opt.param_groups[0]["lr"] = lr
-        cb.on_batch_end(engine, step, None)
+        engine.global_step = step - 1
+        cb.on_batch_start(engine, 0)
+        cb.on_batch_start(engine, 1)  # a second micro-batch of the same step
     assert cb.history == [(0, [1.0]), (3, [0.5]), (5, [0.25])]
     again = LRSchedulerCallback()
     again.load_state_dict(cb.state_dict())
@@ -204,3 +222,36 @@ def test_profiler_traces_the_chosen_steps_and_a_run_that_ends_inside_them(tmp_pa
         assert names & {"aten::addmm", "aten::mm", "aten::linear"}
         assert "Self CPU" in (out / f"rank0_steps{steps}.txt").read_text()
         assert f"profiled steps {steps}" in (tmp_path / run / "logs" / "rank0.log").read_text()
+
+
+# ----------------------------------------------------------------------------- MetricsLogger files
+def test_a_cut_off_metrics_line_does_not_block_resume_and_a_fresh_run_starts_its_own_file(tmp_path):
+    train(tmp_path, **{"training.max_steps": 8})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"split": "train", "step": 9, "epo')  # the process died mid-write
+    result, _ = train(tmp_path, **{"checkpoint.resume": "auto"})
+    assert result["step"] == 16
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(1, 17))
+    # Without checkpoints a rerun into the same folder starts over: the old records move aside.
+    train(tmp_path / "nockpt", **{"checkpoint.enabled": False, "training.max_steps": 3})
+    train(tmp_path / "nockpt", **{"checkpoint.enabled": False, "training.max_steps": 2})
+    assert [r["step"] for r in read_jsonl(tmp_path / "nockpt" / "metrics.jsonl") if r["split"] == "train"] == [1, 2]
+    aside = [p for p in os.listdir(tmp_path / "nockpt") if p.startswith("metrics-") and p.endswith(".jsonl")]
+    assert len(aside) == 1
+    assert [r["step"] for r in read_jsonl(tmp_path / "nockpt" / aside[0]) if r["split"] == "train"] == [1, 2, 3]
+
+
+def test_throughput_leaves_out_validation_and_checkpoint_time():
+    import time
+
+    from raytrain_llm.core.monitoring import PerformanceMonitor
+
+    monitor = PerformanceMonitor(torch.device("cpu"))
+    monitor.reset_window()
+    monitor.step_done(16, 1024)
+    with monitor.paused():
+        time.sleep(0.3)  # a validation pass between two logged steps
+    monitor.step_done(16, 1024)
+    out = monitor.summary()
+    assert out["step_time"] < 0.1 and out["tokens_per_s"] > 2048 / 0.2

@@ -183,8 +183,11 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     fresh = RegressionTask(cfg).build_model().state_dict()
     assert list(state["model"]) == list(fresh)
     assert not any(k.startswith(("module.", "_orig_mod.")) or "._orig_mod." in k for k in state["model"])
-    assert state["progress"] == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
-                                 "world_size": 1}
+    progress = dict(state["progress"])
+    val = progress.pop("val_metrics")
+    assert progress == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
+                        "world_size": 1, "val_step": 16}
+    assert set(val) == {"val/loss", "val/mae"}  # the validation at step 16, saved with it
     assert Config.from_dict(state["config"]) == cfg
     assert (checkpoints(tmp_path)[-1] / "config.yaml").exists()
     assert read_json(checkpoints(tmp_path)[-1] / "meta.json")["step"] == 16
@@ -238,3 +241,18 @@ def test_mismatch_without_a_saved_config_quotes_torchs_concrete_reason():
         model.load_state_dict(state)
     cause = _mismatch_cause({"model": state}, Config().to_dict(), exc.value)
     assert cause.startswith("Missing key(s) in state_dict") and "Error(s)" not in cause
+
+
+def test_explicit_resume_refuses_a_folder_with_later_checkpoints(tmp_path):
+    from raytrain_llm.core.errors import UsageError
+
+    train(tmp_path, **{"checkpoint.every_n_steps": 4, "checkpoint.keep_last": 10})
+    before = steps(tmp_path)
+    assert before[-1] == 16
+    older = checkpoints(tmp_path)[0]  # step 4: resuming it here would rotate away the new run's saves
+    with pytest.raises(UsageError, match=r"holds checkpoints past the resume point \(step 4\), up to step-00000016"):
+        train(tmp_path, **{"checkpoint.resume": str(older), "checkpoint.every_n_steps": 2})
+    assert steps(tmp_path) == before
+    # Into a fresh folder it is a branch of the old run, and fine.
+    result, _ = train(tmp_path / "branch", **{"checkpoint.resume": str(older)})
+    assert result["step"] == 16

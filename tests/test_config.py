@@ -82,7 +82,15 @@ def test_typed_values_from_set_env_and_yaml(tmp_path):
     assert cfg.data.noise_std == 0.25 and cfg.logging.dir == "out/x"
 
 
+def test_yaml_reads_exponents_without_a_dot_as_numbers(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  lr: 3e-4\n  weight_decay: 1E-2\ndata:\n  noise_std: 2e0\n")
+    cfg = load_config(str(f), [], environ={})
+    assert (cfg.training.lr, cfg.training.weight_decay, cfg.data.noise_std) == (3e-4, 1e-2, 2.0)
+
+
 @pytest.mark.parametrize("body,key", [
+    ("training:\n  lr: '1e-3'\n", "training.lr"),  # quoted: a string, as any quoted number
     ("training:\n  epochs: 3.0\n", "training.epochs"),  # no float -> int narrowing
     ("training:\n  epochs: true\n", "training.epochs"),  # bools are not ints
     ("training:\n  lr: '0.1'\n", "training.lr"),  # strings are not numbers in YAML
@@ -163,6 +171,9 @@ def configs(draw):
     cfg.optimization.amp = "bf16" if cfg.optimization.amp == "fp16" else cfg.optimization.amp
     cfg.distributed.use_gpu = cfg.distributed.use_gpu or cfg.distributed.gpus_per_worker > 0 \
         or cfg.distributed.backend == "nccl"
+    m.moe_every_n_layers = min(m.moe_every_n_layers, m.n_layers)
+    cfg.training.validate = cfg.training.validate or cfg.callbacks.early_stopping
+    cfg.checkpoint.enabled = cfg.checkpoint.enabled or cfg.checkpoint.resume == "auto"
     return cfg
 
 
@@ -226,6 +237,15 @@ def _bad_cases(d):
         ("inf_lr", ["--set", "training.lr=inf"], {}, "training.lr"),
         ("top_k_gt_experts", ["--set", "model.num_experts=4", "--set", "model.top_k=5"], {}, "model.top_k"),
         ("unknown_task", ["--task", "nosuchtask"], {}, "--task"),
+        ("task_empty_module", ["--task", ":Foo"], {}, "--task"),
+        ("task_relative_module", ["--task", ".foo:Bar"], {}, "--task"),
+        ("moe_but_no_moe_block", ["--task", "lm", "--set", "model.use_moe=true", "--set", "model.n_layers=2",
+                                  "--set", "model.moe_every_n_layers=3"], {}, "model.moe_every_n_layers"),
+        ("early_stopping_without_validation", ["--set", "callbacks.early_stopping=true",
+                                               "--set", "training.validate=false"], {}, "callbacks.early_stopping"),
+        ("resume_auto_without_checkpoints", ["--set", "checkpoint.resume=auto", "--set", "checkpoint.enabled=false"],
+         {}, "checkpoint.resume"),
+        ("batch_larger_than_data", [*run, "--set", "training.batch_size=1000"], {}, "training.batch_size"),
         ("bad_task_module", ["--task", "no_such_pkg.mod:Task"], {}, "--task"),
         ("bad_task_class", ["--task", "rt_helpers:NoSuchTask"], {}, "--task"),
         ("task_not_a_task", ["--task", "collections:OrderedDict"], {}, "--task"),

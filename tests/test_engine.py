@@ -119,6 +119,20 @@ def test_resume_with_more_epochs_follows_the_new_lr_schedule(tmp_path):
     assert lr["extended"][32] == pytest.approx(lr["ref"][32]) and lr["ref"][32] < lr["ref"][17]
 
 
+def test_resume_with_another_lr_and_weight_decay_follows_the_config(tmp_path):
+    common = {"training.lr_schedule": "constant", "training.warmup_steps": 0}
+    train(tmp_path, **common, **{"training.lr": 0.001})
+    r2, _ = train(tmp_path, **common, **{"training.epochs": 2, "training.lr": 0.01, "training.weight_decay": 0.3,
+                                         "checkpoint.resume": "auto"})
+    assert r2["step"] == 32
+    lr = {r["step"]: r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"}
+    assert all(lr[s] == 0.001 for s in range(1, 17)) and all(lr[s] == 0.01 for s in range(17, 33))
+    groups = final_state(tmp_path)["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0]  # norms and biases stay undecayed
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert "optimizer settings follow this run's config, not the checkpoint's: weight_decay, lr changed" in log
+
+
 # ----------------------------------------------------------------------------- NaN
 @pytest.mark.timeout(120)
 def test_nan_stop_exits_1_and_never_saves_bad_state(tmp_path):
@@ -166,7 +180,10 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(240)
 def test_spawn_two_gloo_workers_equal_one_worker_at_double_batch(tmp_path):
-    common = {"training.epochs": 2, "model.dropout": 0.0, "training.lr": 1e-2, "data.num_train_samples": 256}
+    # 8 validation samples: rank 1 gets no validation batch at all, and must still join the
+    # reduction (it used to reduce a shorter vector and hang the run).
+    common = {"training.epochs": 2, "model.dropout": 0.0, "training.lr": 1e-2, "data.num_train_samples": 256,
+              "data.num_val_samples": 8}
     train(tmp_path / "one", **common, **{"training.batch_size": 16})
     s = settings(tmp_path / "two", **common, **{"training.batch_size": 8, "distributed.launcher": "spawn",
                                                  "distributed.num_workers": 2, "distributed.backend": "gloo",

@@ -1,6 +1,8 @@
 """The `lm` task end to end through the engine: it really learns, and it resumes exactly."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -31,6 +33,9 @@ def test_cli_lm_moe_reaches_entropy_floor_with_balanced_routing(tmp_path):
     val = [r for r in records if r["split"] == "val"][-1]["val/loss"]
     # The Markov chain's conditional entropy bounds every model from below.
     assert floor <= val <= 1.10 * floor, (val, floor)
+    last_val = [r for r in records if r["split"] == "val"][-1]
+    # exp of the mean loss (a mean of per-batch exp(loss) would be larger: Jensen)
+    assert last_val["val/perplexity"] == pytest.approx(math.exp(last_val["val/loss"]), rel=1e-9)
     last_train = [r for r in records if r["split"] == "train"][-1]
     assert last_train["moe_max_load"] < 2.0  # busiest expert under twice the mean load
     assert 0.9 < last_train["aux_loss"] < 1.5  # near 1.0, the balanced value

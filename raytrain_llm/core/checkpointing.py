@@ -93,6 +93,16 @@ class CheckpointManager:
                 f"checkpoint.dir {self.directory} already holds checkpoints of an earlier run: set "
                 "checkpoint.resume=auto to continue it, or use another logging.dir/checkpoint.dir")
 
+    def refuse_later_checkpoints(self, step: int) -> None:
+        """A run resumed from an explicit step-`step` checkpoint must not share a folder with
+        checkpoints past it: rotation would keep those and delete the new run's own."""
+        later = [m for m in self.checkpoints() if m["step"] > step]
+        if later:
+            raise UsageError(
+                f"checkpoint.dir {self.directory} holds checkpoints past the resume point (step {step}), up to "
+                f"{os.path.basename(later[-1]['path'])}: resume the newest with checkpoint.resume=auto, "
+                "or write this run to another logging.dir/checkpoint.dir")
+
     def latest_path(self) -> Optional[str]:
         ckpts = self.checkpoints()
         return ckpts[-1]["path"] if ckpts else None

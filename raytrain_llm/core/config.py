@@ -264,6 +264,14 @@ def cross_field_errors(cfg: Config) -> list[str]:
     m, t, o, d = cfg.model, cfg.training, cfg.optimization, cfg.distributed
     if m.top_k > m.num_experts:
         errors.append(f"model.top_k: must be <= model.num_experts ({m.num_experts}) (got {m.top_k})")
+    if m.use_moe and m.moe_every_n_layers > m.n_layers:
+        errors.append(f"model.moe_every_n_layers: no block would be MoE with model.n_layers={m.n_layers} "
+                      f"(got {m.moe_every_n_layers})")
+    if cfg.callbacks.early_stopping and not t.validate:
+        errors.append("callbacks.early_stopping: needs training.validate=true (it watches a validation metric)")
+    if cfg.checkpoint.resume == "auto" and not cfg.checkpoint.enabled:
+        errors.append("checkpoint.resume: auto continues from this run's own checkpoints, "
+                      "but checkpoint.enabled=false")
     if m.d_model % m.n_heads:
         errors.append(f"model.d_model: must be divisible by model.n_heads ({m.n_heads}) (got {m.d_model})")
     elif m.position == "rope" and (m.d_model // m.n_heads) % 2:

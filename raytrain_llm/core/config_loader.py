@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from typing import Any, Iterable, Mapping, Optional
 
@@ -16,6 +17,18 @@ from raytrain_llm.core.config import SECTIONS, Config
 from raytrain_llm.core.errors import ConfigError
 
 ENV_PREFIX = "RAYTRAIN_"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float, as YAML 1.2 and every user does: PyYAML's YAML 1.1
+    rules want a dot (1.0e-3) and would make it a string. Quoted '1e-3' stays a string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -162,7 +175,7 @@ def read_yaml(path: str) -> Any:
         raise ConfigError([f"--config: file not found: {path}"])
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh) or {}
+            return yaml.load(fh, Loader=_YamlLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -21,7 +21,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine_state import EngineStateMixin
-from raytrain_llm.core.errors import TrainingError
+from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
@@ -33,7 +33,7 @@ from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_outpu
 def resolve_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise TrainingError("training.device=cuda but no CUDA device is available")
+            raise UsageError("training.device: cuda, but no CUDA device is available (use auto or cpu)")
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         return device
@@ -70,6 +70,7 @@ class TrainingEngine(EngineStateMixin):
         self._val_step = -1
         self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
+        self._step_lr: Optional[float] = None  # LR of the last applied step (the scheduler has moved on)
         self._setup()
 
     # ------------------------------------------------------------------ setup
@@ -84,9 +85,10 @@ class TrainingEngine(EngineStateMixin):
         self.optimizer = self.task.build_optimizer(self.raw_model)
         self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
         if self.steps_per_epoch == 0:
-            raise TrainingError(
-                f"the training set is smaller than one batch: {len(self.data_module.train_dataset)} samples, "
-                f"batch {cfg.training.batch_size} x {self.dist.world_size} workers")
+            raise UsageError(
+                f"training.batch_size: the training set is smaller than one batch: "
+                f"{len(self.data_module.train_dataset)} samples, batch {cfg.training.batch_size} x "
+                f"{self.dist.world_size} workers")
         self.total_steps = cfg.training.epochs * self.steps_per_epoch
         if cfg.training.max_steps:
             self.total_steps = min(self.total_steps, cfg.training.max_steps)
@@ -226,6 +228,7 @@ class TrainingEngine(EngineStateMixin):
         bad = self.dist.any_true(not finite, self.device)
         if not bad:
             self.precision.step(self.optimizer)
+            self._step_lr = float(self.optimizer.param_groups[0]["lr"])  # the LR this step used
             if self.scheduler is not None and not isinstance(
                     self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
@@ -248,12 +251,13 @@ class TrainingEngine(EngineStateMixin):
         self.callbacks.on_batch_end(self, step, outputs)
         if step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps:
             self._log_train()
-        n = self.config.training.val_every_n_steps
-        if n and step % n == 0:
-            self._validate_if_needed()
-        n = self.config.checkpoint.every_n_steps
-        if n and step % n == 0:
-            self._checkpoint_if_needed()
+        with self.monitor.paused():
+            n = self.config.training.val_every_n_steps
+            if n and step % n == 0:
+                self._validate_if_needed()
+            n = self.config.checkpoint.every_n_steps
+            if n and step % n == 0:
+                self._checkpoint_if_needed()
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
@@ -275,9 +279,9 @@ class TrainingEngine(EngineStateMixin):
         # Each value averaged over the micro-batches (grad_norm: the steps) that reported it,
         # then over ranks.
         means = (self.dist.reduce_mean(totals) / counts).tolist()
-        record = {"split": "train", "step": self.global_step, "epoch": self.epoch,
-                  "lr": float(self.optimizer.param_groups[0]["lr"]), **dict(zip(names, means)),
-                  **self.monitor.summary()}
+        lr = self._step_lr if self._step_lr is not None else float(self.optimizer.param_groups[0]["lr"])
+        record = {"split": "train", "step": self.global_step, "epoch": self.epoch, "lr": lr,
+                  **dict(zip(names, means)), **self.monitor.summary()}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
         self.last_train_record = record
@@ -299,7 +303,7 @@ class TrainingEngine(EngineStateMixin):
         self.callbacks.on_validation_start(self)
         self.raw_model.eval()
         sums: dict[str, torch.Tensor] = {}
-        count = torch.zeros((), device=self.device)
+        counts: dict[str, int] = {}
         limit = self.config.training.limit_val_batches
         loader = self.data_module.val_batches(batch_size=self.config.training.batch_size, rank=self.dist.rank,
                                               world_size=self.dist.world_size, pin_memory=self.non_blocking)
@@ -313,12 +317,17 @@ class TrainingEngine(EngineStateMixin):
             for k, v in {"loss": out.loss, **out.metrics}.items():
                 v = torch.as_tensor(v, device=self.device).detach().float()
                 sums[k] = sums.get(k, 0.0) + v * n
-            count += n
+                counts[k] = counts.get(k, 0) + n
         self.raw_model.train()
         names = list(sums)
-        totals = self.dist.reduce_sum(torch.stack([*sums.values(), count]))
-        values = (totals[:-1] / totals[-1].clamp_min(1)).tolist()
-        metrics = {f"val/{k}": v for k, v in zip(names, values)}
+        if self.dist.enabled:  # every rank must reduce the same vector, also one without batches
+            names = list(dict.fromkeys(k for rank_names in self.dist.gather_objects(names) for k in rank_names))
+        zero = torch.zeros((), device=self.device)
+        totals = self.dist.reduce_sum(torch.stack(
+            [sums.get(k, zero) for k in names] + [zero + counts.get(k, 0) for k in names]))
+        # Each metric averaged over the samples of the batches that reported it.
+        values = (totals[:len(names)] / totals[len(names):].clamp_min(1)).tolist()
+        metrics = self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)})
         self.last_val_metrics = metrics
         self.callbacks.on_validation_end(self, metrics)
         self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": self.epoch, **metrics})

@@ -27,13 +27,16 @@ class EngineStateMixin:
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": {"global_step": self.global_step, "epoch": self.epoch,
                          "batch_in_epoch": self.batch_in_epoch, "skipped_steps": self.skipped_steps,
-                         "world_size": self.dist.world_size},
+                         "world_size": self.dist.world_size, "val_step": self._val_step,
+                         # a resumed run that has nothing left to train reports these, not a re-run
+                         "val_metrics": dict(self.last_val_metrics) if self._val_step == self.global_step else {}},
             "rng": rng,
             "callbacks": self.callbacks.state_dict(),
             "config": self.config.to_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        planned = _group_settings(self.optimizer)  # from this run's config, before the load
         try:
             self.raw_model.load_state_dict(clean_state_dict(state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
@@ -44,6 +47,7 @@ class EngineStateMixin:
                              f"{_mismatch_cause(state, self.config.to_dict(), exc)}") from None
         if self.scheduler is not None and state.get("scheduler") is not None:
             self._load_scheduler(state["scheduler"])
+        self._keep_config_settings(planned, state)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
@@ -51,6 +55,8 @@ class EngineStateMixin:
         self.epoch = int(progress["epoch"])
         self.batch_in_epoch = int(progress["batch_in_epoch"])
         self.skipped_steps = int(progress.get("skipped_steps", 0))
+        self._val_step = int(progress.get("val_step", -1))
+        self.last_val_metrics = {k: float(v) for k, v in (progress.get("val_metrics") or {}).items()}
         self._saved_at = self._progress_key()
         rng = state.get("rng") or []
         if len(rng) == self.dist.world_size:
@@ -75,13 +81,51 @@ class EngineStateMixin:
         before = self.scheduler.lr_lambdas[0].decay_steps
         for fn, shape in zip(self.scheduler.lr_lambdas, planned):
             fn.__dict__.update(shape)
-        step = self.scheduler.last_epoch
-        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * fn(step)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._reapply_schedule()
         if self.dist.is_main:
             self.logger.warning(f"LR schedule follows this run's config, not the checkpoint's: decay over "
                                 f"{planned[0]['decay_steps']} steps (the checkpoint's run: {before})")
+
+    def _keep_config_settings(self, planned: list[dict[str, Any]], state: dict[str, Any]) -> None:
+        """The optimizer's settings (peak LR, weight decay, betas, fused, ...) follow this run's
+        config, as config.yaml says; its moments and the schedule's position are the checkpoint's.
+        torch's load would bring back the saved run's settings and silently ignore the new ones.
+        Only when the config changed: otherwise the groups are the checkpoint's, exactly, including
+        values a scheduler moves (OneCycleLR cycles the betas)."""
+        saved, current = state.get("config") or {}, self.config.to_dict()
+        if all(saved.get(section) == current[section] for section in ("training", "optimization")):
+            return
+        groups = self.optimizer.param_groups
+        changed = sorted({key for group, mine in zip(groups, planned) for key, value in mine.items()
+                          if key not in _LR_KEYS and _differs(group.get(key), value)})
+        for group, mine in zip(groups, planned):
+            group.update({k: v for k, v in mine.items() if k not in _LR_KEYS})
+        peaks = [mine.get("initial_lr", mine["lr"]) for mine in planned]
+        scheduler = self.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            if [float(b) for b in scheduler.base_lrs] != [float(p) for p in peaks]:
+                scheduler.base_lrs = list(peaks)
+                for group, peak in zip(groups, peaks):
+                    group["initial_lr"] = peak
+                self._reapply_schedule()
+                changed.append("lr")
+        elif scheduler is None:
+            if any(_differs(group["lr"], peak) for group, peak in zip(groups, peaks)):
+                for group, peak in zip(groups, peaks):
+                    group["lr"] = peak
+                changed.append("lr")
+        elif saved.get("training", {}).get("lr") not in (None, self.config.training.lr) and self.dist.is_main:
+            self.logger.warning(f"training.lr changed, but {type(scheduler).__name__} keeps the checkpoint's LR")
+        if changed and self.dist.is_main:
+            self.logger.warning(f"optimizer settings follow this run's config, not the checkpoint's: "
+                                f"{', '.join(changed)} changed")
+
+    def _reapply_schedule(self) -> None:
+        """LambdaLR's LR at its current position, after its peak or shape changed."""
+        scheduler = self.scheduler
+        for group, base, fn in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _find_resume_state(self) -> tuple[Optional[str], Optional[dict[str, Any]]]:
         explicit = self.resume_from
@@ -98,9 +142,14 @@ class EngineStateMixin:
         if not os.path.exists(path):
             raise UsageError(f"checkpoint.resume: no checkpoint at {path}")
         try:
-            return path, CheckpointManager.load(path)
+            state = CheckpointManager.load(path)
         except CheckpointError as exc:
             raise UsageError(f"checkpoint.resume: {exc}") from None
+        if explicit is None and self.checkpoint_manager is not None:
+            # A user's choice of an older step. A launcher's restore point (a Ray restart) may
+            # trail this folder by a save that was never reported; that run re-creates those steps.
+            self.checkpoint_manager.refuse_later_checkpoints(int(state["progress"]["global_step"]))
+        return path, state
 
     def _resume(self) -> None:
         path, state = self._find_resume_state()
@@ -135,3 +184,18 @@ def _mismatch_cause(state: dict[str, Any], config: dict[str, Any], exc: Exceptio
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     detail = next((line for line in lines if not line.startswith("Error(s) in loading")), None)
     return (detail or type(exc).__name__)[:300]
+
+
+_LR_KEYS = ("lr", "initial_lr")  # the schedule owns these
+
+
+def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.as_tensor(a).tolist() != torch.as_tensor(b).tolist()
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    return a != b

@@ -5,6 +5,7 @@ synchronises (it reads the loss once per optimizer step), so no extra syncs are 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -54,6 +55,7 @@ class PerformanceMonitor:
         self._samples = 0
         self._tokens = 0
         self._data_t0 = 0.0
+        self._paused = 0.0
         self.peak_rss = 0
 
     # --- timing hooks called by the engine ---
@@ -68,14 +70,23 @@ class PerformanceMonitor:
         self._samples += samples
         self._tokens += tokens or 0
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (validation, checkpoints) is not training time: it leaves the window."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - t0
+
     def reset_window(self) -> None:
         self._window_start = time.perf_counter()
-        self._data_wait = 0.0
+        self._data_wait = self._paused = 0.0
         self._steps = self._samples = self._tokens = 0
 
     def summary(self) -> dict[str, float]:
         """Averages over the steps since the last call; resets the window."""
-        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
         steps = max(self._steps, 1)
         out = {
             "step_time": elapsed / steps,

@@ -70,6 +70,11 @@ class TrainingTask(ABC):
     def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
         return self.train_step(model, batch, criterion)
 
+    def finalize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The validation metrics once averaged over all batches and ranks: the place for values
+        that are not a mean of per-batch values (perplexity = exp(mean loss), F1, ...)."""
+        return metrics
+
     def build_criterion(self) -> Optional[nn.Module]:
         return None
 

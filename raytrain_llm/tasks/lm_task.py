@@ -6,6 +6,8 @@ the data's entropy floor (`MarkovTokenDataModule.entropy_floor()`).
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional
 
 import torch
@@ -48,8 +50,13 @@ class LanguageModelingTask(TrainingTask):
 
     def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepOutput:
         _, aux = model(batch["input_ids"], targets=batch["targets"])
-        ce = aux["ce_loss"]
-        return StepOutput(loss=ce, metrics={"perplexity": ce.detach().exp()}, num_tokens=batch["targets"].numel())
+        return StepOutput(loss=aux["ce_loss"], num_tokens=batch["targets"].numel())
+
+    def finalize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
+        # exp of the mean loss: a mean of per-batch exp(loss) would overstate it (Jensen).
+        if "val/loss" not in metrics:
+            return metrics
+        return {**metrics, "val/perplexity": math.exp(min(metrics["val/loss"], 700.0))}
 
     @staticmethod
     def _metrics(ce: torch.Tensor, aux: dict) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ def resolve_task(name: str) -> type[TrainingTask]:
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also ":Cls" (empty) and ".mod:Cls" (relative)
         raise UsageError(f"--task: cannot import {module_name!r} for task {name!r}: {exc}") from None
     cls = getattr(module, class_name, None)
     if cls is None:

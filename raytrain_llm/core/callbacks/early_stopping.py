@@ -6,6 +6,7 @@ from typing import Optional
 
 from raytrain_llm.core.callbacks.base import Callback
 from raytrain_llm.core.callbacks.metrics_logger import is_better
+from raytrain_llm.core.errors import UsageError
 
 
 class EarlyStopping(Callback):
@@ -18,9 +19,18 @@ class EarlyStopping(Callback):
         self.checks = 0
         self.stopped_at_check: Optional[int] = None
 
+    def on_train_start(self, engine) -> None:
+        # A resumed run that had stopped stays stopped (under this run's patience: raise it to
+        # train on), as a finished run stays finished.
+        if self.wait >= self.patience:
+            self._stop(engine, f"{self.monitor} had not improved on {self.best:.6g} for {self.wait} checks "
+                               "when the checkpoint was written")
+
     def on_validation_end(self, engine, metrics) -> None:
         if self.monitor not in metrics:
-            return
+            # A typo would otherwise leave early stopping silently off for the whole run.
+            raise UsageError(f"callbacks.monitor: {self.monitor!r} is not among the validation metrics "
+                             f"({', '.join(sorted(metrics)) or 'none'})")
         value = float(metrics[self.monitor])
         self.checks += 1
         if not math.isfinite(value):

@@ -27,10 +27,11 @@ class LRSchedulerCallback(Callback):
         if not self.history:
             self.history.append((engine.global_step, self._lrs(engine)))
 
-    def on_batch_end(self, engine, step, outputs) -> None:
+    def on_batch_start(self, engine, batch_idx) -> None:
+        # Recorded before the step that uses it: (step, lrs) means "from this step on".
         lrs = self._lrs(engine)
         if not self.history or lrs != self.history[-1][1]:
-            self.history.append((step, lrs))
+            self.history.append((engine.global_step + 1, lrs))
             if len(self.history) > HISTORY_KEPT:  # a decaying schedule changes the LR every step
                 del self.history[0]
 

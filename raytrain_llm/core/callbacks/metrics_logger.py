@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any, Optional
 
-from raytrain_llm.core.atomic_io import atomic_write_json
+from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text
 from raytrain_llm.core.callbacks.base import Callback
 
 SUMMARY_FILE = "summary.json"
@@ -20,6 +20,15 @@ def read_summary(log_dir: str) -> Optional[dict[str, Any]]:
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def _parse(line: str) -> Optional[dict[str, Any]]:
+    """One metrics.jsonl record; None for a blank line or one cut short by a crash mid-write."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def is_better(value: float, best: Optional[float], mode: str, min_delta: float = 0.0) -> bool:
@@ -47,9 +56,19 @@ class MetricsLogger(Callback):
             return
         step = state["progress"]["global_step"]
         with open(self.path, encoding="utf-8") as fh:
-            kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w", encoding="utf-8") as fh:
-            fh.writelines(kept)
+            kept = [line if line.endswith("\n") else line + "\n" for line in fh
+                    if (record := _parse(line)) is not None and record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(kept))
+
+    def on_train_start(self, engine) -> None:
+        # A run from step 0 starts its own file; an earlier run's records (a rerun into the same
+        # logging.dir without checkpoints, or a restart before the first one) are moved aside.
+        if engine.global_step or not engine.dist.is_main or not os.path.exists(self.path):
+            return
+        if os.path.getsize(self.path):
+            aside = f"{self.path[:-len('.jsonl')]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+            os.replace(self.path, aside)
+            engine.logger.info(f"an earlier run's metrics.jsonl was moved to {os.path.basename(aside)}")
 
     def on_log(self, engine, record: dict[str, Any]) -> None:
         split = record.get("split", "train")
