@@ -62,5 +62,6 @@ def run_spawn(config: Config) -> dict[str, Any]:
     summary = read_summary(config.logging.dir)
     if summary is None:
         raise RaytrainError(f"training finished but wrote no summary in {config.logging.dir}")
-    return {"train": summary["final"].get("train", {}), "val": summary["final"].get("val", {}),
-            "step": summary["global_step"]}
+    # The same shape as an in-process run's result: the val record without its bookkeeping keys.
+    val = {k: v for k, v in summary["final"].get("val", {}).items() if k not in ("split", "step", "epoch")}
+    return {"train": summary["final"].get("train", {}), "val": val, "step": summary["global_step"]}
