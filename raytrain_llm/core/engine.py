@@ -70,7 +70,7 @@ class TrainingEngine(EngineStateMixin):
         self._val_step = -1
         self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
-        self._step_lr: Optional[float] = None  # LR of the last applied step (the scheduler has moved on)
+        self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
         self._setup()
 
     # ------------------------------------------------------------------ setup
@@ -228,7 +228,8 @@ class TrainingEngine(EngineStateMixin):
         bad = self.dist.any_true(not finite, self.device)
         if not bad:
             self.precision.step(self.optimizer)
-            self._step_lr = float(self.optimizer.param_groups[0]["lr"])  # the LR this step used
+            lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used; a tensor LR: no sync here
+            self._step_lr = lr.detach().clone() if torch.is_tensor(lr) else float(lr)
             if self.scheduler is not None and not isinstance(
                     self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
@@ -279,7 +280,7 @@ class TrainingEngine(EngineStateMixin):
         # Each value averaged over the micro-batches (grad_norm: the steps) that reported it,
         # then over ranks.
         means = (self.dist.reduce_mean(totals) / counts).tolist()
-        lr = self._step_lr if self._step_lr is not None else float(self.optimizer.param_groups[0]["lr"])
+        lr = float(self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"])
         record = {"split": "train", "step": self.global_step, "epoch": self.epoch, "lr": lr,
                   **dict(zip(names, means)), **self.monitor.summary()}
         if self.skipped_steps:
