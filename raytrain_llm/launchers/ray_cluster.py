@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
+from typing import Optional
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import UsageError
+
+# What a Ray Data task that generates batches reserves (Ray's default; a fractional request
+# would split the read from the map, and the read task alone still asks for a whole CPU).
+DATA_TASK_CPUS = 1.0
+REACH_TIMEOUT_S = 5.0
 
 
 def cluster_address(config: Config) -> str:
@@ -21,14 +30,67 @@ def cluster_address(config: Config) -> str:
     return address
 
 
-def local_num_cpus(config: Config) -> int:
-    # All cores, but never fewer logical CPUs than the workers reserve plus one for Ray Data.
+def cpus_needed(config: Config) -> float:
+    """Logical CPUs one run holds: its Train workers plus one Ray Data task feeding them."""
     d = config.distributed
-    need = d.num_workers * d.cpus_per_worker + 1
-    return max(os.cpu_count() or 1, math.ceil(need))
+    return d.num_workers * d.cpus_per_worker + DATA_TASK_CPUS
 
 
-def init_ray(config: Config, *, include_dashboard: bool = True) -> bool:
+def local_num_cpus(config: Config, need: Optional[float] = None) -> int:
+    # All cores, but never fewer logical CPUs than the run reserves (a Tune sweep passes its
+    # largest trial): what is not there is waited for, forever.
+    return max(os.cpu_count() or 1, math.ceil((cpus_needed(config) if need is None else need) - 1e-9))
+
+
+def unmet_resources(config: Config, cluster: dict[str, float], nodes: int, extra_cpus: float = 0.0) -> list[str]:
+    """What the cluster lacks for this run's workers, as phrases; [] when it fits."""
+    from raytrain_llm.launchers.ray_train import worker_resources
+
+    d, per_worker = config.distributed, worker_resources(config)
+    problems = []
+    gpus = d.num_workers * per_worker.get("GPU", 0.0)
+    if gpus > cluster.get("GPU", 0.0) + 1e-9:
+        problems.append(f"distributed.use_gpu: {d.num_workers} worker(s) x {per_worker['GPU']:g} GPU, "
+                        f"the cluster has {cluster.get('GPU', 0.0):g} GPU")
+    cpus = cpus_needed(config) + extra_cpus
+    if cpus > cluster.get("CPU", 0.0) + 1e-9:
+        problems.append(f"distributed.cpus_per_worker: {cpus:g} CPUs with Ray Data's task, the cluster has "
+                        f"{cluster.get('CPU', 0.0):g}")
+    if d.placement_strategy == "STRICT_SPREAD" and d.num_workers > nodes:
+        problems.append(f"distributed.placement_strategy: STRICT_SPREAD puts {d.num_workers} workers on "
+                        f"{d.num_workers} nodes, the cluster has {nodes}")
+    return problems
+
+
+def warn_if_unplaceable(config: Config, *, extra_cpus: float = 0.0, logger=None) -> None:
+    """On a running cluster an autoscaler may still add nodes: say what is missing, then wait.
+    (A private local cluster is checked before it starts, in init_ray.)"""
+    import ray
+
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problems = unmet_resources(config, ray.cluster_resources(), nodes, extra_cpus)
+    if not problems:
+        return
+    message = f"the cluster cannot place the run yet ({'; '.join(problems)}): waiting for nodes"
+    if logger is not None:
+        logger.warning(message)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _check_reachable(address: str, source: str) -> None:
+    """A GCS address that does not answer makes ray.init retry for minutes: fail in seconds."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if address in ("auto", "local") or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from None
+
+
+def init_ray(config: Config, *, include_dashboard: bool = True, need_cpus: Optional[float] = None) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
     The dashboard is on (loopback only) because Train's placement-group cleaner and Tune's trial
@@ -41,8 +103,21 @@ def init_ray(config: Config, *, include_dashboard: bool = True) -> bool:
     address = cluster_address(config)
     common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if address:
+        _check_reachable(address, "distributed.address" if config.distributed.address else "RAY_ADDRESS")
         ray.init(address=address, **common)
     else:
-        ray.init(address="local", num_cpus=local_num_cpus(config), include_dashboard=include_dashboard,
+        num_cpus = local_num_cpus(config, need_cpus)
+        # Checked before starting anything: what this machine lacks, Train would wait for forever.
+        problems = unmet_resources(config, {"CPU": float(num_cpus), "GPU": float(local_num_gpus())}, nodes=1)
+        if problems:
+            raise UsageError(f"this machine cannot place the run: {'; '.join(problems)}")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
                  dashboard_host="127.0.0.1", **common)
     return True
+
+
+def local_num_gpus() -> int:
+    """GPUs a private local Ray would find here (it honours CUDA_VISIBLE_DEVICES, as torch does)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

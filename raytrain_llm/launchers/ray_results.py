@@ -9,7 +9,7 @@ from typing import Any, Optional
 from raytrain_llm.core.callbacks.metrics_logger import read_summary
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.errors import TrainingError
+from raytrain_llm.core.errors import TrainingError, UsageError
 
 ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
 
@@ -39,6 +39,16 @@ def _reason(exc: BaseException) -> str:
         return f"worker rank {rank} raised {_first_line(err)}"
     cause = getattr(exc, "controller_failure", None)
     return _first_line(cause or exc)
+
+
+def worker_usage_error(exc: BaseException) -> Optional[str]:
+    """The message of a usage/config error a worker raised (every rank raises the same), else None."""
+    for _, err in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        cause = getattr(err, "cause", None) or err  # a RayTaskError wraps the worker's exception
+        if isinstance(cause, UsageError) or type(cause).__name__ in ("UsageError", "ConfigError"):
+            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+            return lines[0] if lines else type(cause).__name__
+    return None
 
 
 def failure_message(config: Config, exc: BaseException) -> str:

@@ -12,10 +12,10 @@ from typing import Any, Iterable, Optional
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import pick_backend
-from raytrain_llm.core.errors import TrainingError
-from raytrain_llm.launchers.ray_cluster import init_ray
+from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable
 from raytrain_llm.launchers.ray_report import FAULT_ENV
-from raytrain_llm.launchers.ray_results import failure_message, summarize
+from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
 
 
 def _abs(path: str) -> str:
@@ -170,10 +170,18 @@ def fit(trainer, cfg: Config):
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise TrainingError(failure_message(cfg, exc)) from None
+        raise _failure(cfg, exc) from None
+    except SystemExit:  # Train's own SIGINT handler exits rather than raise KeyboardInterrupt
+        raise KeyboardInterrupt from None
     if getattr(result, "error", None) is not None:
-        raise TrainingError(failure_message(cfg, result.error))
+        raise _failure(cfg, result.error)
     return result
+
+
+def _failure(cfg: Config, exc: BaseException) -> Exception:
+    """A worker's usage error stays a usage error (exit 2, its own message), as in-process."""
+    usage = worker_usage_error(exc)
+    return UsageError(usage) if usage else TrainingError(failure_message(cfg, exc))
 
 
 def run_ray(config: Config) -> dict[str, Any]:
@@ -183,6 +191,8 @@ def run_ray(config: Config) -> dict[str, Any]:
     cfg = resolve_paths(config)
     started = init_ray(cfg)
     try:
+        if not started:
+            warn_if_unplaceable(cfg)
         return summarize(cfg, fit(build_trainer(cfg), cfg))
     finally:
         if started:

@@ -18,13 +18,13 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
+from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS
 from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
 from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
 # Left free for the Ray Data tasks that feed the workers: a map task takes a whole CPU, and with
 # less than one free CPU Data never schedules it and the trial's workers wait forever.
-DATA_HEADROOM_CPU = 1.0
 STOPPED_FILE = "early_stopped.json"
 POINTS_FILE = "sweep_points.json"
 
@@ -87,7 +87,7 @@ def auto_concurrency(cfgs: list[Config], cluster: dict[str, float]) -> int:
     cpu = max(trial_resources(c)[0] for c in cfgs)
     gpu = max(trial_resources(c)[1] for c in cfgs)
     total_cpu = cluster.get("CPU", 0.0)
-    n = math.floor(max(total_cpu - DATA_HEADROOM_CPU, 0.0) / cpu + 1e-9)
+    n = math.floor(max(total_cpu - DATA_TASK_CPUS, 0.0) / cpu + 1e-9)
     if gpu:
         n = min(n, math.floor(cluster.get("GPU", 0.0) / gpu + 1e-9))
     return max(1, min(n, len(cfgs)))
@@ -153,11 +153,15 @@ def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray
 
-    from raytrain_llm.launchers.ray_cluster import init_ray
+    from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable
 
-    started = init_ray(base, include_dashboard=True)  # ASHA's early stops need the State API
+    cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
+    largest = max(cfgs, key=lambda c: trial_resources(c))
+    # A private cluster is sized for the largest trial; ASHA's early stops need the State API.
+    started = init_ray(base, include_dashboard=True, need_cpus=trial_resources(largest)[0] + DATA_TASK_CPUS)
     try:
-        cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
+        if not started:
+            warn_if_unplaceable(largest, extra_cpus=TRIAL_CPU, logger=logger)
         fits = auto_concurrency(cfgs, ray.cluster_resources())
         concurrency = min(spec.max_concurrent_trials or fits, fits)
         if spec.max_concurrent_trials > fits:

@@ -10,6 +10,7 @@ It also never stops a trial for reaching `max_t` (see `on_trial_result`).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
@@ -21,6 +22,12 @@ class RecordingASHA(AsyncHyperBandScheduler):
         self.record_path = record_path
 
     def on_trial_result(self, tune_controller, trial, result):
+        value = result.get(self._metric)
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            # A report without a validation (a checkpoint between two) carries NaN: ASHA would
+            # record it at a rung and pass the trial there (NaN < cutoff is False), so a bad
+            # trial could pass every rung. Judge it on its next validated report instead.
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         at = result.get(self._time_attr)
         if decision == TrialScheduler.STOP and at is not None and at >= self._max_t:

@@ -92,3 +92,13 @@ def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     fresh = resolve_paths(ray_config(tmp_path))
     with pytest.raises(UsageError, match="already holds checkpoints"):
         _refuse_stale_checkpoints(fresh)
+
+
+@pytest.mark.timeout(240)
+def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
+    from raytrain_llm.core.errors import UsageError
+    from raytrain_llm.launchers.ray_train import run_ray
+
+    with pytest.raises(UsageError) as info:  # exit 2 and its own message, as in-process
+        run_ray(ray_config(tmp_path, training__batch_size=1000))
+    assert str(info.value).startswith("training.batch_size: the training set is smaller than one batch")

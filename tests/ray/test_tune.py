@@ -123,7 +123,8 @@ def test_base_config_file_sits_under_the_command_line(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_auto_concurrency_leaves_a_cpu_for_ray_data():
+def test_auto_concurrency_leaves_room_for_ray_data():
+    # Each trial: 0.01 CPU + its workers; Ray Data's task needs a whole CPU on top.
     from raytrain_llm.launchers.ray_tune import auto_concurrency
 
     def cfg(workers, cpus):
@@ -135,6 +136,29 @@ def test_auto_concurrency_leaves_a_cpu_for_ray_data():
     assert auto_concurrency([cfg(1, 0.5)] * 4, {"CPU": 2.0}) == 1
     assert auto_concurrency([cfg(2, 1.0)] * 4, {"CPU": 2.0}) == 1  # never 0: one trial always runs
     assert auto_concurrency([cfg(4, 1.0)] * 40, {"CPU": 64.0}) == 15
+
+
+@pytest.mark.timeout(30)
+def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
+    # A checkpoint between two validations is reported with val/loss NaN. ASHA used to record the
+    # NaN at the rung, where NaN < cutoff is False: the trial passed that rung unjudged.
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from raytrain_llm.launchers.tune_scheduler import RecordingASHA
+
+    asha = RecordingASHA(str(tmp_path / "stopped.jsonl"), metric="val/loss", mode="min", time_attr="reports",
+                         max_t=9, grace_period=1, reduction_factor=3)
+    good, bad = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="bad")
+    for trial in (good, bad):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, good, {"reports": 1, "val/loss": 2.6}) == TrialScheduler.CONTINUE
+    # The bad trial's report at the rung is a checkpoint without validation...
+    assert asha.on_trial_result(None, bad, {"reports": 1, "val/loss": math.nan}) == TrialScheduler.CONTINUE
+    # ...so its next validated report is judged at that rung, against the good trial.
+    assert asha.on_trial_result(None, bad, {"reports": 2, "val/loss": 3.5}) == TrialScheduler.STOP
+    assert "bad" in (tmp_path / "stopped.jsonl").read_text()
 
 
 # ------------------------------------------------------------------ one real sweep
