@@ -2,6 +2,7 @@
 NaN policies, and a 2-process gloo run equal to one process at double batch size."""
 from __future__ import annotations
 
+import json
 import math
 import signal
 import socket
@@ -198,6 +199,8 @@ def test_spawn_two_gloo_workers_equal_one_worker_at_double_batch(tmp_path):
     v1 = read_json(tmp_path / "one" / "summary.json")["final"]["val"]["val/loss"]
     v2 = read_json(tmp_path / "two" / "summary.json")["final"]["val"]["val/loss"]
     assert v1 == pytest.approx(v2, rel=1e-4)
+    printed = json.loads(p.stdout.strip().splitlines()[-1].partition("result: ")[2])
+    assert set(printed["val"]) == {"val/loss", "val/mae"}  # the in-process result's shape
 
 
 @pytest.mark.timeout(200)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from raytrain_llm.core.callbacks.metrics_logger import read_summary
+from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager, pick_backend
 from raytrain_llm.core.errors import RaytrainError, TrainingError, UsageError
@@ -62,6 +62,5 @@ def run_spawn(config: Config) -> dict[str, Any]:
     summary = read_summary(config.logging.dir)
     if summary is None:
         raise RaytrainError(f"training finished but wrote no summary in {config.logging.dir}")
-    # The same shape as an in-process run's result: the val record without its bookkeeping keys.
-    val = {k: v for k, v in summary["final"].get("val", {}).items() if k not in ("split", "step", "epoch")}
-    return {"train": summary["final"].get("train", {}), "val": val, "step": summary["global_step"]}
+    return {"train": summary["final"].get("train", {}), "val": final_val_metrics(summary),
+            "step": summary["global_step"]}

@@ -6,7 +6,7 @@ import os
 import shutil
 from typing import Any, Optional
 
-from raytrain_llm.core.callbacks.metrics_logger import read_summary
+from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import TrainingError, UsageError
@@ -103,7 +103,7 @@ def summarize(config: Config, result) -> dict[str, Any]:
     best = _best(result, ck.monitor, ck.mode)
     final = summary.get("final", {})
     out = {
-        "train": final.get("train", {}), "val": final.get("val", {}), "step": summary["global_step"],
+        "train": final.get("train", {}), "val": final_val_metrics(summary), "step": summary["global_step"],
         "best_checkpoint": best[0] if best else summary.get("best_checkpoint"),
         "best_metrics": {ck.monitor: best[1][ck.monitor]} if best else {},
         "checkpoint": result.checkpoint.path if getattr(result, "checkpoint", None) else None,

@@ -22,6 +22,13 @@ def read_summary(log_dir: str) -> Optional[dict[str, Any]]:
         return json.load(fh)
 
 
+def final_val_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The last validation's metrics from a summary.json, without the record's bookkeeping keys:
+    the same shape as an in-process run's result, whichever launcher wrote the summary."""
+    record = (summary.get("final") or {}).get("val") or {}
+    return {k: v for k, v in record.items() if k not in ("split", "step", "epoch")}
+
+
 def _parse(line: str) -> Optional[dict[str, Any]]:
     """One metrics.jsonl record; None for a blank line or one cut short by a crash mid-write."""
     try:
