@@ -70,7 +70,7 @@ class Profiler(Callback):
         os.makedirs(self.out_dir, exist_ok=True)
         stem = os.path.join(self.out_dir, f"rank{engine.dist.rank}_steps{self.first}-{step}")
         prof.export_chrome_trace(stem + ".trace.json")
-        sort_by = "self_cuda_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
+        sort_by = "self_device_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
         with open(stem + ".txt", "w", encoding="utf-8") as fh:
             fh.write(prof.key_averages().table(sort_by=sort_by, row_limit=TABLE_ROWS) + "\n")
         self.files = [stem + ".trace.json", stem + ".txt"]
