@@ -86,12 +86,8 @@ class TrainingEngine(EngineStateMixin):
         # Listed once (walking the modules each step cost ~0.5% of a small CPU step). All of
         # them: clipping skips those without a gradient, frozen now or unfrozen later.
         self._params = list(self.raw_model.parameters())
+        self.data_module.require_a_batch(cfg.training.batch_size, self.dist.world_size)
         self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
-        if self.steps_per_epoch == 0:
-            raise UsageError(
-                f"training.batch_size: the training set is smaller than one batch: "
-                f"{len(self.data_module.train_dataset)} samples, batch {cfg.training.batch_size} x "
-                f"{self.dist.world_size} workers")
         self.total_steps = cfg.training.epochs * self.steps_per_epoch
         if cfg.training.max_steps:
             self.total_steps = min(self.total_steps, cfg.training.max_steps)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import UsageError
 
 
 class IndexedDataset(Dataset):
@@ -112,6 +113,12 @@ class DataModule(ABC):
 
     def num_train_batches(self, batch_size: int, world_size: int) -> int:
         return len(self.train_dataset) // (batch_size * world_size)
+
+    def require_a_batch(self, batch_size: int, world_size: int) -> None:
+        """A usage error when the training set holds no full batch for `world_size` workers."""
+        if self.num_train_batches(batch_size, world_size) == 0:
+            raise UsageError(f"training.batch_size: the training set is smaller than one batch: "
+                             f"{len(self.train_dataset)} samples, batch {batch_size} x {world_size} workers")
 
     def _loader(self, dataset: Dataset, sampler: Sampler, pin: bool, seed: int) -> DataLoader:
         workers = self.config.data.num_workers

@@ -142,6 +142,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     d, ck = cfg.distributed, cfg.checkpoint
     _refuse_stale_checkpoints(cfg)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
+    data_module.require_a_batch(cfg.training.batch_size, d.num_workers)  # before any worker starts
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
         name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),

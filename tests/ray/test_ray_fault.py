@@ -99,6 +99,9 @@ def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
     from raytrain_llm.core.errors import UsageError
     from raytrain_llm.launchers.ray_train import run_ray
 
+    missing = tmp_path / "no-such-checkpoint"
     with pytest.raises(UsageError) as info:  # exit 2 and its own message, as in-process
-        run_ray(ray_config(tmp_path, training__batch_size=1000))
-    assert str(info.value).startswith("training.batch_size: the training set is smaller than one batch")
+        run_ray(ray_config(tmp_path, checkpoint__resume=str(missing)))
+    assert str(info.value) == f"checkpoint.resume: no checkpoint at {missing}"
+    with pytest.raises(UsageError, match="training.batch_size: the training set is smaller than one batch"):
+        run_ray(ray_config(tmp_path, training__batch_size=1000))  # refused before any worker starts
