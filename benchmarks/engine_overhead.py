@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raytrain_llm.core.callbacks import Callback, Profiler  # noqa: E402
+from raytrain_llm.core.config import CHOICES  # noqa: E402
 from raytrain_llm.core.config_loader import load_config  # noqa: E402
 from raytrain_llm.core.engine import TrainingEngine  # noqa: E402
 from raytrain_llm.core.host_memory import keep_freed_host_memory  # noqa: E402
@@ -185,8 +186,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
-    p.add_argument("--attention", default="auto", choices=["auto", "flash", "cudnn", "efficient", "math"],
+    p.add_argument("--compile-mode", default="default", choices=CHOICES["optimization.compile_mode"])
+    p.add_argument("--attention", default="auto", choices=CHOICES["model.attention_backend"],
                    help="model.attention_backend (the SDPA kernel tried first), for both loops")
     p.add_argument("--moe", action="store_true")
     p.add_argument("--experts", type=int, default=8)

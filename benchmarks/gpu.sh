@@ -31,10 +31,9 @@ run() {
   echo "== $*" >&2; timeout 300 $PY benchmarks/engine_overhead.py --preset "$PRESET" --attention "${ATTENTION:-auto}" $AMP $STEPS "${prof[@]}" "$@" 2>>"$OUT/err.txt" | tee -a "$OUT/gpu_bench.jsonl"
   if [ -d "$OUT/profile-$n" ]; then gzip -f "$OUT/profile-$n"/profiler/*.trace.json 2>/dev/null; rm -rf "$OUT/profile-$n"/logs; fi
 }
-runs=0
-for b in ${DENSE_BATCHES:-32}; do run --batch "$b"; runs=$((runs + 1)); done  # dense
-run --moe --experts 8 --top-k 2 --batch 16; runs=$((runs + 1))                 # MoE, expert width 4*d
-if [ "${AUTOTUNE:-0}" = "1" ]; then run --batch 32 --compile-mode max-autotune; runs=$((runs + 1)); fi
+for b in ${DENSE_BATCHES:-32}; do run --batch "$b"; done  # dense
+run --moe --experts 8 --top-k 2 --batch 16                # MoE, expert width 4*d
+if [ "${AUTOTUNE:-0}" = "1" ]; then run --batch 32 --compile-mode max-autotune; fi
 if [ -f benchmarks/moe_bench.py ] && [ "$PRESET" = "gpt2-small" ]; then
   echo "== moe_bench" >&2
   timeout 120 $PY benchmarks/moe_bench.py 2>>"$OUT/err.txt" | tee "$OUT/moe_bench.jsonl"
@@ -42,6 +41,6 @@ fi
 if [ -s "$OUT/err.txt" ]; then grep -v '^ ' "$OUT/err.txt" | grep -iE 'error|warn' | tail -5 >&2; fi
 failed=$(grep -c '"ok": false' "$OUT/gpu_checks.jsonl" 2>/dev/null)
 lines=$(grep -c '"ratio"' "$OUT/gpu_bench.jsonl" 2>/dev/null)
-if [ "${failed:-0}" != "0" ] || [ "${lines:-0}" != "$runs" ]; then
-  echo "gpu.sh: ${failed:-0} failed checks, ${lines:-0} of $runs benchmark lines (see $OUT/err.txt)" >&2; exit 1
+if [ "${failed:-0}" != "0" ] || [ "${lines:-0}" != "$n" ]; then  # n: the runs started
+  echo "gpu.sh: ${failed:-0} failed checks, ${lines:-0} of $n benchmark lines (see $OUT/err.txt)" >&2; exit 1
 fi

@@ -175,6 +175,7 @@ def read_yaml(path: str) -> Any:
         raise ConfigError([f"--config: file not found: {path}"])
     try:
         with open(path, encoding="utf-8") as fh:
+            # _YamlLoader is a SafeLoader with one more float rule: plain data only, no objects.
             return yaml.load(fh, Loader=_YamlLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -173,10 +173,9 @@ def _mismatch_cause(state: dict[str, Any], config: dict[str, Any], exc: Exceptio
     """The config keys that differ from the checkpoint's run, else torch's first concrete reason
     (its message leads with a bare "Error(s) in loading state_dict for GPT:" header)."""
     saved = state.get("config") or {}
-    diffs = [f"{section}.{key} is {value!r} here, {saved[section][key]!r} in the checkpoint"
-             for section in ("model",) if isinstance(saved.get(section), dict)
-             for key, value in config[section].items()
-             if key in saved[section] and saved[section][key] != value]
+    saved_model = saved.get("model") if isinstance(saved.get("model"), dict) else {}
+    diffs = [f"model.{key} is {value!r} here, {saved_model[key]!r} in the checkpoint"
+             for key, value in config["model"].items() if key in saved_model and saved_model[key] != value]
     if saved.get("task") not in (None, config["task"]):
         diffs.insert(0, f"task is {config['task']!r} here, {saved['task']!r} in the checkpoint")
     if diffs:

@@ -11,7 +11,6 @@ import math
 import os
 import socket
 import sys
-from typing import Optional
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
@@ -30,22 +29,29 @@ def cluster_address(config: Config) -> str:
     return address
 
 
+def worker_resources(config: Config) -> dict[str, float]:
+    """What each Train worker reserves (Tune sums these per trial)."""
+    d = config.distributed
+    res = {"CPU": d.cpus_per_worker}
+    if d.use_gpu:
+        res["GPU"] = d.gpus_per_worker or 1.0
+    return res
+
+
 def cpus_needed(config: Config) -> float:
     """Logical CPUs one run holds: its Train workers plus one Ray Data task feeding them."""
     d = config.distributed
     return d.num_workers * d.cpus_per_worker + DATA_TASK_CPUS
 
 
-def local_num_cpus(config: Config, need: Optional[float] = None) -> int:
-    # All cores, but never fewer logical CPUs than the run reserves (a Tune sweep passes its
-    # largest trial): what is not there is waited for, forever.
-    return max(os.cpu_count() or 1, math.ceil((cpus_needed(config) if need is None else need) - 1e-9))
+def local_num_cpus(config: Config, extra_cpus: float = 0.0) -> int:
+    # All cores, but never fewer logical CPUs than the run reserves (plus, for a Tune sweep, its
+    # trial actor): what is not there is waited for, forever.
+    return max(os.cpu_count() or 1, math.ceil(cpus_needed(config) + extra_cpus - 1e-9))
 
 
 def unmet_resources(config: Config, cluster: dict[str, float], nodes: int, extra_cpus: float = 0.0) -> list[str]:
     """What the cluster lacks for this run's workers, as phrases; [] when it fits."""
-    from raytrain_llm.launchers.ray_train import worker_resources
-
     d, per_worker = config.distributed, worker_resources(config)
     problems = []
     gpus = d.num_workers * per_worker.get("GPU", 0.0)
@@ -90,7 +96,7 @@ def _check_reachable(address: str, source: str) -> None:
         raise UsageError(f"{source}: cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from None
 
 
-def init_ray(config: Config, *, include_dashboard: bool = True, need_cpus: Optional[float] = None) -> bool:
+def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
     The dashboard is on (loopback only) because Train's placement-group cleaner and Tune's trial
@@ -106,7 +112,7 @@ def init_ray(config: Config, *, include_dashboard: bool = True, need_cpus: Optio
         _check_reachable(address, "distributed.address" if config.distributed.address else "RAY_ADDRESS")
         ray.init(address=address, **common)
     else:
-        num_cpus = local_num_cpus(config, need_cpus)
+        num_cpus = local_num_cpus(config, extra_cpus)
         # Checked before starting anything: what this machine lacks, Train would wait for forever.
         problems = unmet_resources(config, {"CPU": float(num_cpus), "GPU": float(local_num_gpus())}, nodes=1)
         if problems:

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable
+from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable, worker_resources
 from raytrain_llm.launchers.ray_report import FAULT_ENV
 from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
 
@@ -117,15 +117,6 @@ def _record_placement(config: Config, ctx, rank: int) -> None:
             "pid": os.getpid()}
     with open(os.path.join(logs, f"ray_worker_rank{rank}.json"), "w", encoding="utf-8") as fh:
         json.dump(info, fh)
-
-
-def worker_resources(config: Config) -> dict[str, float]:
-    """What each Train worker reserves (Tune sums these per trial)."""
-    d = config.distributed
-    res = {"CPU": d.cpus_per_worker}
-    if d.use_gpu:
-        res["GPU"] = d.gpus_per_worker or 1.0
-    return res
 
 
 def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Optional[str] = None,

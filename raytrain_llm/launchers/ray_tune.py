@@ -18,13 +18,11 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS
+from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS, worker_resources
 from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
 from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
-# Left free for the Ray Data tasks that feed the workers: a map task takes a whole CPU, and with
-# less than one free CPU Data never schedules it and the trial's workers wait forever.
 STOPPED_FILE = "early_stopped.json"
 POINTS_FILE = "sweep_points.json"
 
@@ -73,8 +71,6 @@ def make_scheduler(spec: SweepSpec):
 
 def trial_resources(cfg: Config) -> tuple[float, float]:
     """(CPUs, GPUs) one trial holds while it runs: its own function plus its Train workers."""
-    from raytrain_llm.launchers.ray_train import worker_resources
-
     per_worker, n = worker_resources(cfg), cfg.distributed.num_workers
     return TRIAL_CPU + n * per_worker["CPU"], n * per_worker.get("GPU", 0.0)
 
@@ -156,9 +152,9 @@ def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
     from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable
 
     cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
-    largest = max(cfgs, key=lambda c: trial_resources(c))
-    # A private cluster is sized for the largest trial; ASHA's early stops need the State API.
-    started = init_ray(base, include_dashboard=True, need_cpus=trial_resources(largest)[0] + DATA_TASK_CPUS)
+    largest = max(cfgs, key=trial_resources)
+    # A private cluster is sized (and checked) for the largest trial; ASHA's early stops need the State API.
+    started = init_ray(largest, include_dashboard=True, extra_cpus=TRIAL_CPU)
     try:
         if not started:
             warn_if_unplaceable(largest, extra_cpus=TRIAL_CPU, logger=logger)

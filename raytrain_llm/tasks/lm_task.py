@@ -7,7 +7,6 @@ the data's entropy floor (`MarkovTokenDataModule.entropy_floor()`).
 from __future__ import annotations
 
 import math
-
 from typing import Any, Optional
 
 import torch

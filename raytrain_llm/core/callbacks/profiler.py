@@ -57,16 +57,18 @@ class Profiler(Callback):
 
     def on_exception(self, engine, exc: BaseException) -> None:
         if self._prof is not None:
-            self._close_span()
-            self._prof.stop()
-            self._prof = None
+            self._stop()
 
-    def _finish(self, engine, step: int) -> None:
+    def _stop(self) -> torch.profiler.profile:
         self._close_span()
         prof, self._prof = self._prof, None
+        prof.stop()
+        return prof
+
+    def _finish(self, engine, step: int) -> None:
         if engine.device.type == "cuda":
             torch.cuda.synchronize(engine.device)
-        prof.stop()
+        prof = self._stop()
         os.makedirs(self.out_dir, exist_ok=True)
         stem = os.path.join(self.out_dir, f"rank{engine.dist.rank}_steps{self.first}-{step}")
         prof.export_chrome_trace(stem + ".trace.json")
