@@ -10,6 +10,8 @@ import signal
 
 import torch
 
+from raytrain_llm.core.callbacks import Callback, EarlyStopping
+from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -84,3 +86,42 @@ class SparseMetricTask(RegressionTask):
         if self.calls % 2:
             out.metrics["call"] = torch.tensor(float(self.calls))
         return out
+
+
+class StepCounter(Callback):
+    """Counts optimizer steps; the count is state, so it must survive a resume."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_batch_end(self, engine, step, outputs) -> None:
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state) -> None:
+        self.steps = state["steps"]
+
+
+class OwnCallbacksTask(RegressionTask):
+    """Adds a StepCounter and a second EarlyStopping (on val/mae) to the config's callbacks."""
+
+    def configure_callbacks(self):
+        return [StepCounter(), EarlyStopping(monitor="val/mae", patience=100)]
+
+
+class RefuseToStart(Callback):
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def on_train_start(self, engine) -> None:
+        if engine.dist.rank == self.rank:
+            raise UsageError(f"rank {self.rank} refuses to start")
+
+
+class UsageErrorOnRank1Task(RegressionTask):
+    """Rank 1 alone raises a UsageError at train start: the other ranks must stop too, not wait."""
+
+    def configure_callbacks(self):
+        return [RefuseToStart(rank=1)]

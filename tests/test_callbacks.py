@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rt_testing import checkpoints, ckpt_step, load_state, read_json, read_jsonl, train
+from rt_testing import checkpoints, ckpt_step, final_state, load_state, read_json, read_jsonl, train
 from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.base_task import LRSchedule
@@ -255,3 +255,29 @@ def test_throughput_leaves_out_validation_and_checkpoint_time():
     monitor.step_done(16, 1024)
     out = monitor.summary()
     assert out["step_time"] < 0.1 and out["tokens_per_s"] > 2048 / 0.2
+
+
+# ----------------------------------------------------------------------------- a task's own callbacks
+def test_a_task_adds_its_own_callbacks_and_their_state_survives_a_resume(tmp_path):
+    kw = {"checkpoint.every_n_steps": 4, "callbacks.early_stopping": True, "callbacks.early_stopping_patience": 50,
+          "training.val_every_n_steps": 8}
+    first, _ = train(tmp_path, task="rt_helpers:OwnCallbacksTask", **kw)
+    states = final_state(tmp_path)["callbacks"]
+    assert states["StepCounter"] == {"steps": 16} and first["step"] == 16
+    # The config's EarlyStopping and the task's each keep their own slot.
+    val = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "val"]
+    assert states["EarlyStopping"]["best"] == pytest.approx(min(r["val/loss"] for r in val))
+    assert states["EarlyStopping#2"]["best"] == pytest.approx(min(r["val/mae"] for r in val))
+    assert states["EarlyStopping"]["checks"] == states["EarlyStopping#2"]["checks"] == 2
+    second, _ = train(tmp_path, task="rt_helpers:OwnCallbacksTask", **kw,
+                      **{"training.epochs": 2, "checkpoint.resume": "auto"})
+    states = final_state(tmp_path)["callbacks"]
+    assert second["step"] == 32 and states["StepCounter"] == {"steps": 32}  # counted on from 16
+    assert states["EarlyStopping#2"]["checks"] == 4
+
+
+def test_a_callback_that_is_not_a_callback_is_refused(tmp_path):
+    from raytrain_llm.core.callbacks import CallbackList
+
+    with pytest.raises(UsageError, match=r"callbacks: 'log' is not a raytrain_llm.core.callbacks.Callback"):
+        CallbackList(["log"])

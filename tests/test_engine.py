@@ -203,6 +203,14 @@ def test_spawn_two_gloo_workers_equal_one_worker_at_double_batch(tmp_path):
     assert set(printed["val"]) == {"val/loss", "val/mae"}  # the in-process result's shape
 
 
+def test_a_usage_error_at_start_is_raised_on_every_rank(tmp_path):
+    from raytrain_llm.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="checkpoint.resume: no checkpoint at") as info:
+        train(tmp_path, **{"checkpoint.resume": str(tmp_path / "missing")})
+    assert info.value.on_every_rank  # what lets the Ray launcher end the run without a "crash"
+
+
 @pytest.mark.timeout(200)
 def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
     s = settings(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,

@@ -21,7 +21,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine_state import EngineStateMixin
-from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.core.errors import TrainingError, UsageError, raised_on_every_rank
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
@@ -49,7 +49,7 @@ class TrainingEngine(EngineStateMixin):
         self.dist = dist or DistributedManager()
         self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
         self.data_module = data_module if data_module is not None else task.build_data_module()
-        self.callbacks = CallbackList(callbacks or [])
+        self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
         self.resume_from = resume_from
         self.device = resolve_device(config.training.device, self.dist.local_rank)
         self.precision = Precision(config.optimization.amp, self.device)
@@ -118,9 +118,7 @@ class TrainingEngine(EngineStateMixin):
     def fit(self) -> dict[str, Any]:
         """Train until `epochs` or `max_steps`; returns the final train/val metrics."""
         try:
-            self._resume()
-            self._save_config()
-            self.callbacks.on_train_start(self)
+            self._start()
             self.logger.info(
                 f"training {self.config.task}: {sum(p.numel() for p in self.raw_model.parameters()):,} params "
                 f"on {self.device} x{self.dist.world_size}, {self.total_steps} steps")
@@ -142,6 +140,24 @@ class TrainingEngine(EngineStateMixin):
         except BaseException as exc:
             self.callbacks.on_exception(self, exc)
             raise
+
+    def _start(self) -> None:
+        """Resume, save config.yaml, call on_train_start; then every rank learns whether any failed.
+
+        Nothing here is collective, so a usage error on one rank (a missing or mismatched
+        checkpoint, a callback's check) would leave the others waiting in the first all-reduce.
+        Instead every rank raises it here, marked `on_every_rank`, and a launcher can end the run
+        cleanly rather than treat it as a crashed worker (Ray would restart it, to fail again)."""
+        problem = None
+        try:
+            self._resume()
+            self._save_config()
+            self.callbacks.on_train_start(self)
+        except UsageError as exc:
+            problem = exc
+        messages = [m for m in self.dist.gather_objects(str(problem) if problem else None) if m]
+        if messages:
+            raise raised_on_every_rank(problem or UsageError(messages[0]))
 
     def _done(self) -> bool:
         max_steps = self.config.training.max_steps

@@ -13,6 +13,9 @@ class UsageError(RaytrainError):
     """Bad command line or task name: exit 2."""
 
     exit_code = 2
+    # True when every rank raises it at the same point (it follows from the shared config or
+    # checkpoint), so a launcher may end all ranks cleanly instead of handling a crashed worker.
+    on_every_rank = False
 
 
 class ConfigError(UsageError):
@@ -21,6 +24,11 @@ class ConfigError(UsageError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("invalid config: " + "; ".join(self.problems))
+
+
+def raised_on_every_rank(exc: UsageError) -> UsageError:
+    exc.on_every_rank = True
+    return exc
 
 
 class TrainingError(RaytrainError):

@@ -11,9 +11,11 @@ import math
 import os
 import socket
 import sys
+from typing import Optional
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
+from raytrain_llm.tasks.registry import import_root, resolve_task
 
 # What a Ray Data task that generates batches reserves (Ray's default; a fractional request
 # would split the read from the map, and the read task alone still asks for a whole CPU).
@@ -118,8 +120,20 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
         if problems:
             raise UsageError(f"this machine cannot place the run: {'; '.join(problems)}")
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
-                 dashboard_host="127.0.0.1", **common)
+                 dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **common)
     return True
+
+
+def _task_import_env(config: Config) -> Optional[dict]:
+    """Workers start with the raylet's sys.path, not the driver's: a user task found through the
+    driver's script folder or current folder must be put on their PYTHONPATH. (On a running
+    cluster `ray job submit --working-dir` ships it; here there is nothing to ship.)"""
+    resolve_task(config.task)
+    root = import_root(config.task)
+    if root is None:
+        return None
+    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
 def local_num_gpus() -> int:

@@ -18,6 +18,9 @@ from raytrain_llm.launchers.ray_report import FAULT_ENV
 from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
 
 
+USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
+
+
 def _abs(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
@@ -36,8 +39,22 @@ def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: O
     return cfg
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs in each Ray Train worker; the process group already exists when it starts."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str]]:
+    """Runs in each Ray Train worker; the process group already exists when it starts.
+
+    A usage error that every rank raised alike (see `UsageError.on_every_rank`) ends the run as
+    a normal return carrying its message (`fit` raises it in the driver): as a worker failure it
+    would print each rank's traceback and be retried `max_failures` times, to fail the same way."""
+    try:
+        _train(loop_config)
+    except UsageError as exc:
+        if not exc.on_every_rank:
+            raise
+        return {USAGE_ERROR_KEY: str(exc)}
+    return None
+
+
+def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from raytrain_llm.core.distributed import DistributedManager
@@ -165,8 +182,17 @@ def fit(trainer, cfg: Config):
         raise _failure(cfg, exc) from None
     except SystemExit:  # Train's own SIGINT handler exits rather than raise KeyboardInterrupt
         raise KeyboardInterrupt from None
+    return check_result(result, cfg)
+
+
+def check_result(result, cfg: Config):
+    """A finished fit's result, or its one-line error: a failed run (exit 1) or the usage error
+    the workers stopped on (exit 2)."""
     if getattr(result, "error", None) is not None:
         raise _failure(cfg, result.error)
+    usage = result.return_value.get(USAGE_ERROR_KEY) if isinstance(result.return_value, dict) else None
+    if usage:
+        raise UsageError(usage)
     return result
 
 
@@ -191,4 +217,4 @@ def run_ray(config: Config) -> dict[str, Any]:
             ray.shutdown()
 
 
-__all__ = ["build_trainer", "fit", "resolve_paths", "run_ray", "train_loop_per_worker"]
+__all__ = ["build_trainer", "check_result", "fit", "resolve_paths", "run_ray", "train_loop_per_worker"]

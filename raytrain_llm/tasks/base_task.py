@@ -103,6 +103,11 @@ class TrainingTask(ABC):
             optimizer, LRSchedule(t.lr_schedule, warmup, decay_steps, floor)
         )
 
+    def configure_callbacks(self) -> list:
+        """This task's own `raytrain_llm.core.callbacks.Callback`s (a sample generator, a custom
+        stop rule, ...), called after the ones the config sets up and the launcher adds."""
+        return []
+
     def on_optimizer_step(self, model: nn.Module) -> None:
         """Called after every optimizer step (e.g. to update MoE router biases)."""
 

@@ -5,6 +5,9 @@ Entries are import paths, not classes, so listing tasks never imports heavy mode
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from typing import Optional
 
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.base_task import TrainingTask
@@ -26,7 +29,7 @@ def resolve_task(name: str) -> type[TrainingTask]:
                          "or package.module:ClassName)")
     module_name, _, class_name = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except (ImportError, ValueError, TypeError) as exc:  # also ":Cls" (empty) and ".mod:Cls" (relative)
         raise UsageError(f"--task: cannot import {module_name!r} for task {name!r}: {exc}") from None
     cls = getattr(module, class_name, None)
@@ -35,3 +38,32 @@ def resolve_task(name: str) -> type[TrainingTask]:
     if not (isinstance(cls, type) and issubclass(cls, TrainingTask)):
         raise UsageError(f"--task: {target} is not a TrainingTask subclass")
     return cls
+
+
+def _import(module_name: str):
+    """Import, also from the current folder (as `python -m` and uvicorn do): `train.py` may be
+    run from elsewhere, and then only its own folder is on sys.path."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != module_name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
+def import_root(name: str) -> Optional[str]:
+    """The sys.path folder a user task's module was imported from (call after resolve_task), so
+    that Ray workers started on this machine can import it too; None for the built-in tasks and
+    for modules without a file."""
+    module_name = AVAILABLE_TASKS.get(name, name).partition(":")[0]
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module_name.split(".")[0] == "raytrain_llm" or not path:
+        return None
+    root = os.path.dirname(os.path.abspath(path))
+    levels = module_name.count(".") + (os.path.basename(path) == "__init__.py")
+    for _ in range(levels):
+        root = os.path.dirname(root)
+    return root

@@ -9,6 +9,7 @@ import uuid
 
 import torch
 
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -69,7 +70,9 @@ def ensure_local_ray(num_cpus: int = 2) -> None:
     import ray
 
     if not ray.is_initialized():
+        # Workers import the test tasks (rt_helpers) from tests/, as a user's from their folder.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level="WARNING")
+                 logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                     [TESTS_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}})
 
 

@@ -99,9 +99,15 @@ def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
     from raytrain_llm.core.errors import UsageError
     from raytrain_llm.launchers.ray_train import run_ray
 
-    missing = tmp_path / "no-such-checkpoint"
-    with pytest.raises(UsageError) as info:  # exit 2 and its own message, as in-process
-        run_ray(ray_config(tmp_path, checkpoint__resume=str(missing)))
-    assert str(info.value) == f"checkpoint.resume: no checkpoint at {missing}"
+    from raytrain_llm.launchers.ray_train import build_trainer, check_result
+
+    # Rank 1 alone refuses to start; rank 0 must stop with it rather than wait in an all-reduce.
+    # The workers return normally with the message: no failure, so no worker tracebacks and no
+    # restart (max_failures=2) of a run that would fail the same way.
+    config = ray_config(tmp_path, task="rt_helpers:UsageErrorOnRank1Task", distributed__max_failures=2)
+    result = build_trainer(config).fit()
+    assert result.error is None and result.return_value == {"usage_error": "rank 1 refuses to start"}
+    with pytest.raises(UsageError, match="^rank 1 refuses to start$"):  # exit 2, its own message
+        check_result(result, config)
     with pytest.raises(UsageError, match="training.batch_size: the training set is smaller than one batch"):
         run_ray(ray_config(tmp_path, training__batch_size=1000))  # refused before any worker starts

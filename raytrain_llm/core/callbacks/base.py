@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from raytrain_llm.core.errors import UsageError
+
 
 class Callback:
     def on_train_start(self, engine) -> None: ...
@@ -42,6 +44,9 @@ class CallbackList:
 
     def __init__(self, callbacks: list[Callback]):
         self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise UsageError(f"callbacks: {cb!r} is not a raytrain_llm.core.callbacks.Callback")
 
     def __getattr__(self, hook: str):
         if not hook.startswith("on_"):
@@ -55,13 +60,23 @@ class CallbackList:
 
     def state_dict(self) -> dict[str, Any]:
         out = {}
-        for cb in self.callbacks:
+        for key, cb in zip(self._state_keys(), self.callbacks):
             state = cb.state_dict()
             if state is not None:
-                out[cb.state_key] = state
+                out[key] = state
         return out
 
     def load_state_dict(self, states: dict[str, Any]) -> None:
+        for key, cb in zip(self._state_keys(), self.callbacks):
+            if key in states:
+                cb.load_state_dict(states[key])
+
+    def _state_keys(self) -> list[str]:
+        """Each callback's state_key, "#2", "#3"... added from the second of a kind on: two
+        EarlyStopping callbacks (the config's and a task's) must not share one checkpoint slot."""
+        seen: dict[str, int] = {}
+        keys = []
         for cb in self.callbacks:
-            if cb.state_key in states:
-                cb.load_state_dict(states[cb.state_key])
+            n = seen[cb.state_key] = seen.get(cb.state_key, 0) + 1
+            keys.append(cb.state_key if n == 1 else f"{cb.state_key}#{n}")
+        return keys

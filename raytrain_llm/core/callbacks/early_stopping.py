@@ -6,7 +6,7 @@ from typing import Optional
 
 from raytrain_llm.core.callbacks.base import Callback
 from raytrain_llm.core.callbacks.metrics_logger import is_better
-from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 
 
 class EarlyStopping(Callback):
@@ -29,8 +29,10 @@ class EarlyStopping(Callback):
     def on_validation_end(self, engine, metrics) -> None:
         if self.monitor not in metrics:
             # A typo would otherwise leave early stopping silently off for the whole run.
-            raise UsageError(f"callbacks.monitor: {self.monitor!r} is not among the validation metrics "
-                             f"({', '.join(sorted(metrics)) or 'none'})")
+            # Every rank holds the same reduced metrics, so every rank stops here alike.
+            raise raised_on_every_rank(UsageError(
+                f"callbacks.monitor: {self.monitor!r} is not among the validation metrics "
+                f"({', '.join(sorted(metrics)) or 'none'})"))
         value = float(metrics[self.monitor])
         self.checks += 1
         if not math.isfinite(value):

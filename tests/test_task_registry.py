@@ -1,0 +1,64 @@
+"""User tasks given as `package.module:Class`: found from the current folder as well as sys.path,
+and handed on to Ray workers started on this machine."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rt_testing import REPO, TINY, cli_env, set_args
+from raytrain_llm.tasks.registry import import_root, resolve_task
+
+TASK_SOURCE = '''
+from raytrain_llm.tasks.regression_task import RegressionTask
+
+
+class UserTask(RegressionTask):
+    pass
+'''
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+    """A folder holding a module and a package with a task each, as the current folder only."""
+    (tmp_path / "rt_user_module.py").write_text(TASK_SOURCE)
+    (tmp_path / "rt_user_pkg").mkdir()
+    (tmp_path / "rt_user_pkg" / "__init__.py").write_text(TASK_SOURCE)
+    (tmp_path / "rt_user_pkg" / "tasks.py").write_text(TASK_SOURCE)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    for name in ("rt_user_module", "rt_user_pkg", "rt_user_pkg.tasks"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("target", ["rt_user_module:UserTask", "rt_user_pkg.tasks:UserTask", "rt_user_pkg:UserTask"])
+def test_a_user_task_is_found_in_the_current_folder_and_its_root_reported(user_folder, target):
+    assert resolve_task(target).__name__ == "UserTask"
+    assert import_root(target) == str(user_folder)  # the folder to put on a worker's PYTHONPATH
+
+
+def test_built_in_tasks_need_no_import_root():
+    resolve_task("lm")
+    assert import_root("lm") is None and import_root("regression") is None
+
+
+def test_the_private_ray_cluster_gets_the_task_folder_on_its_workers_path(user_folder, monkeypatch):
+    from raytrain_llm.core.config_loader import load_config
+    from raytrain_llm.launchers.ray_cluster import _task_import_env
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    config = load_config(None, [], environ={}, task="rt_user_pkg.tasks:UserTask")
+    assert _task_import_env(config) == {"env_vars": {"PYTHONPATH": f"{user_folder}:/somewhere/else"}}
+    assert _task_import_env(load_config(None, [], environ={}, task="lm")) is None
+
+
+@pytest.mark.timeout(120)
+def test_train_py_run_from_the_task_folder_finds_the_task(tmp_path):
+    (tmp_path / "rt_user_module.py").write_text(TASK_SOURCE)
+    s = dict(TINY, **{"logging.dir": str(tmp_path / "run")})
+    p = subprocess.run([sys.executable, str(REPO / "train.py"), "--task", "rt_user_module:UserTask", *set_args(s)],
+                       cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=100)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "run" / "summary.json").exists()
