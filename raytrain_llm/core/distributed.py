@@ -7,11 +7,14 @@ torch.distributed, so the engine has a single code path for one process and many
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+
+from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 
 
 class DistributedManager:
@@ -89,6 +92,20 @@ class DistributedManager:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    @contextmanager
+    def usage_errors_on_every_rank(self) -> Iterator[None]:
+        """For a block with no collectives in it, run on every rank: a UsageError raised in it on
+        any rank is raised after it on all of them, marked `on_every_rank`. Otherwise one rank's
+        config or checkpoint problem leaves the others waiting in their next collective."""
+        problem = None
+        try:
+            yield
+        except UsageError as exc:
+            problem = exc
+        messages = [m for m in self.gather_objects(str(problem) if problem else None) if m]
+        if messages:
+            raise raised_on_every_rank(problem or UsageError(messages[0]))
 
     def broadcast_object(self, obj):
         if not self.enabled:

@@ -21,7 +21,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine_state import EngineStateMixin
-from raytrain_llm.core.errors import TrainingError, UsageError, raised_on_every_rank
+from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
@@ -48,15 +48,7 @@ class TrainingEngine(EngineStateMixin):
         self.task = task
         self.dist = dist or DistributedManager()
         self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
-        self.data_module = data_module if data_module is not None else task.build_data_module()
-        self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
         self.resume_from = resume_from
-        self.device = resolve_device(config.training.device, self.dist.local_rank)
-        self.precision = Precision(config.optimization.amp, self.device)
-        self.checkpoint_manager = CheckpointManager(
-            config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
-            monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
-            logger=self.logger) if config.checkpoint.enabled else None
         # Progress: global_step counts optimizer steps; (epoch, batch_in_epoch) is the data position.
         self.global_step = 0
         self.epoch = 0
@@ -71,7 +63,17 @@ class TrainingEngine(EngineStateMixin):
         self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
-        self._setup()
+        with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
+            self.data_module = data_module if data_module is not None else task.build_data_module()
+            self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
+            self.device = resolve_device(config.training.device, self.dist.local_rank)
+            self.precision = Precision(config.optimization.amp, self.device)
+            self.checkpoint_manager = CheckpointManager(
+                config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
+                monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
+                logger=self.logger) if config.checkpoint.enabled else None
+            self._setup()
+        self._wrap_model()
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -95,6 +97,9 @@ class TrainingEngine(EngineStateMixin):
         self.criterion = self.task.build_criterion()
         if self.criterion is not None:
             self.criterion = self.criterion.to(self.device)
+
+    def _wrap_model(self) -> None:
+        cfg = self.config
         # A compiled module must not be truth-tested (`a or b` calls len() on it).
         self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
             if cfg.optimization.compile else self.raw_model
@@ -142,22 +147,13 @@ class TrainingEngine(EngineStateMixin):
             raise
 
     def _start(self) -> None:
-        """Resume, save config.yaml, call on_train_start; then every rank learns whether any failed.
-
-        Nothing here is collective, so a usage error on one rank (a missing or mismatched
-        checkpoint, a callback's check) would leave the others waiting in the first all-reduce.
-        Instead every rank raises it here, marked `on_every_rank`, and a launcher can end the run
-        cleanly rather than treat it as a crashed worker (Ray would restart it, to fail again)."""
-        problem = None
-        try:
+        # A missing or mismatched checkpoint, or a callback's check, stops every rank alike, so a
+        # launcher can end the run cleanly rather than handle a crashed worker (which Ray would
+        # restart, to fail the same way).
+        with self.dist.usage_errors_on_every_rank():
             self._resume()
             self._save_config()
             self.callbacks.on_train_start(self)
-        except UsageError as exc:
-            problem = exc
-        messages = [m for m in self.dist.gather_objects(str(problem) if problem else None) if m]
-        if messages:
-            raise raised_on_every_rank(problem or UsageError(messages[0]))
 
     def _done(self) -> bool:
         max_steps = self.config.training.max_steps

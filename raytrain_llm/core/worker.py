@@ -23,11 +23,12 @@ def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
     dist = dist or DistributedManager()
     logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank)
     try:
-        task = resolve_task(config.task)(config)
-        data_module = task.build_data_module()
-        if data_module_factory is not None:
-            data_module = data_module_factory(data_module)
-        callbacks = default_callbacks(config, logger) + list(extra_callbacks or [])
+        with dist.usage_errors_on_every_rank():  # e.g. a task module a worker cannot import
+            task = resolve_task(config.task)(config)
+            data_module = task.build_data_module()
+            if data_module_factory is not None:
+                data_module = data_module_factory(data_module)
+            callbacks = default_callbacks(config, logger) + list(extra_callbacks or [])
         engine = TrainingEngine(config, task, data_module=data_module, callbacks=callbacks, dist=dist,
                                 logger=logger, resume_from=resume_from)
         return engine.fit()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -109,5 +110,14 @@ def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
     assert result.error is None and result.return_value == {"usage_error": "rank 1 refuses to start"}
     with pytest.raises(UsageError, match="^rank 1 refuses to start$"):  # exit 2, its own message
         check_result(result, config)
+    # A task the driver imports but the workers cannot (a cluster run without --working-dir).
+    (tmp_path / "rt_driver_only.py").write_text("from rt_helpers import UsageErrorOnRank1Task as Task\n")
+    sys.path.append(str(tmp_path))
+    try:
+        result = build_trainer(ray_config(tmp_path, task="rt_driver_only:Task")).fit()
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert result.error is None and result.return_value["usage_error"].startswith(
+        "--task: cannot import 'rt_driver_only' for task 'rt_driver_only:Task': No module named")
     with pytest.raises(UsageError, match="training.batch_size: the training set is smaller than one batch"):
         run_ray(ray_config(tmp_path, training__batch_size=1000))  # refused before any worker starts
