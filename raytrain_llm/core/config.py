@@ -77,6 +77,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     pin_memory: bool = True  # only has an effect on CUDA
     markov_concentration: float = 0.1  # lm data: lower is more predictable
+    # lm data from files instead: flat token ids (.npy, or raw .bin of token_dtype, as nanoGPT's
+    # prepare scripts write). Every window of seq_len + 1 tokens is a sample; num_*_samples unused.
+    train_tokens: str = ""
+    val_tokens: str = ""
+    token_dtype: str = "uint16"  # for raw .bin files
 
 
 @dataclass
@@ -159,6 +164,7 @@ CHOICES = {
     "model.attention_backend": ("auto", "flash", "cudnn", "efficient", "math"),
     "training.lr_schedule": ("constant", "cosine", "linear"),
     "training.nan_policy": ("stop", "skip"),
+    "data.token_dtype": ("uint8", "uint16", "uint32", "int32", "int64"),
     "training.device": ("auto", "cpu", "cuda"),
     "distributed.launcher": ("ray", "local", "spawn"),
     "distributed.backend": ("auto", "gloo", "nccl"),
@@ -284,6 +290,11 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append("distributed.backend: nccl needs distributed.use_gpu=true")
     if d.gpus_per_worker > 0 and not d.use_gpu:
         errors.append("distributed.gpus_per_worker: set distributed.use_gpu=true to reserve GPUs")
+    if cfg.data.val_tokens and not cfg.data.train_tokens:
+        errors.append("data.val_tokens: needs data.train_tokens (token files are used for both splits or neither)")
+    if cfg.data.train_tokens and t.validate and not cfg.data.val_tokens:
+        errors.append("data.val_tokens: a validation token file is needed with data.train_tokens "
+                      "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
         errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
     return errors

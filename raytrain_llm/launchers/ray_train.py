@@ -33,6 +33,9 @@ def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: O
         cfg.checkpoint.dir = _abs(cfg.checkpoint.dir)
     if cfg.checkpoint.resume not in ("none", "auto"):
         cfg.checkpoint.resume = _abs(cfg.checkpoint.resume)
+    for key in ("train_tokens", "val_tokens"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, _abs(getattr(cfg.data, key)))
     d = cfg.distributed
     d.run_name = name or d.run_name or f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     d.storage_path = _abs(storage_path or d.storage_path or os.path.join(cfg.logging.dir, "ray"))

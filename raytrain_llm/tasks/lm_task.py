@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from raytrain_llm.data.token_data import MarkovTokenDataModule
+from raytrain_llm.data.token_file import TokenFileDataModule
 from raytrain_llm.models import GPT, flops_per_token
 from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
 
@@ -34,7 +35,9 @@ class LanguageModelingTask(TrainingTask):
     def build_model(self) -> nn.Module:
         return GPT(self.config.model, ce_chunk_rows=self.config.optimization.chunked_cross_entropy)
 
-    def build_data_module(self) -> MarkovTokenDataModule:
+    def build_data_module(self):
+        if self.config.data.train_tokens:
+            return TokenFileDataModule(self.config)
         return MarkovTokenDataModule(self.config)
 
     def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepOutput:

@@ -1,0 +1,101 @@
+"""Language-modelling data from token files: a flat array of token ids per split.
+
+The layout nanoGPT's prepare scripts write (`train.bin`/`val.bin`: raw uint16), or a 1-D `.npy`.
+Sample i is the window of seq_len + 1 tokens starting at i * seq_len (inputs and next-token
+targets overlap by one), a pure function of i like every `IndexedDataset`: exact resume and
+deterministic sharding hold as for the synthetic data. Files are memory-mapped, never read whole,
+and a dataset pickles as its path (Ray Data and DataLoader workers map the file themselves).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from raytrain_llm.core.errors import UsageError
+from raytrain_llm.data.base import DataModule, IndexedDataset
+
+
+def open_tokens(path: str, dtype: str, key: str) -> np.ndarray:
+    """The file's token ids as a read-only 1-D memory map; a UsageError naming `key` if unusable."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{key}: no token file at {path}")
+    try:
+        if path.endswith(".npy"):
+            tokens = np.load(path, mmap_mode="r")
+        else:
+            size, itemsize = os.path.getsize(path), np.dtype(dtype).itemsize
+            if size % itemsize:
+                raise ValueError(f"its size ({size} bytes) is not a multiple of {dtype}'s {itemsize} bytes "
+                                 "(data.token_dtype)")
+            tokens = np.memmap(path, dtype=dtype, mode="r")
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{key}: cannot read {path}: {exc}") from None
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise UsageError(f"{key}: {path} must hold a 1-D array of integer token ids "
+                         f"(got {tokens.dtype} of shape {tokens.shape})")
+    return tokens
+
+
+class TokenFileDataset(IndexedDataset):
+    def __init__(self, path: str, dtype: str, seq_len: int, vocab_size: int, key: str, *, empty: bool = False):
+        self.path, self.dtype, self.seq_len, self.vocab_size, self.key = path, dtype, seq_len, vocab_size, key
+        self._tokens: Optional[np.ndarray] = None
+        num_tokens = len(self.tokens)
+        if num_tokens < seq_len + 1:
+            raise UsageError(f"{key}: {path} holds {num_tokens} tokens, fewer than one sample of "
+                             f"model.seq_len + 1 = {seq_len + 1}")
+        super().__init__(0 if empty else (num_tokens - 1) // seq_len, seed=0)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = open_tokens(self.path, self.dtype, self.key)
+        return self._tokens
+
+    def __getstate__(self) -> dict:
+        # A memmap would pickle as a full in-memory copy of the file.
+        return {**self.__dict__, "_tokens": None}
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        T = self.seq_len
+        windows = np.stack([self.tokens[i * T:i * T + T + 1] for i in ids]) if len(ids) else \
+            np.zeros((0, T + 1), np.int64)
+        windows = windows.astype(np.int64)  # [B, T + 1]
+        if windows.size and (windows.max() >= self.vocab_size or windows.min() < 0):
+            bad = int(windows.max() if windows.max() >= self.vocab_size else windows.min())
+            raise UsageError(f"{self.key}: token id {bad} in {self.path} is outside model.vocab_size "
+                             f"({self.vocab_size})")
+        return {"input_ids": np.ascontiguousarray(windows[:, :-1]), "targets": np.ascontiguousarray(windows[:, 1:])}
+
+
+class TokenFileDataModule(DataModule):
+    """`data.train_tokens` / `data.val_tokens`; the synthetic sample counts do not apply."""
+
+    shuffle_train = True
+
+    def _dataset(self, path: str, key: str) -> TokenFileDataset:
+        d, m = self.config.data, self.config.model
+        return TokenFileDataset(path, d.token_dtype, m.seq_len, m.vocab_size, key)
+
+    def build_train_dataset(self) -> IndexedDataset:
+        return self._dataset(self.config.data.train_tokens, "data.train_tokens")
+
+    def build_val_dataset(self) -> IndexedDataset:
+        d = self.config.data
+        if not d.val_tokens:  # validation is off (the config insists): an empty split, train's row shapes
+            return TokenFileDataset(d.train_tokens, d.token_dtype, self.config.model.seq_len,
+                                    self.config.model.vocab_size, "data.train_tokens", empty=True)
+        return self._dataset(d.val_tokens, "data.val_tokens")
+
+
+def write_tokens(path: str, tokens: np.ndarray, dtype: str = "uint16") -> None:
+    """A raw token file in the layout `TokenFileDataset` reads (tokens must fit `dtype`)."""
+    tokens = np.asarray(tokens)
+    info = np.iinfo(dtype)
+    if tokens.size and (tokens.min() < info.min or tokens.max() > info.max):
+        raise ValueError(f"token ids {tokens.min()}..{tokens.max()} do not fit {dtype}")
+    tokens.astype(dtype).tofile(path)
+
