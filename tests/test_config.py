@@ -174,6 +174,11 @@ def configs(draw):
     m.moe_every_n_layers = min(m.moe_every_n_layers, m.n_layers)
     cfg.training.validate = cfg.training.validate or cfg.callbacks.early_stopping
     cfg.checkpoint.enabled = cfg.checkpoint.enabled or cfg.checkpoint.resume == "auto"
+    d = cfg.data
+    if d.val_tokens or d.train_tokens:  # token files: both, or train alone without validation
+        d.train_tokens = d.train_tokens or d.val_tokens
+        if not d.val_tokens:
+            cfg.training.validate = cfg.callbacks.early_stopping = False
     return cfg
 
 
