@@ -281,3 +281,26 @@ def test_a_callback_that_is_not_a_callback_is_refused(tmp_path):
 
     with pytest.raises(UsageError, match=r"callbacks: 'log' is not a raytrain_llm.core.callbacks.Callback"):
         CallbackList(["log"])
+
+
+# ----------------------------------------------------------------------------- MetricsLogger across resumes
+def test_a_finished_run_resumed_with_nothing_left_keeps_its_final_records(tmp_path):
+    train(tmp_path, **{"checkpoint.every_n_steps": 8})
+    before = read_json(tmp_path / "summary.json")
+    again, _ = train(tmp_path, **{"checkpoint.every_n_steps": 8, "checkpoint.resume": "auto"})
+    after = read_json(tmp_path / "summary.json")
+    assert again["step"] == 16 and after["final"] == before["final"] and after["final"]["val"]["step"] == 16
+    assert after["best"] == before["best"]
+
+
+def test_resuming_another_runs_checkpoint_moves_this_folders_metrics_aside(tmp_path):
+    train(tmp_path / "here", **{"checkpoint.enabled": False})  # 16 steps of an unrelated run
+    train(tmp_path / "there", **{"checkpoint.every_n_steps": 8})
+    source = checkpoints(tmp_path / "there")[0]
+    assert ckpt_step(source) == 8
+    result, _ = train(tmp_path / "here", **{"checkpoint.resume": str(source)})
+    assert result["step"] == 16
+    steps = [r["step"] for r in read_jsonl(tmp_path / "here" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(9, 17))  # only this run's own steps, none of the other run's 1..16
+    aside = [p for p in (tmp_path / "here").iterdir() if p.name.startswith("metrics-")]
+    assert len(aside) == 1 and len([r for r in read_jsonl(aside[0]) if r["split"] == "train"]) == 16

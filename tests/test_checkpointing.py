@@ -11,7 +11,7 @@ import torch
 from rt_testing import checkpoints, ckpt_step, load_state, read_json, run_cli, set_args, settings, train
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.errors import CheckpointError
+from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -94,14 +94,47 @@ def test_corrupt_checkpoint_error_is_one_plain_line(tmp_path):
     assert "weights_only` set to `False`" not in msg  # no advice to unpickle untrusted garbage
 
 
-def test_all_corrupt_starts_fresh_with_warnings(tmp_path):
+def test_all_corrupt_is_an_error_that_keeps_them(tmp_path):
+    # Starting afresh would overwrite them; unreadable after a torch upgrade or a storage hiccup
+    # is not necessarily lost.
     train(tmp_path, **{"checkpoint.every_n_steps": 8})
     for c in checkpoints(tmp_path):
         _truncate(c / "state.pt")
-    result, _ = train(tmp_path, **{"checkpoint.resume": "auto", "checkpoint.every_n_steps": 8})
-    assert result["step"] == 16
+    before = {c.name: (c / "state.pt").read_bytes() for c in checkpoints(tmp_path)}
+    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoints in .* can be loaded .*move them aside"):
+        train(tmp_path, **{"checkpoint.resume": "auto", "checkpoint.every_n_steps": 8, "training.epochs": 2})
+    assert {c.name: (c / "state.pt").read_bytes() for c in checkpoints(tmp_path)} == before
     log = (tmp_path / "logs" / "rank0.log").read_text()
     assert log.count("falling back to an older checkpoint") == 2 and "resumed from" not in log
+
+
+class _NotAllowed:
+    pass
+
+
+def test_unreadable_checkpoints_get_a_short_cause(tmp_path):
+    causes = {}
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")
+    (tmp_path / "text.pt").write_text("hello world\n")
+    torch.save({"x": _NotAllowed()}, tmp_path / "object.pt")
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "cut.pt")
+    _truncate(tmp_path / "cut.pt")
+    for name in ("garbage", "text", "object", "cut"):
+        with pytest.raises(CheckpointError) as info:
+            CheckpointManager.load(str(tmp_path / f"{name}.pt"))
+        causes[name] = str(info.value).partition("corrupt or unreadable: ")[2]
+    assert causes["garbage"] == "not a valid weights-only checkpoint (Unsupported operand 103)"
+    assert causes["text"] == "not a torch checkpoint (KeyError 101)"
+    assert causes["object"].startswith("not a valid weights-only checkpoint (Unsupported global: GLOBAL ")
+    assert causes["cut"] == "PytorchStreamReader failed reading zip archive: failed finding central directory"
+    assert not any("weights_only" in c or "\n" in c for c in causes.values())  # no unsafe advice, one line
+
+
+def test_resume_from_a_run_folder_points_at_its_newest_checkpoint(tmp_path):
+    train(tmp_path / "run", **{"checkpoint.every_n_steps": 8})
+    with pytest.raises(UsageError, match=r"checkpoint not found: .*state.pt \(a run folder: its newest "
+                                         r"checkpoint is .*step-00000016\)"):
+        train(tmp_path / "next", **{"checkpoint.resume": str(tmp_path / "run")})
 
 
 # ----------------------------------------------------------------------------- atomicity
@@ -256,3 +289,10 @@ def test_explicit_resume_refuses_a_folder_with_later_checkpoints(tmp_path):
     # Into a fresh folder it is a branch of the old run, and fine.
     result, _ = train(tmp_path / "branch", **{"checkpoint.resume": str(older)})
     assert result["step"] == 16
+
+
+def test_a_misspelt_checkpoint_monitor_is_reported_once(tmp_path):
+    train(tmp_path, **{"checkpoint.monitor": "val_loss", "checkpoint.every_n_steps": 4, "training.epochs": 2})
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert log.count("checkpoint.monitor: 'val_loss' is not among the metrics of step checkpoints") == 1
+    assert "val/loss" in log.split("'val_loss' is not among")[1].splitlines()[0]  # names what there is

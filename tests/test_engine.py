@@ -134,6 +134,20 @@ def test_resume_with_another_lr_and_weight_decay_follows_the_config(tmp_path):
     assert "optimizer settings follow this run's config, not the checkpoint's: weight_decay, lr changed" in log
 
 
+@pytest.mark.parametrize("new_batch, steps_after, repeated", [(32, 7, 16), (8, 26, 0)])
+def test_resume_with_another_batch_size_goes_on_from_the_same_sample(tmp_path, new_batch, steps_after, repeated):
+    # 3 steps of 16 trained the epoch order's first 48 samples. At batch 32 the epoch goes on
+    # from sample 32 (16 of them again, never skipping any); at batch 8 from sample 48, exactly.
+    common = {"training.lr_schedule": "constant", "training.warmup_steps": 0}
+    train(tmp_path, **common, **{"training.max_steps": 3})
+    r2, _ = train(tmp_path, **common, **{"training.batch_size": new_batch, "checkpoint.resume": "auto"})
+    assert r2["step"] == 3 + steps_after  # 256 samples: the rest of epoch 0 at the new batch
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    sample = 48 - repeated
+    assert f"changed from 16 to {new_batch}: epoch 0 goes on after sample {sample} of its order" in log
+    assert (f"; {repeated} samples already trained on in this epoch are seen again" in log) == bool(repeated)
+
+
 # ----------------------------------------------------------------------------- NaN
 @pytest.mark.timeout(120)
 def test_nan_stop_exits_1_and_never_saves_bad_state(tmp_path):

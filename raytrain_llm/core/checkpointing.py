@@ -44,10 +44,13 @@ def _load_failure(exc: Exception) -> str:
     text = str(exc).strip()
     marker = "WeightsUnpickler error:"
     if marker in text:
-        cause = text.split(marker, 1)[1].strip().splitlines()
-        text = f"not a valid weights-only checkpoint ({cause[0].strip() if cause else 'unpickling failed'})"
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:200]
+        after = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        cause = after[0].split(". Please")[0].rstrip(".") if after else "unpickling failed"
+        return f"not a valid weights-only checkpoint ({cause})"
+    if isinstance(exc, KeyError):  # torch's legacy reader on a file that is not a checkpoint at all
+        return f"not a torch checkpoint (KeyError {text})"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0][:300]  # the first sentence: torch appends general advice
 
 
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
@@ -63,6 +66,7 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.is_main = is_main
         self.logger = logger
+        self._warned_unranked = False
         if is_main:
             os.makedirs(self.directory, exist_ok=True)
 
@@ -151,8 +155,18 @@ class CheckpointManager:
         else:
             os.replace(tmp, final)
         fsync_dir(self.directory)
+        self._warn_if_unranked(clean_metrics)
         self._rotate()
         return final
+
+    def _warn_if_unranked(self, metrics: dict[str, float]) -> None:
+        """A validated save without the monitored metric: a misspelt checkpoint.monitor would
+        otherwise leave keep_best keeping nothing, silently, for the whole run. Said once."""
+        if (self.keep_best and self.logger and not self._warned_unranked and self.monitor not in metrics
+                and any(k.startswith("val/") for k in metrics)):
+            self._warned_unranked = True
+            self.logger.warning(f"checkpoint.monitor: {self.monitor!r} is not among the metrics of step "
+                                f"checkpoints ({', '.join(sorted(metrics))}): keep_best keeps none until it is")
 
     def _rotate(self) -> None:
         ckpts = self.checkpoints()
@@ -168,7 +182,10 @@ class CheckpointManager:
         """Load and sanity-check one checkpoint; `CheckpointError` names what is wrong."""
         file = os.path.join(path, STATE_FILE) if os.path.isdir(path) else path
         if not os.path.exists(file):
-            raise CheckpointError(f"checkpoint not found: {file}")
+            inner = CheckpointManager(os.path.join(path, "checkpoints"), is_main=False).latest_path() \
+                if os.path.isdir(path) else None
+            hint = f" (a run folder: its newest checkpoint is {inner})" if inner else ""
+            raise CheckpointError(f"checkpoint not found: {file}{hint}")
         try:
             state = torch.load(file, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types for truncated or garbled files
@@ -178,11 +195,18 @@ class CheckpointManager:
         return state
 
     def load_latest_valid(self, map_location: Any = "cpu") -> tuple[Optional[str], Optional[dict[str, Any]]]:
-        """Newest checkpoint that loads; corrupt ones are reported and skipped, never deleted."""
-        for meta in reversed(self.checkpoints()):
+        """Newest checkpoint that loads; corrupt ones are reported and skipped, never deleted.
+        (None, None) when there are none; a CheckpointError when there are some but none loads:
+        starting afresh would overwrite them, and files that a torch upgrade or a storage hiccup
+        made unreadable are not necessarily lost."""
+        found = list(reversed(self.checkpoints()))
+        for meta in found:
             try:
                 return meta["path"], self.load(meta["path"], map_location)
             except CheckpointError as exc:
                 if self.logger:
                     self.logger.warning(f"{exc}; falling back to an older checkpoint")
+        if found:
+            raise CheckpointError(f"none of the {len(found)} checkpoints in {self.directory} can be loaded "
+                                  f"(see the warnings above); move them aside to start afresh")
         return None, None

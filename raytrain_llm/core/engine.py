@@ -49,6 +49,7 @@ class TrainingEngine(EngineStateMixin):
         self.dist = dist or DistributedManager()
         self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
         self.resume_from = resume_from
+        self.resumed_from_elsewhere = False  # set by _resume: another run's checkpoint, named by the user
         # Progress: global_step counts optimizer steps; (epoch, batch_in_epoch) is the data position.
         self.global_step = 0
         self.epoch = 0

@@ -53,7 +53,7 @@ class EngineStateMixin:
         progress = state["progress"]
         self.global_step = int(progress["global_step"])
         self.epoch = int(progress["epoch"])
-        self.batch_in_epoch = int(progress["batch_in_epoch"])
+        self.batch_in_epoch = self._resume_position(state)
         self.skipped_steps = int(progress.get("skipped_steps", 0))
         self._val_step = int(progress.get("val_step", -1))
         self.last_val_metrics = {k: float(v) for k, v in (progress.get("val_metrics") or {}).items()}
@@ -63,9 +63,34 @@ class EngineStateMixin:
             restore_rng(rng[self.dist.rank])
         elif rng and self.dist.is_main:
             self.logger.warning(f"checkpoint was written by {len(rng)} ranks, now {self.dist.world_size}: "
-                                "RNG streams are reseeded, the rest resumes exactly")
+                                "RNG streams (dropout, ...) are reseeded")
         self.callbacks.load_state_dict(state.get("callbacks") or {})
         self.callbacks.on_load_checkpoint(self, state)
+
+    def _resume_position(self, state: dict[str, Any]) -> int:
+        """The micro-batch of the epoch to go on from, in this run's global batch (workers x batch).
+
+        The epoch's sample order does not depend on the batch, and global batch i is the i-th
+        slice of it, so the samples already trained on are the order's first batch_in_epoch x
+        (the saved global batch). With another global batch the position is converted, rounding
+        down: a few samples are then seen twice in this epoch rather than never."""
+        progress = state["progress"]
+        done = int(progress["batch_in_epoch"])
+        saved_batch = (state.get("config") or {}).get("training", {}).get("batch_size")
+        if not done or saved_batch is None:
+            return done
+        saved_global = int(saved_batch) * int(progress.get("world_size", self.dist.world_size))
+        now_global = self.config.training.batch_size * self.dist.world_size
+        if saved_global == now_global:
+            return done
+        samples = done * saved_global
+        position, repeated = divmod(samples, now_global)
+        if self.dist.is_main:
+            self.logger.warning(
+                f"the global batch (workers x training.batch_size) changed from {saved_global} to {now_global}: "
+                f"epoch {int(progress['epoch'])} goes on after sample {position * now_global} of its order"
+                + (f"; {repeated} samples already trained on in this epoch are seen again" if repeated else ""))
+        return position
 
     def _load_scheduler(self, saved: dict[str, Any]) -> None:
         """Restore the scheduler's position, but keep the schedule's length from this run's config.
@@ -139,6 +164,8 @@ class EngineStateMixin:
                 return None, None
             return self.checkpoint_manager.load_latest_valid()
         path = explicit or mode
+        # The user's pick from another run's folder: this folder's logs are not that run's.
+        self.resumed_from_elsewhere = explicit is None and not _inside(path, self.config.checkpoint_dir)
         if not os.path.exists(path):
             raise UsageError(f"checkpoint.resume: no checkpoint at {path}")
         try:
@@ -158,6 +185,11 @@ class EngineStateMixin:
         self.load_state_dict(state)
         self.logger.info(f"resumed from {path} at step {self.global_step} "
                          f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _schedule_shapes(scheduler) -> Optional[list[dict[str, Any]]]:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.core.errors import CheckpointError, TrainingError, UsageError
 
 ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
 
@@ -17,7 +17,10 @@ ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
 def last_good_checkpoint(config: Config) -> Optional[str]:
     """Newest engine checkpoint that loads (corrupt ones are skipped, never deleted)."""
     manager = CheckpointManager(config.checkpoint_dir, is_main=False)
-    path, _ = manager.load_latest_valid()
+    try:
+        path, _ = manager.load_latest_valid()
+    except CheckpointError:  # some, but none loads
+        return None
     return path
 
 

@@ -58,20 +58,28 @@ class MetricsLogger(Callback):
 
     def on_load_checkpoint(self, engine, state) -> None:
         # Records written after the checkpoint (by a run that was then killed) will be
-        # written again by the resumed run: drop them so every step appears once.
+        # written again by the resumed run: drop them so every step appears once. The last
+        # ones kept are the run's final records until it logs new ones (it may have none left).
         if not engine.dist.is_main or not os.path.exists(self.path):
+            return
+        if engine.resumed_from_elsewhere:  # another run's checkpoint: this file is not its history
+            self._move_aside(engine)
             return
         step = state["progress"]["global_step"]
         with open(self.path, encoding="utf-8") as fh:
-            kept = [line if line.endswith("\n") else line + "\n" for line in fh
-                    if (record := _parse(line)) is not None and record.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(kept))
+            records = [(line, record) for line in fh
+                       if (record := _parse(line)) is not None and record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line if line.endswith("\n") else line + "\n" for line, _ in records))
+        for _, record in records:
+            self.last[record.get("split", "train")] = record
 
     def on_train_start(self, engine) -> None:
         # A run from step 0 starts its own file; an earlier run's records (a rerun into the same
         # logging.dir without checkpoints, or a restart before the first one) are moved aside.
-        if engine.global_step or not engine.dist.is_main or not os.path.exists(self.path):
-            return
+        if not engine.global_step and engine.dist.is_main and os.path.exists(self.path):
+            self._move_aside(engine)
+
+    def _move_aside(self, engine) -> None:
         if os.path.getsize(self.path):
             aside = f"{self.path[:-len('.jsonl')]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
             os.replace(self.path, aside)
