@@ -123,13 +123,13 @@ def test_range_errors_say_where_the_value_was_set(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  num_experts: 4\n  dropout: 1.5\n")
     with pytest.raises(ConfigError) as err:
-        load_config(str(f), ["model.top_k=5"], environ={"RAYTRAIN_TRAINING__LR": "0"})
+        load_config(str(f), ["model.use_moe=true", "model.top_k=5"], environ={"RAYTRAIN_TRAINING__LR": "0"})
     problems = {p.partition(":")[0]: p for p in err.value.problems}
     assert problems["model.dropout"].endswith(f"in {f}")
     assert problems["model.top_k"].endswith("(from --set)")
     assert problems["training.lr"].endswith("(from $RAYTRAIN_TRAINING__LR)")
     with pytest.raises(ConfigError) as err:  # a default that breaks a cross-field rule has no source
-        load_config(None, ["model.num_experts=1"], environ={})
+        load_config(None, ["model.use_moe=true", "model.num_experts=1"], environ={})
     assert err.value.problems == ["model.top_k: must be <= model.num_experts (1) (got 2)"]
 
 
@@ -218,7 +218,13 @@ def _bad_cases(d):
         "section.yaml": "trainer:\n  lr: 0.1\n",
         "key.yaml": "training:\n  learning_rate: 0.1\n",
         "task.yaml": "task: 5\n",
+        "bool_for_string.yaml": "logging:\n  progress_bar: off\n",
+        "duplicate.yaml": "training:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n",
+        "scalar.yaml": "0\n",
+        "empty_list.yaml": "[]\n",
+        "a_file": "not a folder\n",
     }
+    (d / "config_dir").mkdir(exist_ok=True)
     for name, text in files.items():
         (d / name).write_text(text)
     corrupt = d / "corrupt_ckpt"
@@ -240,7 +246,8 @@ def _bad_cases(d):
         ("zero_lr", ["--set", "training.lr=0"], {}, "training.lr"),
         ("nan_lr", ["--set", "training.lr=nan"], {}, "training.lr"),
         ("inf_lr", ["--set", "training.lr=inf"], {}, "training.lr"),
-        ("top_k_gt_experts", ["--set", "model.num_experts=4", "--set", "model.top_k=5"], {}, "model.top_k"),
+        ("top_k_gt_experts", ["--set", "model.use_moe=true", "--set", "model.num_experts=4", "--set", "model.top_k=5"],
+         {}, "model.top_k"),
         ("unknown_task", ["--task", "nosuchtask"], {}, "--task"),
         ("task_empty_module", ["--task", ":Foo"], {}, "--task"),
         ("task_relative_module", ["--task", ".foo:Bar"], {}, "--task"),
@@ -284,6 +291,34 @@ def _bad_cases(d):
         ("empty_resume", ["--set", "checkpoint.resume= "], {}, "checkpoint.resume"),
         ("resume_missing", [*run, "--set", f"checkpoint.resume={d / 'no_ckpt'}"], {}, "checkpoint.resume"),
         ("resume_corrupt", [*run, "--set", f"checkpoint.resume={corrupt}"], {}, "checkpoint.resume"),
+        # Cases below that could wrongly pass train with the local launcher: no Ray cluster.
+        ("empty_logging_dir", [*run, "--set", "logging.dir="], {}, "logging.dir: must not be empty"),
+        ("logging_dir_is_a_file", [*run, "--set", f"logging.dir={d / 'a_file'}"], {},
+         f"logging.dir: {str(d / 'a_file')!r} is a file, not a folder"),
+        ("logging_dir_inside_a_file", [*run, "--set", f"logging.dir={d / 'a_file' / 'run'}"], {},
+         f"logging.dir: {str(d / 'a_file' / 'run')!r} is inside {str(d / 'a_file')!r}, a file"),
+        ("checkpoint_dir_is_a_file", [*run, "--set", f"checkpoint.dir={d / 'a_file'}"], {},
+         f"checkpoint.dir: {str(d / 'a_file')!r} is a file, not a folder"),
+        ("yaml_bool_for_string", [*run, "--config", str(d / "bool_for_string.yaml")], {},
+         "logging.progress_bar: expected a string, got False (YAML reads unquoted on/off/yes/no as booleans: "
+         "quote it)"),
+        ("yaml_duplicate_key", [*run, "--config", str(d / "duplicate.yaml")], {},
+         f"training.lr: set twice in {d / 'duplicate.yaml'} (lines 2 and 4)"),
+        ("yaml_top_level_scalar", [*run, "--config", str(d / "scalar.yaml")], {}, "expected a mapping"),
+        ("yaml_top_level_empty_list", [*run, "--config", str(d / "empty_list.yaml")], {}, "expected a mapping"),
+        ("config_is_a_directory", ["--config", str(d / "config_dir")], {}, "is a directory"),
+        ("env_single_underscore", run, {"RAYTRAIN_TRAINING_LR": "0.5"},
+         "$RAYTRAIN_TRAINING_LR: not a config field (expected RAYTRAIN_<SECTION>__<FIELD>, two underscores) "
+         "(did you mean RAYTRAIN_TRAINING__LR?)"),
+        ("env_no_field", run, {"RAYTRAIN_TRAINING__": "1"}, "$RAYTRAIN_TRAINING__: not a config field"),
+        ("negative_port", ["--set", "distributed.master_port=-1"], {}, "distributed.master_port"),
+        ("abstract_task", [*run, "--task", "rt_input_tasks:HalfTask"], {},
+         "--task: rt_input_tasks:HalfTask does not implement build_data_module, train_step"),
+        ("plain_torch_dataset", [*run, "--task", "rt_input_tasks:PlainDatasetTask"], {},
+         "PlainDataModule.build_train_dataset returned a TensorDataset, not a raytrain_llm.data.IndexedDataset"),
+        # `auto` on a machine without CUDA (hidden here even where there is one) resolves to CPU.
+        ("fp16_on_auto_device_without_cuda", [*run, "--set", "optimization.amp=fp16"],
+         {"CUDA_VISIBLE_DEVICES": ""}, "optimization.amp: fp16 needs a CUDA device"),
     ]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from rt_testing import (checkpoints, final_state, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
                       settings, train)
+from raytrain_llm.core.errors import TrainingError
 
 
 def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -184,6 +185,19 @@ def test_nan_skip_continues_and_reports(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     # A skipped step leaves the optimizer untouched: Adam counted only the 14 good steps.
     assert all(int(g["step"]) == 14 for g in state["optimizer"]["state"].values())
+
+
+def test_nan_skip_ends_a_run_that_only_skips(tmp_path, monkeypatch):
+    # Steps 3-4 skip (2 in a row, under the limit of 3); from step 9 on every step would skip:
+    # the third in a row, step 11, ends the run.
+    monkeypatch.setenv("RT_NAN_AT_CALLS", ",".join(map(str, [3, 4, *range(9, 17)])))
+    with pytest.raises(TrainingError, match=r"^3 steps in a row had a non-finite loss or gradient, the last at "
+                                            r"step 11 \(epoch 0, batch 10\): the run has diverged \(training."
+                                            r"max_consecutive_skips=3\)"):
+        train(tmp_path, task="rt_helpers:NaNAtStepTask", **{"training.nan_policy": "skip",
+                                                             "training.max_consecutive_skips": 3,
+                                                             "checkpoint.every_n_steps": 2})
+    assert [ckpt_step(c) for c in checkpoints(tmp_path)][-1] == 10  # finite: skipped steps leave the weights
 
 
 # ----------------------------------------------------------------------------- distributed

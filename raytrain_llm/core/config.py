@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainingConfig:
     val_every_n_steps: int = 0  # 0: validate at the end of every epoch only
     limit_val_batches: int = 0  # 0: the whole validation set
     nan_policy: str = "stop"  # stop | skip
+    max_consecutive_skips: int = 20  # nan_policy=skip: this many skipped steps in a row end the run (exit 1)
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -93,7 +95,7 @@ class DistributedConfig:
     use_gpu: bool = False
     backend: str = "auto"  # auto | gloo | nccl
     master_addr: str = "127.0.0.1"
-    master_port: int = 29517
+    master_port: int = 0  # 0: a free port, picked per run (spawn launcher)
     address: str = ""  # Ray cluster address; empty: RAY_ADDRESS or a new local cluster
     storage_path: str = ""  # empty: <logging.dir>/ray
     run_name: str = ""  # empty: derived from the task and time
@@ -191,12 +193,12 @@ MINIMUMS = {
     "training.batch_size": (1, True), "training.grad_accum_steps": (1, True),
     "training.lr": (0, False), "training.weight_decay": (0, True), "training.grad_clip": (0, True),
     "training.warmup_steps": (0, True), "training.min_lr_ratio": (0, True),
-    "training.val_every_n_steps": (0, True), "training.limit_val_batches": (0, True),
+    "training.max_consecutive_skips": (1, True), "training.val_every_n_steps": (0, True), "training.limit_val_batches": (0, True),
     "data.num_train_samples": (1, True), "data.num_val_samples": (1, True),
     "data.noise_std": (0, True), "data.num_workers": (0, True),
     "data.markov_concentration": (0, False),
     "distributed.num_workers": (1, True), "distributed.cpus_per_worker": (0, False),
-    "distributed.gpus_per_worker": (0, True), "distributed.master_port": (1, True),
+    "distributed.gpus_per_worker": (0, True), "distributed.master_port": (0, True),
     "distributed.max_failures": (-1, True),
     "optimization.chunked_cross_entropy": (0, True),
     "checkpoint.every_n_steps": (0, True), "checkpoint.keep_last": (0, True),
@@ -241,8 +243,6 @@ class Config:
 
     @property
     def checkpoint_dir(self) -> str:
-        import os
-
         return self.checkpoint.dir or os.path.join(self.logging.dir, "checkpoints")
 
 
@@ -268,7 +268,7 @@ def cross_field_errors(cfg: Config) -> list[str]:
         for f in dataclasses.fields(getattr(cfg, name)):
             errors += value_errors(f"{name}.{f.name}", getattr(getattr(cfg, name), f.name))
     m, t, o, d = cfg.model, cfg.training, cfg.optimization, cfg.distributed
-    if m.top_k > m.num_experts:
+    if m.use_moe and m.top_k > m.num_experts:
         errors.append(f"model.top_k: must be <= model.num_experts ({m.num_experts}) (got {m.top_k})")
     if m.use_moe and m.moe_every_n_layers > m.n_layers:
         errors.append(f"model.moe_every_n_layers: no block would be MoE with model.n_layers={m.n_layers} "
@@ -297,4 +297,28 @@ def cross_field_errors(cfg: Config) -> list[str]:
                       "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
         errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
+    return errors + folder_errors(cfg)
+
+
+def folder_errors(cfg: Config) -> list[str]:
+    """Output folders that cannot be created: caught here, not after a run has trained."""
+    errors = []
+    if not cfg.logging.dir.strip():
+        errors.append("logging.dir: must not be empty (the folder for logs, metrics and checkpoints)")
+    for key, path in (("logging.dir", cfg.logging.dir), ("checkpoint.dir", cfg.checkpoint.dir)):
+        blocker = _blocking_file(path) if path.strip() else None
+        if blocker is not None:
+            what = "is a file" if os.path.abspath(path) == blocker else f"is inside {blocker!r}, a file"
+            errors.append(f"{key}: {path!r} {what}, not a folder")
     return errors
+
+
+def _blocking_file(path: str) -> Optional[str]:
+    """The existing non-folder at `path` or at one of its parents, which makes creating it fail."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+    return None if os.path.isdir(p) else p

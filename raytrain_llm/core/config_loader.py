@@ -6,6 +6,7 @@ dotted key, so a user fixes a config in one round trip instead of one error per 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import typing
@@ -17,6 +18,9 @@ from raytrain_llm.core.config import SECTIONS, Config
 from raytrain_llm.core.errors import ConfigError
 
 ENV_PREFIX = "RAYTRAIN_"
+# Variables the project reads itself that are not config fields (cli.py, launchers/ray_report.py,
+# core/monitoring.py): every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
+ENV_NOT_FIELDS = frozenset({"RAYTRAIN_DEBUG", "RAYTRAIN_FAULT_INJECT", "RAYTRAIN_PEAK_TFLOPS"})
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -131,7 +135,10 @@ class _Builder:
             self.values[section][name] = convert(value, tp)
             self.sources[key] = source
         except (ValueError, TypeError, StopIteration, yaml.YAMLError):
-            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{source}")
+            # `progress_bar: off` is a bool in YAML 1.1; the fix is not obvious from the type alone.
+            hint = (" (YAML reads unquoted on/off/yes/no as booleans: quote it)"
+                    if isinstance(value, bool) and str in (tp, *typing.get_args(tp)) else "")
+            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}{source}")
 
     def merge_mapping(self, data: Any, source: str) -> None:
         if not isinstance(data, Mapping):
@@ -164,19 +171,19 @@ class _Builder:
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def read_yaml(path: str) -> Any:
+    """The file's data; {} for an empty file. Duplicate keys are errors (PyYAML keeps the last)."""
+    if os.path.isdir(path):
+        raise ConfigError([f"--config: {path} is a directory, not a YAML file"])
     if not os.path.isfile(path):
         raise ConfigError([f"--config: file not found: {path}"])
     try:
         with open(path, encoding="utf-8") as fh:
-            # _YamlLoader is a SafeLoader with one more float rule: plain data only, no objects.
-            return yaml.load(fh, Loader=_YamlLoader) or {}
+            data = _load(fh, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -184,16 +191,71 @@ def read_yaml(path: str) -> Any:
         raise ConfigError([f"--config: {path}: {problem}{where}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"--config: cannot read {path}: {exc}"]) from None
+    # Only a document that is empty (or just `null`) is an empty config; `0` or `[]` is a mistake.
+    return {} if data is None else data
+
+
+def _load(stream, path: str) -> Any:
+    # _YamlLoader is a SafeLoader with one more float rule: plain data only, no objects.
+    loader = _YamlLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        # Checked on the node tree, where the lines are known; the loaded dict keeps the last value.
+        duplicates = _duplicate_keys(node, "")
+        if duplicates:
+            raise ConfigError([f"{key}: set twice in {path} (lines {first} and {again})"
+                               for key, first, again in duplicates])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, prefix: str) -> list[tuple[str, int, int]]:
+    """(dotted key, first line, repeated line) for each key given twice in one mapping."""
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    found, seen = [], {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = f"{prefix}{key_node.value}"
+        line = key_node.start_mark.line + 1
+        if key_node.value in seen:
+            found.append((key, seen[key_node.value], line))
+        else:
+            seen[key_node.value] = line
+        found += _duplicate_keys(value_node, key + ".")
+    return found
 
 
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    out = []
+    """(dotted key, text) for each RAYTRAIN_<SECTION>__<FIELD> variable."""
+    return [(key, text) for var, key, text in _env_vars(environ) if key]
+
+
+def env_errors(environ: Mapping[str, str]) -> list[str]:
+    """A RAYTRAIN_ variable that cannot name a field (RAYTRAIN_TRAINING_LR: one underscore)
+    would otherwise be ignored without a word, and the run would train with the default."""
+    return [f"${var}: not a config field (expected {ENV_PREFIX}<SECTION>__<FIELD>, two underscores)"
+            f"{_suggest_env(var)}" for var, key, _ in _env_vars(environ) if not key]
+
+
+def _env_vars(environ: Mapping[str, str]):
     for var, text in sorted(environ.items()):
-        if not var.startswith(ENV_PREFIX) or "__" not in var:
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_FIELDS:
             continue
-        section, _, name = var[len(ENV_PREFIX):].partition("__")
-        out.append((f"{section.lower()}.{name.lower()}", text))
-    return out
+        section, sep, name = var[len(ENV_PREFIX):].partition("__")
+        yield var, f"{section.lower()}.{name.lower()}" if sep and section and name else None, text
+
+
+def _suggest_env(var: str) -> str:
+    names = [f"{ENV_PREFIX}{s}__{f.name}".upper() for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    # Underscores are what users get wrong: a match once they are all dropped is the best guess.
+    same = [n for n in names if n.replace("_", "") == var.upper().replace("_", "")]
+    close = same or difflib.get_close_matches(var.upper(), names, n=1, cutoff=0.85)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = (),
@@ -202,7 +264,9 @@ def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = ()
     builder = _Builder()
     if config_file:
         builder.merge_mapping(read_yaml(config_file), f" in {config_file}")
-    for key, text in env_overrides(os.environ if environ is None else environ):
+    environ = os.environ if environ is None else environ
+    builder.errors += env_errors(environ)
+    for key, text in env_overrides(environ):
         var = ENV_PREFIX + key.replace(".", "__").upper()
         builder.set_text(key, text, f" (from ${var})")
     for item in overrides:

@@ -64,6 +64,7 @@ class TrainingEngine(EngineStateMixin):
         self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
+        self._skips_in_a_row = 0  # nan_policy=skip: a run that only skips has diverged
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
@@ -235,6 +236,7 @@ class TrainingEngine(EngineStateMixin):
         finite = bool(torch.isfinite(watched).all().item())
         bad = self.dist.any_true(not finite, self.device)
         if not bad:
+            self._skips_in_a_row = 0
             self.precision.step(self.optimizer)
             lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used; a tensor LR: no sync here
             self._step_lr = lr.detach().clone() if torch.is_tensor(lr) else float(lr)
@@ -252,7 +254,13 @@ class TrainingEngine(EngineStateMixin):
                 f"non-finite loss or gradient at {where}: loss={loss.item():.4g}; weights left unchanged, "
                 f"no checkpoint written (training.nan_policy=skip skips such steps)")
         self.skipped_steps += 1
+        self._skips_in_a_row += 1
         self.logger.warning(f"skipped {where}: non-finite loss or gradient")
+        limit = self.config.training.max_consecutive_skips
+        if self._skips_in_a_row >= limit:  # every rank counts the same (the check above is global)
+            raise TrainingError(f"{self._skips_in_a_row} steps in a row had a non-finite loss or gradient, the "
+                                f"last at {where}: the run has diverged (training.max_consecutive_skips={limit}); "
+                                f"checkpoints hold the last finite state")
         return False
 
     def _after_step(self, outputs: StepOutput) -> None:

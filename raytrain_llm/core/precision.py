@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+from raytrain_llm.core.errors import UsageError
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -12,6 +14,11 @@ class Precision:
     """bf16 autocast keeps fp32 master weights and needs no scaler; fp16 needs a GradScaler."""
 
     def __init__(self, amp: str, device: torch.device):
+        if amp == "fp16" and device.type != "cuda":
+            # The config check only sees training.device=cpu; `auto` resolves to CPU on a machine
+            # without CUDA, where fp16 autocast is slow or unsupported and GradScaler is pointless.
+            raise UsageError(f"optimization.amp: fp16 needs a CUDA device, but this run's device is "
+                             f"{device.type} (training.device=auto found no CUDA); use bf16 or none")
         self.amp, self.device = amp, device
         self.dtype = _DTYPES.get(amp)
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None

@@ -102,14 +102,22 @@ class DataModule(ABC):
     @property
     def train_dataset(self) -> IndexedDataset:
         if self._train is None:
-            self._train = self.build_train_dataset()
+            self._train = self._checked(self.build_train_dataset(), "build_train_dataset")
         return self._train
 
     @property
     def val_dataset(self) -> IndexedDataset:
         if self._val is None:
-            self._val = self.build_val_dataset()
+            self._val = self._checked(self.build_val_dataset(), "build_val_dataset")
         return self._val
+
+    def _checked(self, dataset: Any, method: str) -> IndexedDataset:
+        # The loaders pass whole index batches to `__getitems__` and keep the result as the
+        # batch; a plain Dataset would silently yield lists of samples instead of tensors.
+        if not isinstance(dataset, IndexedDataset):
+            raise UsageError(f"{type(self).__name__}.{method} returned a {type(dataset).__name__}, not a "
+                             "raytrain_llm.data.IndexedDataset (subclass it and implement rows(ids))")
+        return dataset
 
     def num_train_batches(self, batch_size: int, world_size: int) -> int:
         return len(self.train_dataset) // (batch_size * world_size)

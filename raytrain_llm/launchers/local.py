@@ -47,6 +47,7 @@ def run_spawn(config: Config) -> dict[str, Any]:
     world = config.distributed.num_workers
     if world == 1:
         return run_in_process(config)
+    # 0 (the default) picks a free port per run: a fixed one would make two runs on one machine collide.
     port = config.distributed.master_port or free_port(config.distributed.master_addr)
     try:
         torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)

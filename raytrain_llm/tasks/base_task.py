@@ -79,13 +79,18 @@ class TrainingTask(ABC):
         return None
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW; no weight decay on biases, norms and embeddings (1-D or tagged params)."""
+        """AdamW; no weight decay on biases, norms and embeddings (1-D params, the weights of
+        every nn.Embedding, and params tagged `_no_weight_decay`)."""
         t = self.config.training
+        # By identity: a weight tied to a Linear head is still an embedding. parameters()
+        # yields a shared parameter once, so it lands in exactly one group.
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
         decay, no_decay = [], []
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+            skip = p.ndim < 2 or id(p) in embeddings or getattr(p, "_no_weight_decay", False)
+            (no_decay if skip else decay).append(p)
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         device_type = next(model.parameters()).device.type

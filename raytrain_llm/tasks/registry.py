@@ -5,6 +5,7 @@ Entries are import paths, not classes, so listing tasks never imports heavy mode
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Optional
@@ -37,6 +38,9 @@ def resolve_task(name: str) -> type[TrainingTask]:
         raise UsageError(f"--task: {module_name!r} has no class {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, TrainingTask)):
         raise UsageError(f"--task: {target} is not a TrainingTask subclass")
+    if inspect.isabstract(cls):  # else a TypeError deep in the launcher, on every worker
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise UsageError(f"--task: {target} does not implement {missing} (required by TrainingTask)")
     return cls
 
 

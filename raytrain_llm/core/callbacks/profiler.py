@@ -24,7 +24,11 @@ class Profiler(Callback):
         self.logger = logger
         self._prof: Optional[torch.profiler.profile] = None
         self._span = None  # the open "optimizer step N" range
+        self._start_step = 0  # global_step when this run (or resume) began
         self.files: list[str] = []
+
+    def on_train_start(self, engine) -> None:
+        self._start_step = engine.global_step
 
     def on_batch_start(self, engine, batch_idx: int) -> None:
         # The step about to run is global_step + 1; its first micro-batch starts the trace.
@@ -54,6 +58,11 @@ class Profiler(Callback):
     def on_train_end(self, engine) -> None:
         if self._prof is not None:  # the run ended inside the profiled range
             self._finish(engine, engine.global_step)
+        elif not self.files:  # asked for a trace and got none: say so rather than stay silent
+            why = (f"the run resumed after step {self._start_step}, past it" if self._start_step >= self.first
+                   else f"the run ended after step {engine.global_step}, before it")
+            (self.logger or engine.logger).warning(
+                f"profiler: no steps were profiled: callbacks.profile_start_step={self.first}, but {why}")
 
     def on_exception(self, engine, exc: BaseException) -> None:
         if self._prof is not None:

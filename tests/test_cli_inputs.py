@@ -1,0 +1,161 @@
+"""User mistakes outside the config table: YAML shapes, stray RAYTRAIN_ variables, task and data
+classes that cannot work, settings that only fail once the device is known, and defaults
+(master port, weight decay, profiler range) that must do what they promise."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from rt_testing import REPO, cli_env, make_config, run_cli, train
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import ENV_NOT_FIELDS, load_config
+from raytrain_llm.core.errors import ConfigError, UsageError
+
+
+# ----------------------------------------------------------------------------- YAML
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "null\n", "---\n"])
+def test_an_empty_yaml_file_is_an_empty_config(tmp_path, text):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    assert load_config(str(f), [], environ={}) == Config()
+
+
+@pytest.mark.parametrize("text", ["0\n", "[]\n", "''\n", "false\n"])
+def test_a_yaml_file_that_is_not_a_mapping_is_an_error(tmp_path, text):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(str(f), [], environ={})
+
+
+def test_every_duplicate_yaml_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  lr: 0.1\nmodel:\n  d_model: 32\n  d_model: 64\ntraining:\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(f), [], environ={})
+    assert err.value.problems == [f"model.d_model: set twice in {f} (lines 4 and 5)",
+                                  f"training: set twice in {f} (lines 1 and 6)"]
+
+
+def test_the_bool_hint_is_only_for_string_fields(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("logging:\n  level: yes\ntraining:\n  epochs: on\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(f), [], environ={})
+    level, epochs = err.value.problems
+    assert "logging.level: expected a string, got True (YAML reads unquoted" in level
+    assert epochs == f"training.epochs: expected an integer, got True in {f}"
+
+
+# ----------------------------------------------------------------------------- environment
+def test_variables_the_project_reads_itself_are_not_config_errors():
+    env = {name: "1" for name in ENV_NOT_FIELDS}
+    assert load_config(None, [], environ=env) == Config()
+
+
+def test_every_raytrain_variable_the_code_reads_is_exempt():
+    # A new RAYTRAIN_ knob read with os.environ would otherwise fail every run as a config typo.
+    used = set()
+    for path in (REPO / "raytrain_llm").rglob("*.py"):
+        used |= set(re.findall(r"""["'](RAYTRAIN_[A-Z0-9_]*[A-Z0-9])["']""", path.read_text()))
+    assert used and used <= ENV_NOT_FIELDS, used - ENV_NOT_FIELDS
+
+
+def test_misspelt_variables_are_reported_with_the_other_errors():
+    env = {"RAYTRAIN_TRAINING_BATCH_SIZE": "8", "RAYTRAIN_NOTHING": "1", "RAYTRAIN_TRAINING__LR": "0.5"}
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.dropout=2"], environ=env)
+    assert err.value.problems == [
+        "$RAYTRAIN_NOTHING: not a config field (expected RAYTRAIN_<SECTION>__<FIELD>, two underscores)",
+        "$RAYTRAIN_TRAINING_BATCH_SIZE: not a config field (expected RAYTRAIN_<SECTION>__<FIELD>, two "
+        "underscores) (did you mean RAYTRAIN_TRAINING__BATCH_SIZE?)",
+        "model.dropout: must be <= 1.0 (got 2.0) (from --set)"]
+
+
+# ----------------------------------------------------------------------------- cross-field rules
+@pytest.mark.timeout(60)
+def test_moe_settings_are_ignored_without_moe():
+    p = run_cli(["--task", "regression", "--set", "model.num_experts=1", "--print-config"], env=cli_env(),
+                timeout=60)
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(ConfigError, match="model.top_k"):
+        load_config(None, ["model.use_moe=true", "model.num_experts=1"], environ={})
+
+
+def test_master_port_zero_picks_a_free_port_and_an_explicit_one_is_kept(tmp_path, monkeypatch):
+    from raytrain_llm.launchers import local
+
+    assert Config().distributed.master_port == 0
+    ports = []
+    monkeypatch.setattr(torch.multiprocessing, "spawn", lambda fn, args, nprocs, join: ports.append(args[2]))
+    monkeypatch.setattr(local, "read_summary", lambda d: {"final": {}, "global_step": 0})
+    monkeypatch.setattr(local, "final_val_metrics", lambda summary: {})
+    for port in ("0", "0", "12345"):
+        local.run_spawn(make_config(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,
+                                                 "distributed.master_port": port}))
+    assert 0 < ports[0] <= 65535 and 0 < ports[1] <= 65535 and ports[2] == 12345
+
+
+# ----------------------------------------------------------------------------- tasks and data
+def test_an_abstract_task_is_a_usage_error_naming_what_is_missing():
+    from raytrain_llm.tasks.registry import resolve_task
+
+    with pytest.raises(UsageError, match=r"rt_input_tasks:HalfTask does not implement build_data_module, "
+                                         r"train_step \(required by TrainingTask\)"):
+        resolve_task("rt_input_tasks:HalfTask")
+
+
+def test_a_plain_torch_dataset_is_a_usage_error(tmp_path):
+    from rt_input_tasks import PlainDataModule
+
+    dm = PlainDataModule(make_config(tmp_path))
+    with pytest.raises(UsageError, match="PlainDataModule.build_train_dataset returned a TensorDataset"):
+        dm.train_dataset
+    dm.build_val_dataset = lambda: TensorDataset(torch.zeros(4, 1))
+    with pytest.raises(UsageError, match="PlainDataModule.build_val_dataset returned a TensorDataset"):
+        dm.val_dataset
+
+
+def test_fp16_is_refused_once_the_device_resolves_to_cpu():
+    from raytrain_llm.core.precision import Precision
+
+    with pytest.raises(UsageError, match="optimization.amp: fp16 needs a CUDA device, but this run's device is cpu"):
+        Precision("fp16", torch.device("cpu"))
+    assert Precision("bf16", torch.device("cpu")).scaler is None
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(10, 4)
+        self.pos = nn.Embedding(6, 4)
+        self.frozen = nn.Embedding(3, 4).requires_grad_(False)
+        self.proj = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.tok.weight  # tied: one parameter, two modules
+
+
+def test_default_optimizer_never_decays_embeddings_tied_or_not(tmp_path):
+    from raytrain_llm.tasks.regression_task import RegressionTask
+
+    model = _TiedLM()
+    task = RegressionTask(make_config(tmp_path, **{"training.weight_decay": 0.1}))
+    decay, no_decay = task.build_optimizer(model).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = lambda group: [id(p) for p in group["params"]]  # noqa: E731
+    assert ids(decay) == [id(model.proj.weight)]
+    assert sorted(ids(no_decay)) == sorted(map(id, (model.tok.weight, model.pos.weight, model.proj.bias)))
+
+
+# ----------------------------------------------------------------------------- profiler
+def test_profiler_warns_when_the_run_ends_before_its_first_step(tmp_path):
+    # TINY: 256 samples / batch 16 = 16 optimizer steps.
+    train(tmp_path, **{"callbacks.profile_start_step": 40, "callbacks.profile_steps": 2})
+    assert not (tmp_path / "profiler").exists()
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert ("WARNING [rank 0] profiler: no steps were profiled: callbacks.profile_start_step=40, "
+            "but the run ended after step 16, before it") in log
