@@ -291,6 +291,8 @@ def test_a_finished_run_resumed_with_nothing_left_keeps_its_final_records(tmp_pa
     after = read_json(tmp_path / "summary.json")
     assert again["step"] == 16 and after["final"] == before["final"] and after["final"]["val"]["step"] == 16
     assert after["best"] == before["best"]
+    earlier = final_state(tmp_path)["callbacks"]["MetricsLogger"]["wall_time_s"]
+    assert 0 < earlier <= after["wall_time_s"]  # the first segment's time counts too
 
 
 def test_resuming_another_runs_checkpoint_moves_this_folders_metrics_aside(tmp_path):

@@ -229,6 +229,7 @@ def test_spawn_two_gloo_workers_equal_one_worker_at_double_batch(tmp_path):
     assert v1 == pytest.approx(v2, rel=1e-4)
     printed = json.loads(p.stdout.strip().splitlines()[-1].partition("result: ")[2])
     assert set(printed["val"]) == {"val/loss", "val/mae"}  # the in-process result's shape
+    assert printed["best_checkpoint"].startswith(str(tmp_path / "two" / "checkpoints" / "step-"))
 
 
 def test_a_usage_error_at_start_is_raised_on_every_rank(tmp_path):
@@ -248,3 +249,4 @@ def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
     assert p.returncode == 2, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: checkpoint.resume: no checkpoint at"), last
+    assert "Traceback" not in p.stderr and "Terminating process" not in p.stderr

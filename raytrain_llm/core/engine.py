@@ -143,7 +143,9 @@ class TrainingEngine(EngineStateMixin):
             if self.stopped_early:
                 self.logger.info(f"stopped at step {self.global_step}: {self.stop_reason}")
             self.callbacks.on_train_end(self)
-            return {"train": self.last_train_record, "val": self.last_val_metrics, "step": self.global_step}
+            best = self.checkpoint_manager.best_path() if self.checkpoint_manager else None
+            return {"train": self.last_train_record, "val": self.last_val_metrics, "step": self.global_step,
+                    "best_checkpoint": best}
         except BaseException as exc:
             self.callbacks.on_exception(self, exc)
             raise

@@ -5,6 +5,7 @@ baseline against which the Ray launcher's overhead is measured.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -49,6 +50,9 @@ def run_spawn(config: Config) -> dict[str, Any]:
         return run_in_process(config)
     # 0 (the default) picks a free port per run: a fixed one would make two runs on one machine collide.
     port = config.distributed.master_port or free_port(config.distributed.master_addr)
+    # When one worker fails torch stops the others and logs a line per process first; the
+    # failure itself is reported below, in one line.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     try:
         torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
@@ -64,4 +68,4 @@ def run_spawn(config: Config) -> dict[str, Any]:
     if summary is None:
         raise RaytrainError(f"training finished but wrote no summary in {config.logging.dir}")
     return {"train": summary["final"].get("train", {}), "val": final_val_metrics(summary),
-            "step": summary["global_step"]}
+            "step": summary["global_step"], "best_checkpoint": summary.get("best_checkpoint")}

@@ -55,6 +55,7 @@ class MetricsLogger(Callback):
         self.best_record: dict[str, Any] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self._t0 = time.time()
+        self._earlier_s = 0.0  # wall time of the segments before a resume
 
     def on_load_checkpoint(self, engine, state) -> None:
         # Records written after the checkpoint (by a run that was then killed) will be
@@ -111,12 +112,18 @@ class MetricsLogger(Callback):
                      "record": self.best_record},
             "best_checkpoint": manager.best_path() if manager else None,
             "latest_checkpoint": manager.latest_path() if manager else None,
-            "wall_time_s": time.time() - self._t0,
+            "wall_time_s": self._wall_time(),  # summed over the run's segments (to each one's last save)
         })
 
+    def _wall_time(self) -> float:
+        return self._earlier_s + time.time() - self._t0
+
     def state_dict(self):
-        return {"best_value": self.best_value, "best_record": json.dumps(self.best_record)}
+        return {"best_value": self.best_value, "best_record": json.dumps(self.best_record),
+                "wall_time_s": self._wall_time()}
 
     def load_state_dict(self, state) -> None:
         self.best_value = state.get("best_value")
         self.best_record = json.loads(state.get("best_record") or "{}")
+        self._earlier_s = float(state.get("wall_time_s", 0.0))
+        self._t0 = time.time()
