@@ -67,6 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         resolve_task(config.task)  # an unknown task is a usage error before anything starts
         if args.print_config:
+            if args.tune:  # what the trials start from: the sweep's base_config under the command line
+                from raytrain_llm.launchers.sweep_config import load_sweep, merge_base
+
+                config = merge_base(config, load_sweep(args.tune).base_config)
             sys.stdout.write(dump_yaml(config))
             return 0
         if args.tune:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -159,3 +160,13 @@ def test_profiler_warns_when_the_run_ends_before_its_first_step(tmp_path):
     log = (tmp_path / "logs" / "rank0.log").read_text()
     assert ("WARNING [rank 0] profiler: no steps were profiled: callbacks.profile_start_step=40, "
             "but the run ended after step 16, before it") in log
+
+
+def test_print_config_with_a_sweep_prints_the_trials_base_config():
+    p = run_cli(["--tune", "examples/sweep_moe.yaml", "--set", "training.lr=0.02", "--print-config"], timeout=60)
+    assert p.returncode == 0, p.stderr
+    printed = yaml.safe_load(p.stdout)
+    base = yaml.safe_load((REPO / "examples" / "sweep_moe_base.yaml").read_text())
+    assert printed["task"] == base["task"] == "lm" and printed["model"]["use_moe"] is True
+    assert printed["model"]["d_model"] == base["model"]["d_model"]
+    assert printed["training"]["lr"] == 0.02  # the command line wins over the base file
