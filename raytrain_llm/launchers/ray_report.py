@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any, Optional
 
 from raytrain_llm.core.callbacks import Callback
@@ -23,20 +24,32 @@ def float_metrics(metrics: dict[str, Any], engine) -> dict[str, float]:
     return out
 
 
-class RayReportCallback(Callback):
-    """Each engine checkpoint becomes one `ray.train.report`; without checkpoints, each validation does."""
+SCORE_KEY = "checkpoint_score"  # what Ray's checkpoint retention ranks by (CheckpointConfig)
 
-    def __init__(self, monitor: str, checkpoints_enabled: bool):
-        self.monitor = monitor
+
+def checkpoint_score(metrics: dict[str, float], monitor: str, mode: str) -> float:
+    """The monitored metric, or for a save without a (finite) one the worst finite value, so it
+    ranks below every scored checkpoint. Not NaN: Ray's run snapshot stores NaN as null, and a
+    run resumed by its name then fails sorting its checkpoints (float * None)."""
+    value = metrics.get(monitor)
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return sys.float_info.max if mode == "min" else -sys.float_info.max
+
+
+class RayReportCallback(Callback):
+    """Each engine checkpoint becomes one `ray.train.report`; without checkpoints, each validation does.
+    A save without a validation reports no monitored metric (Tune then skips it) but a score."""
+
+    def __init__(self, monitor: str, checkpoints_enabled: bool, mode: str = "min"):
+        self.monitor, self.mode = monitor, mode
         self.checkpoints_enabled = checkpoints_enabled
 
     def _report(self, engine, metrics: dict[str, Any], path: Optional[str]) -> None:
         import ray.train
 
         values = float_metrics(metrics, engine)
-        # A checkpoint saved without a validation has no score: NaN ranks it below every scored one
-        # in Ray's retention instead of making Ray log an error for a missing key.
-        values.setdefault(self.monitor, math.nan)
+        values[SCORE_KEY] = checkpoint_score(values, self.monitor, self.mode)
         checkpoint = ray.train.Checkpoint.from_directory(path) if path else None
         ray.train.report(values, checkpoint=checkpoint)
 

@@ -14,7 +14,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable, worker_resources
-from raytrain_llm.launchers.ray_report import FAULT_ENV
+from raytrain_llm.launchers.ray_report import FAULT_ENV, SCORE_KEY
 from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
 
 
@@ -77,7 +77,7 @@ def _train(loop_config: dict[str, Any]) -> None:
         return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
                                   rank=dist.rank, world_size=dist.world_size)
 
-    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled),
+    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode),
                  *KillAtStep.from_spec(loop_config.get("fault"))]
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks)
     checkpoint = ray.train.get_checkpoint()
@@ -158,7 +158,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     run_config = ray.train.RunConfig(
         name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
         checkpoint_config=ray.train.CheckpointConfig(
-            num_to_keep=keep, checkpoint_score_attribute=ck.monitor, checkpoint_score_order=ck.mode),
+            num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
     return TorchTrainer(
         train_loop_per_worker,

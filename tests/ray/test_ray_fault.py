@@ -121,3 +121,20 @@ def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
         "--task: cannot import 'rt_driver_only' for task 'rt_driver_only:Task': No module named")
     with pytest.raises(UsageError, match="training.batch_size: the training set is smaller than one batch"):
         run_ray(ray_config(tmp_path, training__batch_size=1000))  # refused before any worker starts
+
+
+@pytest.mark.timeout(300)
+def test_a_run_resumed_by_its_name_goes_on_from_its_last_report(tmp_path, ray_local):
+    # Step 2 is saved without a validation (val every 4 steps): its report carries no val/loss,
+    # and Ray's snapshot of the run must still load when the run name is used again.
+    first = ray_config(tmp_path, training__max_steps=6)
+    result, _ = fit(first)
+    assert result.metrics["step"] == 6
+    unscored = [m for _, m in result.best_checkpoints if "val/loss" not in m]
+    assert 2 in [m["step"] for m in unscored] and all(m["checkpoint_score"] > 1e300 for m in unscored)
+    again = ray_config(tmp_path, training__max_steps=10, distributed__run_name=first.distributed.run_name)
+    result, resolved = fit(again)
+    assert result.error is None and result.metrics["step"] == 10
+    log = (tmp_path / "run" / "logs" / "rank0.log").read_text()
+    assert f"/ray/{first.distributed.run_name}/checkpoint_" in log.split("resumed from ", 1)[1].splitlines()[0]
+    assert "at step 6" in log.split("resumed from ", 1)[1].splitlines()[0]

@@ -140,8 +140,8 @@ def test_auto_concurrency_leaves_room_for_ray_data():
 
 @pytest.mark.timeout(30)
 def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
-    # A checkpoint between two validations is reported with val/loss NaN. ASHA used to record the
-    # NaN at the rung, where NaN < cutoff is False: the trial passed that rung unjudged.
+    # A checkpoint between two validations is reported without val/loss (it used to carry NaN,
+    # which ASHA recorded at the rung, where NaN < cutoff is False: the trial passed unjudged).
     from types import SimpleNamespace
 
     from ray.tune.schedulers import TrialScheduler
@@ -155,6 +155,7 @@ def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
         asha.on_trial_add(None, trial)
     assert asha.on_trial_result(None, good, {"reports": 1, "val/loss": 2.6}) == TrialScheduler.CONTINUE
     # The bad trial's report at the rung is a checkpoint without validation...
+    assert asha.on_trial_result(None, bad, {"reports": 1}) == TrialScheduler.CONTINUE
     assert asha.on_trial_result(None, bad, {"reports": 1, "val/loss": math.nan}) == TrialScheduler.CONTINUE
     # ...so its next validated report is judged at that rung, against the good trial.
     assert asha.on_trial_result(None, bad, {"reports": 2, "val/loss": 3.5}) == TrialScheduler.STOP
