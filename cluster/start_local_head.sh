@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start a single-machine Ray head bound to loopback, with the job server (dashboard) on
-# 127.0.0.1 only. Then submit runs with `ray job submit` (see cluster/README.md).
+# Start a single-machine Ray head with the job server (dashboard) on 127.0.0.1. Ray still opens
+# its GCS, raylet and agent ports on all interfaces (token auth guards them): firewall them on a
+# shared network. Then submit runs with `ray job submit` (see cluster/README.md).
 #
 #   cluster/start_local_head.sh            # GCS on 6399, dashboard/jobs on 8265, all cores
 #   RAY_PORT=6400 DASHBOARD_PORT=8266 NUM_CPUS=2 cluster/start_local_head.sh

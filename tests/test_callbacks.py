@@ -123,7 +123,9 @@ def test_early_stopping_unit(values, kwargs, stop_at):
 
 
 def test_early_stopping_refuses_a_missing_monitor_and_resumes_state():
-    cb = EarlyStopping(patience=2)
+    with pytest.raises(UsageError, match=r"^EarlyStopping.monitor: 'val/mae' is not among"):
+        run_checks(EarlyStopping(monitor="val/mae"), [1.0])  # a task's own: no config key to blame
+    cb = EarlyStopping(patience=2, setting="callbacks.monitor")
     run_checks(cb, [3, 2, 2.5])
     with pytest.raises(UsageError, match=r"callbacks.monitor: 'val/loss' is not among the validation metrics \(val/los\)"):
         run_checks(cb, [9], key="val/los")  # a typo must not leave early stopping silently off

@@ -261,6 +261,8 @@ def _bad_cases(d):
         ("unreachable_ray_address", ["--set", "distributed.address=127.0.0.1:1"], {},
          "distributed.address: cannot reach a Ray cluster at 127.0.0.1:1"),
         ("unreachable_ray_address_env", [], {"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS: cannot reach"),
+        ("job_server_url_as_ray_address", [], {"RAY_ADDRESS": "http://127.0.0.1:8265"},
+         "RAY_ADDRESS: http://127.0.0.1:8265 is a job server (dashboard) address"),
         ("gpus_this_machine_lacks", ["--set", "distributed.use_gpu=true", "--set", f"logging.dir={d / 'gpu'}",
                                      "--set", f"distributed.storage_path={d / 'gpu_ray'}"], {},
          "this machine cannot place the run: distributed.use_gpu: 1 worker(s) x 1 GPU, the cluster has 0 GPU"),

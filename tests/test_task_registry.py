@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rt_testing import REPO, TINY, cli_env, set_args
+from rt_testing import REPO, TINY, cli_env, make_config, set_args
 from raytrain_llm.tasks.registry import import_root, resolve_task
 
 TASK_SOURCE = '''
@@ -62,3 +62,10 @@ def test_train_py_run_from_the_task_folder_finds_the_task(tmp_path):
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=100)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_default_ray_run_names_have_no_colon(tmp_path):
+    from raytrain_llm.launchers.ray_train import resolve_paths
+
+    cfg = make_config(tmp_path, "rt_helpers:OwnCallbacksTask")
+    assert resolve_paths(cfg).distributed.run_name.startswith("rt_helpers-OwnCallbacksTask-")

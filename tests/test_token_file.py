@@ -96,3 +96,21 @@ def test_ray_gets_token_file_paths_made_absolute(tmp_path, monkeypatch):
     resolved = resolve_paths(cfg)
     assert resolved.data.train_tokens == str(tmp_path / "d" / "train.bin")
     assert resolved.data.val_tokens == str(tmp_path / "d" / "val.bin")
+
+
+def test_token_ids_are_checked_before_training_starts(tmp_path):
+    tokens = np.arange(2000) % 50
+    tokens[1500] = 77  # far from the first batches
+    write_tokens(str(tmp_path / "train.bin"), tokens)
+    write_tokens(str(tmp_path / "val.bin"), np.arange(200) % 50)
+    ds = _dataset(tmp_path / "train.bin", vocab_size=64)
+    with pytest.raises(UsageError, match=r"token id 77 at position 1500 of .*train.bin is outside model.vocab_size"):
+        ds.check_ids(chunk=256)
+    _dataset(tmp_path / "train.bin", vocab_size=100).check_ids(chunk=256)  # all inside: fine
+    with pytest.raises(UsageError, match=r"^data.train_tokens: token id 77 at position 1500"):
+        train(tmp_path / "run", "lm", **{
+            "model.vocab_size": 64, "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
+            "model.seq_len": 16, "training.batch_size": 4, "data.train_tokens": str(tmp_path / "train.bin"),
+            "data.val_tokens": str(tmp_path / "val.bin")})
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+

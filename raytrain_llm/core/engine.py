@@ -91,6 +91,8 @@ class TrainingEngine(EngineStateMixin):
         # them: clipping skips those without a gradient, frozen now or unfrozen later.
         self._params = list(self.raw_model.parameters())
         self.data_module.require_a_batch(cfg.training.batch_size, self.dist.world_size)
+        if self.dist.is_main:  # once: it may read whole files (the verdict reaches every rank)
+            self.data_module.check_data()
         self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
         self.total_steps = cfg.training.epochs * self.steps_per_epoch
         if cfg.training.max_steps:

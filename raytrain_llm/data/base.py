@@ -122,6 +122,10 @@ class DataModule(ABC):
     def num_train_batches(self, batch_size: int, world_size: int) -> int:
         return len(self.train_dataset) // (batch_size * world_size)
 
+    def check_data(self) -> None:
+        """A usage error for data that cannot train this model, found before training starts
+        (the engine calls it on rank 0). E.g. token ids outside the vocabulary in a token file."""
+
     def require_a_batch(self, batch_size: int, world_size: int) -> None:
         """A usage error when the training set holds no full batch for `world_size` workers."""
         if self.num_train_batches(batch_size, world_size) == 0:

@@ -58,6 +58,20 @@ class TokenFileDataset(IndexedDataset):
         # A memmap would pickle as a full in-memory copy of the file.
         return {**self.__dict__, "_tokens": None}
 
+    def check_ids(self, chunk: int = 1 << 24) -> None:
+        """Every token id of the file is inside the vocabulary: a UsageError naming the first that
+        is not. Read in chunks (a file may be larger than memory); skipped when the dtype cannot
+        hold an id outside it."""
+        tokens, info = self.tokens, np.iinfo(self.tokens.dtype)
+        if info.min >= 0 and info.max < self.vocab_size:
+            return
+        for start in range(0, len(tokens), chunk):
+            part = np.asarray(tokens[start:start + chunk])
+            bad = np.flatnonzero((part >= self.vocab_size) | (part < 0))
+            if len(bad):
+                raise UsageError(f"{self.key}: token id {int(part[bad[0]])} at position {start + int(bad[0])} of "
+                                 f"{self.path} is outside model.vocab_size ({self.vocab_size})")
+
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
         T = self.seq_len
@@ -82,6 +96,12 @@ class TokenFileDataModule(DataModule):
 
     def build_train_dataset(self) -> IndexedDataset:
         return self._dataset(self.config.data.train_tokens, "data.train_tokens")
+
+    def check_data(self) -> None:
+        # Up front: found only when a batch reaches it, a bad id would end a run hours in (and
+        # under Ray inside a Ray Data task, as a worker failure rather than a usage error).
+        self.train_dataset.check_ids()
+        self.val_dataset.check_ids()
 
     def build_val_dataset(self) -> IndexedDataset:
         d = self.config.data

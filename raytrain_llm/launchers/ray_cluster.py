@@ -88,6 +88,10 @@ def warn_if_unplaceable(config: Config, *, extra_cpus: float = 0.0, logger=None)
 
 def _check_reachable(address: str, source: str) -> None:
     """A GCS address that does not answer makes ray.init retry for minutes: fail in seconds."""
+    if address.startswith(("http://", "https://")):  # ray.init rejects it after a long message
+        raise UsageError(f"{source}: {address} is a job server (dashboard) address, for `ray job submit "
+                         f"--address {address} -- python train.py ...`; to connect directly use the head's "
+                         f"GCS address (host:6379) or `auto` on a cluster node")
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if address in ("auto", "local") or not host or not port.isdigit():
@@ -101,7 +105,7 @@ def _check_reachable(address: str, source: str) -> None:
 def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
-    The dashboard is on (loopback only) because Train's placement-group cleaner and Tune's trial
+    The dashboard is on (on 127.0.0.1) because Train's placement-group cleaner and Tune's trial
     clean-up query the State API, which it serves; without it they retry and log forever.
     """
     import ray

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from typing import Any, Optional
 
@@ -24,8 +25,19 @@ def last_good_checkpoint(config: Config) -> Optional[str]:
     return path
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    """`Type: first line` of the innermost cause: a RayTaskError's own text opens with a coloured
+    `ray::Actor.method() (pid=...)` banner that says nothing about what went wrong."""
+    for _ in range(5):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("ray::")] or lines
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 

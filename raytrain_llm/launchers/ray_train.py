@@ -7,6 +7,7 @@ The engine wraps DDP itself, so Ray's `prepare_model` is deliberately not used.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Iterable, Optional
 
@@ -37,7 +38,8 @@ def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: O
         if getattr(cfg.data, key):
             setattr(cfg.data, key, _abs(getattr(cfg.data, key)))
     d = cfg.distributed
-    d.run_name = name or d.run_name or f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A user task's `pkg.mod:Class` would put a colon in folder names and storage URIs.
+    d.run_name = name or d.run_name or f"{re.sub(r'[^A-Za-z0-9._-]', '-', cfg.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
     d.storage_path = _abs(storage_path or d.storage_path or os.path.join(cfg.logging.dir, "ray"))
     return cfg
 

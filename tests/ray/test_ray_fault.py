@@ -138,3 +138,16 @@ def test_a_run_resumed_by_its_name_goes_on_from_its_last_report(tmp_path, ray_lo
     log = (tmp_path / "run" / "logs" / "rank0.log").read_text()
     assert f"/ray/{first.distributed.run_name}/checkpoint_" in log.split("resumed from ", 1)[1].splitlines()[0]
     assert "at step 6" in log.split("resumed from ", 1)[1].splitlines()[0]
+
+
+def test_failure_lines_name_the_cause_not_rays_banner():
+    from raytrain_llm.launchers.ray_results import _first_line
+
+    class Wrapped(Exception):  # as RayTaskError: a coloured banner, the user's exception in .cause
+        def __init__(self, text, cause=None):
+            super().__init__(text)
+            self.cause = cause
+
+    banner = "\x1b[36mray::SplitCoordinator.get()\x1b[39m (pid=123, ip=10.0.0.1)"
+    assert _first_line(Wrapped(banner, ValueError("token id 226 is outside"))) == "ValueError: token id 226 is outside"
+    assert _first_line(Wrapped(f"{banner}\nOSError: disk full")) == "Wrapped: OSError: disk full"

@@ -21,7 +21,7 @@ def default_callbacks(config, logger=None) -> list[Callback]:
     c = config.callbacks
     if c.early_stopping:
         cbs.append(EarlyStopping(monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience,
-                                 min_delta=c.early_stopping_min_delta))
+                                 min_delta=c.early_stopping_min_delta, setting="callbacks.monitor"))
     if c.profile_steps:
         cbs.append(Profiler(log_dir, start_step=c.profile_start_step, num_steps=c.profile_steps, logger=logger))
     bar = config.logging.progress_bar

@@ -11,8 +11,9 @@ from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 
 class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 3,
-                 min_delta: float = 0.0, stop_on_non_finite: bool = True):
+                 min_delta: float = 0.0, stop_on_non_finite: bool = True, setting: str = "EarlyStopping.monitor"):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.setting = setting  # where the monitor was chosen, for the error that names it
         self.stop_on_non_finite = stop_on_non_finite
         self.best: Optional[float] = None
         self.wait = 0
@@ -31,7 +32,7 @@ class EarlyStopping(Callback):
             # A typo would otherwise leave early stopping silently off for the whole run.
             # Every rank holds the same reduced metrics, so every rank stops here alike.
             raise raised_on_every_rank(UsageError(
-                f"callbacks.monitor: {self.monitor!r} is not among the validation metrics "
+                f"{self.setting}: {self.monitor!r} is not among the validation metrics "
                 f"({', '.join(sorted(metrics)) or 'none'})"))
         value = float(metrics[self.monitor])
         self.checks += 1
