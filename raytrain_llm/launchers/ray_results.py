@@ -69,8 +69,10 @@ def worker_usage_error(exc: BaseException) -> Optional[str]:
 def failure_message(config: Config, exc: BaseException) -> str:
     d = config.distributed
     ckpt = last_good_checkpoint(config)
-    return (f"Ray Train run {d.run_name!r} failed after {d.max_failures} restart(s) "
-            f"(distributed.max_failures): {_reason(exc)}. "
+    # Only worker failures are retried; a controller error ends the run at once.
+    how = (f"failed after {d.max_failures} restart(s) (distributed.max_failures)"
+           if getattr(exc, "worker_failures", None) else "failed in Ray Train's controller")
+    return (f"Ray Train run {d.run_name!r} {how}: {_reason(exc)}. "
             f"Last good checkpoint: {ckpt or 'none'}; logs in {config.logging.dir}")
 
 

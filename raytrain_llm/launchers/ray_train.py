@@ -6,6 +6,7 @@ The engine wraps DDP itself, so Ray's `prepare_model` is deliberately not used.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -84,34 +85,50 @@ def _train(loop_config: dict[str, Any]) -> None:
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        _fallback_to_engine_checkpoints(config, dist)
+        if config.checkpoint.resume == "none" and _engine_checkpoint_after(config, dist, -1):
+            config.checkpoint.resume = "auto"
         train_worker(config, **kwargs)
         return
-    # After a restart (or a resumed run name): continue exactly from the last reported checkpoint.
+    # After a restart (or a resumed run name): continue exactly from the last reported checkpoint,
+    # or from a newer one of this run that Ray never registered.
     with checkpoint.as_directory() as path:
-        train_worker(config, resume_from=path, **kwargs)
+        if _engine_checkpoint_after(config, dist, _saved_step(path)):
+            config.checkpoint.resume = "auto"
+            train_worker(config, **kwargs)
+        else:
+            train_worker(config, resume_from=path, **kwargs)
 
 
-def _fallback_to_engine_checkpoints(config: Config, dist) -> None:
-    """No Ray checkpoint: resume from the engine's own folder if this run already wrote one there.
+def _saved_step(path: str) -> int:
+    from raytrain_llm.core.checkpointing import META_FILE
+
+    try:
+        with open(os.path.join(path, META_FILE), encoding="utf-8") as fh:
+            return int(json.load(fh)["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _engine_checkpoint_after(config: Config, dist, step: int) -> bool:
+    """Whether this run's own checkpoint folder holds a checkpoint newer than `step`.
 
     Ray registers a report only when its controller next polls the workers, so a worker killed
-    within a poll interval of a save restarts with `get_checkpoint() is None` although the
-    checkpoint is on disk. `build_trainer` refused folders holding an earlier run's checkpoints,
-    so whatever is there now is this run's. Every rank must pick the same one (or none).
+    within a poll interval of a save restarts from the report before it (or from none), although
+    the newer checkpoint is on disk. `build_trainer` refused folders holding an earlier run's
+    checkpoints, so whatever is there now is this run's. Every rank must decide alike.
     """
     from raytrain_llm.core.checkpointing import CheckpointManager
 
-    if config.checkpoint.resume != "none" or not config.checkpoint.enabled:
-        return
+    if not config.checkpoint.enabled:
+        return False
     latest = CheckpointManager(config.checkpoint_dir, is_main=False).latest_path()
     seen = dist.gather_objects(os.path.basename(latest) if latest else None)
     if not any(seen):
-        return
+        return False
     if len(set(seen)) > 1:
-        raise TrainingError(f"restarted without a Ray checkpoint, and ranks see different checkpoints in "
-                            f"{config.checkpoint_dir} ({seen}): put logging.dir on storage all nodes share")
-    config.checkpoint.resume = "auto"
+        raise TrainingError(f"restarted, and ranks see different checkpoints in {config.checkpoint_dir} "
+                            f"({seen}): put logging.dir on storage all nodes share")
+    return _saved_step(latest) > step
 
 
 def _refuse_stale_checkpoints(config: Config) -> None:
@@ -128,8 +145,6 @@ def _refuse_stale_checkpoints(config: Config) -> None:
 
 def _record_placement(config: Config, ctx, rank: int) -> None:
     """Where this rank runs (node id, IP, pid), in <logging.dir>/logs: the first thing to check on a cluster."""
-    import json
-
     import ray
 
     logs = os.path.join(config.logging.dir, "logs")

@@ -67,6 +67,10 @@ def test_failure_message_names_the_dead_worker(tmp_path):
     message = failure_message(config, exc)
     assert "failed after 2 restart(s)" in message and "worker rank 1 died" in message
     assert "Last good checkpoint: none" in message
+    from ray.train import ControllerError  # not retried: no "restarts" to speak of
+
+    message = failure_message(config, ControllerError(TypeError("unsupported operand")))
+    assert "failed in Ray Train's controller" in message and "restart" not in message
 
 
 class _OneRank:
@@ -78,17 +82,18 @@ class _OneRank:
 def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     """Ray can lose a report when a worker dies within a poll interval of it; the folder still has it."""
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train import (_fallback_to_engine_checkpoints, _refuse_stale_checkpoints,
-                                                  resolve_paths)
+    from raytrain_llm.launchers.ray_train import _engine_checkpoint_after, _refuse_stale_checkpoints, resolve_paths
 
     config = resolve_paths(ray_config(tmp_path))
-    _fallback_to_engine_checkpoints(config, _OneRank())
-    assert config.checkpoint.resume == "none"  # nothing on disk: a fresh start
+    assert not _engine_checkpoint_after(config, _OneRank(), -1)  # nothing on disk: a fresh start
     _refuse_stale_checkpoints(config)
-    CheckpointManager(config.checkpoint_dir).save(
-        {"model": {"w": torch.zeros(1)}, "optimizer": {}, "progress": {}}, step=2, epoch=0, metrics={})
-    _fallback_to_engine_checkpoints(config, _OneRank())
-    assert config.checkpoint.resume == "auto"
+    manager = CheckpointManager(config.checkpoint_dir)
+    for step in (2, 4):
+        manager.save({"model": {"w": torch.zeros(1)}, "optimizer": {}, "progress": {}}, step=step, epoch=0,
+                     metrics={})
+    assert _engine_checkpoint_after(config, _OneRank(), -1)  # no Ray checkpoint at all
+    assert _engine_checkpoint_after(config, _OneRank(), 2)  # Ray's last registered report is older
+    assert not _engine_checkpoint_after(config, _OneRank(), 4)  # Ray has the newest: take Ray's
     # ...while a new run (not a restart) in that folder is refused before anything starts.
     fresh = resolve_paths(ray_config(tmp_path))
     with pytest.raises(UsageError, match="already holds checkpoints"):
