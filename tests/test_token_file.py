@@ -113,4 +113,10 @@ def test_token_ids_are_checked_before_training_starts(tmp_path):
             "model.seq_len": 16, "training.batch_size": 4, "data.train_tokens": str(tmp_path / "train.bin"),
             "data.val_tokens": str(tmp_path / "val.bin")})
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    from raytrain_llm.data.token_file import TokenFileDataModule
+
+    unchecked = make_config(tmp_path, "lm", **{"model.vocab_size": 64, "data.check_token_ids": False,
+                                               "data.train_tokens": str(tmp_path / "train.bin"),
+                                               "data.val_tokens": str(tmp_path / "val.bin")})
+    TokenFileDataModule(unchecked).check_data()  # skipped on request: no pass over the files
 

@@ -100,6 +100,8 @@ class TokenFileDataModule(DataModule):
     def check_data(self) -> None:
         # Up front: found only when a batch reaches it, a bad id would end a run hours in (and
         # under Ray inside a Ray Data task, as a worker failure rather than a usage error).
+        if not self.config.data.check_token_ids:
+            return
         self.train_dataset.check_ids()
         self.val_dataset.check_ids()
 
