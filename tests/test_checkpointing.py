@@ -296,3 +296,23 @@ def test_a_misspelt_checkpoint_monitor_is_reported_once(tmp_path):
     log = (tmp_path / "logs" / "rank0.log").read_text()
     assert log.count("checkpoint.monitor: 'val_loss' is not among the metrics of step checkpoints") == 1
     assert "val/loss" in log.split("'val_loss' is not among")[1].splitlines()[0]  # names what there is
+
+
+def test_an_epochs_last_step_is_saved_once(tmp_path):
+    # every_n_steps lands on each epoch's last step (16): the epoch-end save follows at once, so
+    # the every-N one is skipped (one write, one Ray/Tune report), and the save holds the next
+    # epoch's position and the epoch-end validation.
+    from rt_testing import make_config
+    from raytrain_llm.core.callbacks import Callback
+    from raytrain_llm.core.worker import train_worker
+
+    class Saves(Callback):
+        def __init__(self):
+            self.steps = []
+
+        def on_save_checkpoint(self, engine, path, metrics):
+            self.steps.append((engine.global_step, engine.epoch, engine.batch_in_epoch, "val/loss" in metrics))
+
+    saves = Saves()
+    train_worker(make_config(tmp_path, **{"checkpoint.every_n_steps": 8, "training.epochs": 2}), extra_callbacks=[saves])
+    assert saves.steps == [(8, 0, 8, False), (16, 1, 0, True), (24, 1, 8, False), (32, 2, 0, True)]
