@@ -147,6 +147,9 @@ def test_resume_with_another_batch_size_goes_on_from_the_same_sample(tmp_path, n
     sample = 48 - repeated
     assert f"changed from 16 to {new_batch}: epoch 0 goes on after sample {sample} of its order" in log
     assert (f"; {repeated} samples already trained on in this epoch are seen again" in log) == bool(repeated)
+    # The run is as long as the steps done plus those left at the new batch, and so is the schedule.
+    assert f"on cpu x1, {3 + steps_after} steps" in log.split("goes on after sample")[1]
+    assert f"decay over {3 + steps_after} steps" in log
 
 
 # ----------------------------------------------------------------------------- NaN

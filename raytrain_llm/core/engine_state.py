@@ -5,6 +5,7 @@ Kept apart from the loop: this is the contract that lets a killed run continue e
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
@@ -45,15 +46,16 @@ class EngineStateMixin:
             # the checkpoint folder is left as it is.
             raise UsageError(f"checkpoint does not match this run's model/optimizer: "
                              f"{_mismatch_cause(state, self.config.to_dict(), exc)}") from None
+        progress = state["progress"]
+        self.global_step = int(progress["global_step"])
+        self.epoch = int(progress["epoch"])
+        self.batch_in_epoch = self._resume_position(state)
+        self._fit_total_steps()
         if self.scheduler is not None and state.get("scheduler") is not None:
             self._load_scheduler(state["scheduler"])
         self._keep_config_settings(planned, state)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
-        progress = state["progress"]
-        self.global_step = int(progress["global_step"])
-        self.epoch = int(progress["epoch"])
-        self.batch_in_epoch = self._resume_position(state)
         self.skipped_steps = int(progress.get("skipped_steps", 0))
         self._val_step = int(progress.get("val_step", -1))
         self.last_val_metrics = {k: float(v) for k, v in (progress.get("val_metrics") or {}).items()}
@@ -91,6 +93,22 @@ class EngineStateMixin:
                 f"epoch {int(progress['epoch'])} goes on after sample {position * now_global} of its order"
                 + (f"; {repeated} samples already trained on in this epoch are seen again" if repeated else ""))
         return position
+
+    def _fit_total_steps(self) -> None:
+        """The run's length from the resume point: the steps done plus the steps left at this
+        run's batch. It differs from `epochs x steps per epoch` when the global batch changed
+        mid-run; our schedules (not yet loaded) are then planned to end where the run ends."""
+        t = self.config.training
+        left_in_epoch = math.ceil(max(0, self._num_batches() - self.batch_in_epoch) / t.grad_accum_steps)
+        total = self.global_step + left_in_epoch + max(0, t.epochs - self.epoch - 1) * self.steps_per_epoch
+        if t.max_steps:
+            total = min(total, t.max_steps)
+        if self.epoch >= t.epochs or total == self.total_steps:
+            return
+        self.total_steps = total
+        for fn in getattr(self.scheduler, "lr_lambdas", None) or []:
+            if isinstance(fn, LRSchedule):
+                fn.decay_steps = max(1, total - fn.warmup)
 
     def _load_scheduler(self, saved: dict[str, Any]) -> None:
         """Restore the scheduler's position, but keep the schedule's length from this run's config.
