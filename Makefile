@@ -8,7 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
-TRAIN_ARGS ?= --task lm --config examples/lm_moe_tiny.yaml
+# A folder per run: a second `make train` trains again instead of refusing the first run's checkpoints.
+RUN_DIR ?= runs/lm_moe_tiny/$(shell date +%Y%m%d-%H%M%S)
+TRAIN_ARGS ?= --task lm --config examples/lm_moe_tiny.yaml --set logging.dir=$(RUN_DIR)
 
 .PHONY: train test bench clean-venv
 $(VENV)/.installed: pyproject.toml
