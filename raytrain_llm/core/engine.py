@@ -279,8 +279,7 @@ class TrainingEngine(EngineStateMixin):
             n = self.config.checkpoint.every_n_steps
             # On an epoch's (or the run's) last step the save after the loop follows at once, with
             # the next epoch's position: one save there, not two (and one Ray/Tune report).
-            last = self.batch_in_epoch >= self._num_batches() or self._done()
-            if n and step % n == 0 and not last:
+            if n and step % n == 0 and not (self.batch_in_epoch >= self._num_batches() or self._done()):
                 self._checkpoint_if_needed()
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
