@@ -125,3 +125,16 @@ class UsageErrorOnRank1Task(RegressionTask):
 
     def configure_callbacks(self):
         return [RefuseToStart(rank=1)]
+
+
+class StopOnRank0(Callback):
+    def on_batch_end(self, engine, step, outputs) -> None:
+        if engine.dist.rank == 0 and step == 2:
+            engine.should_stop = True  # on one rank only: the engine spreads it to the others
+
+
+class StopOnRank0Task(RegressionTask):
+    """Rank 0 alone asks to stop after step 2 (a step that also saves every N=2)."""
+
+    def configure_callbacks(self):
+        return [StopOnRank0()]

@@ -244,6 +244,18 @@ def test_a_usage_error_at_start_is_raised_on_every_rank(tmp_path):
 
 
 @pytest.mark.timeout(200)
+def test_spawn_stop_asked_by_one_rank_on_a_saving_step_stops_both(tmp_path):
+    # Whether to save must not depend on should_stop before the ranks have shared it: rank 0
+    # would skip the save's collective while rank 1 entered it, and the run would hang.
+    s = settings(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,
+                              "distributed.backend": "gloo", "checkpoint.every_n_steps": 2})
+    p = run_cli(["--task", "rt_helpers:StopOnRank0Task", *set_args(s)], timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1].partition("result: ")[2])["step"] == 2
+    assert [ckpt_step(c) for c in checkpoints(tmp_path)] == [2]
+
+
+@pytest.mark.timeout(200)
 def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
     s = settings(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,
                               "distributed.backend": "gloo", "distributed.master_port": _free_port(),

@@ -212,10 +212,12 @@ def _load(stream, path: str) -> Any:
         loader.dispose()
 
 
-def _duplicate_keys(node: yaml.Node, prefix: str) -> list[tuple[str, int, int]]:
+def _duplicate_keys(node: yaml.Node, prefix: str, visited: Optional[set] = None) -> list[tuple[str, int, int]]:
     """(dotted key, first line, repeated line) for each key given twice in one mapping."""
-    if not isinstance(node, yaml.MappingNode):
+    visited = set() if visited is None else visited
+    if not isinstance(node, yaml.MappingNode) or id(node) in visited:  # an alias may point back up
         return []
+    visited.add(id(node))
     found, seen = [], {}
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
@@ -226,7 +228,7 @@ def _duplicate_keys(node: yaml.Node, prefix: str) -> list[tuple[str, int, int]]:
             found.append((key, seen[key_node.value], line))
         else:
             seen[key_node.value] = line
-        found += _duplicate_keys(value_node, key + ".")
+        found += _duplicate_keys(value_node, key + ".", visited)
     return found
 
 

@@ -279,7 +279,10 @@ class TrainingEngine(EngineStateMixin):
             n = self.config.checkpoint.every_n_steps
             # On an epoch's (or the run's) last step the save after the loop follows at once, with
             # the next epoch's position: one save there, not two (and one Ray/Tune report).
-            if n and step % n == 0 and not (self.batch_in_epoch >= self._num_batches() or self._done()):
+            # (From what every rank agrees on: should_stop is not synced across ranks until below.)
+            max_steps = self.config.training.max_steps
+            if n and step % n == 0 and not (self.batch_in_epoch >= self._num_batches()
+                                            or (max_steps and step >= max_steps)):
                 self._checkpoint_if_needed()
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)

@@ -17,8 +17,9 @@ class Precision:
         if amp == "fp16" and device.type != "cuda":
             # The config check only sees training.device=cpu; `auto` resolves to CPU on a machine
             # without CUDA, where fp16 autocast is slow or unsupported and GradScaler is pointless.
-            raise UsageError(f"optimization.amp: fp16 needs a CUDA device, but this run's device is "
-                             f"{device.type} (training.device=auto found no CUDA); use bf16 or none")
+            raise UsageError(f"optimization.amp: fp16 needs a CUDA device, but this run trains on "
+                             f"{device.type} (no CUDA device here, or distributed.use_gpu=false on Ray); "
+                             f"use bf16 or none")
         self.amp, self.device = amp, device
         self.dtype = _DTYPES.get(amp)
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None

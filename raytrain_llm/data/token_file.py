@@ -63,8 +63,8 @@ class TokenFileDataset(IndexedDataset):
         is not. Read in chunks (a file may be larger than memory); skipped when the dtype cannot
         hold an id outside it."""
         tokens, info = self.tokens, np.iinfo(self.tokens.dtype)
-        if info.min >= 0 and info.max < self.vocab_size:
-            return
+        if not self.num_samples or (info.min >= 0 and info.max < self.vocab_size):
+            return  # (an empty split is the training file itself: checked as that)
         for start in range(0, len(tokens), chunk):
             part = np.asarray(tokens[start:start + chunk])
             bad = np.flatnonzero((part >= self.vocab_size) | (part < 0))

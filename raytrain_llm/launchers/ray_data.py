@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import TrainingError
 from raytrain_llm.data.base import epoch_permutation
 
 _META = ("_epoch", "_batch", "_rank", "_count")
@@ -181,16 +182,25 @@ class RayShardDataModule:
         # The stream spans all epochs: skip to (epoch, start_batch), e.g. after a restart.
         nb = self.inner.num_train_batches(self.inner.config.training.batch_size, self.world_size)
         for row in self._stream:
-            data, (e, b, r, _) = _unpack(row)
+            data, (e, b, r, count) = _unpack(row)
             self._position = (e, b + 1) if b + 1 < nb else (e + 1, 0)
             if (e, b) < (epoch, start_batch):
                 continue
             if (e, r) != (epoch, self.rank) or b < start_batch:
                 raise RuntimeError(f"Ray Data shard out of order: rank {self.rank} expected epoch {epoch} "
                                    f"batch >= {start_batch}, got epoch {e} batch {b} of rank {r}")
+            if not count:  # the padding after the last batch the stream was sized for
+                break
             yield data
             if b + 1 >= nb:
                 return
+        # Past the end mid-epoch: an empty batch would train on NaN, a finished stream would pass
+        # for the epoch's end.
+        raise TrainingError(
+            f"Ray Data's training stream ran out before epoch {epoch}'s end (rank {self.rank}, from batch "
+            f"{start_batch}): it is sized from the run's start (epochs, cut by training.max_steps), and a run "
+            f"resumed with a smaller global batch (workers x batch_size) can need more; resume with the "
+            f"earlier batch size or a larger training.max_steps")
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,
                     pin_memory: bool = False) -> Iterable[Any]:

@@ -121,14 +121,17 @@ def _engine_checkpoint_after(config: Config, dist, step: int) -> bool:
 
     if not config.checkpoint.enabled:
         return False
-    latest = CheckpointManager(config.checkpoint_dir, is_main=False).latest_path()
-    seen = dist.gather_objects(os.path.basename(latest) if latest else None)
-    if not any(seen):
+    found = CheckpointManager(config.checkpoint_dir, is_main=False).checkpoints()
+    seen = dist.gather_objects(found[-1]["step"] if found else None)
+    if not any(s is not None for s in seen):
         return False
     if len(set(seen)) > 1:
-        raise TrainingError(f"restarted, and ranks see different checkpoints in {config.checkpoint_dir} "
-                            f"({seen}): put logging.dir on storage all nodes share")
-    return _saved_step(latest) > step
+        if step >= 0:  # node-local folders: Ray's own checkpoint is the one every rank can load
+            return False
+        raise TrainingError(f"restarted without a Ray checkpoint, and ranks see different checkpoints in "
+                            f"{config.checkpoint_dir} (newest steps {seen}): put logging.dir on storage all "
+                            f"nodes share")
+    return seen[0] > step
 
 
 def _refuse_stale_checkpoints(config: Config) -> None:
@@ -210,7 +213,8 @@ def check_result(result, cfg: Config):
     the workers stopped on (exit 2)."""
     if getattr(result, "error", None) is not None:
         raise _failure(cfg, result.error)
-    usage = result.return_value.get(USAGE_ERROR_KEY) if isinstance(result.return_value, dict) else None
+    value = getattr(result, "return_value", None)  # Train V2 only
+    usage = value.get(USAGE_ERROR_KEY) if isinstance(value, dict) else None
     if usage:
         raise UsageError(usage)
     return result

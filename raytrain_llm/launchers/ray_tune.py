@@ -144,7 +144,7 @@ def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
     spec, base, points = plan(base_config, sweep_path)
     _check_same_sweep(spec, points, base)
     logger = Logger("raytrain_llm.sweep", level=base.logging.level, log_dir=spec.sweep_dir, rank=0)
-    # Reports from a step without validation carry NaN for val metrics (ray_report.py); keep Tune
+    # Reports from a save without validation carry no val metrics (ray_report.py); keep Tune
     # from failing a trial over a result that lacks the metric.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray

@@ -156,3 +156,15 @@ def test_failure_lines_name_the_cause_not_rays_banner():
     banner = "\x1b[36mray::SplitCoordinator.get()\x1b[39m (pid=123, ip=10.0.0.1)"
     assert _first_line(Wrapped(banner, ValueError("token id 226 is outside"))) == "ValueError: token id 226 is outside"
     assert _first_line(Wrapped(f"{banner}\nOSError: disk full")) == "Wrapped: OSError: disk full"
+
+
+@pytest.mark.timeout(300)
+def test_a_resume_that_outruns_the_ray_data_stream_fails_loudly(tmp_path, ray_local):
+    # 6 steps of global batch 16 = 96 samples; at global batch 8 that is batch 12 of 16, past the
+    # 10 batches a max_steps=10 stream holds. The run used to end quietly at step 6 instead.
+    from raytrain_llm.launchers.ray_train import run_ray
+
+    fit(ray_config(tmp_path, training__max_steps=6))
+    again = ray_config(tmp_path, training__max_steps=10, training__batch_size=4, checkpoint__resume="auto")
+    with pytest.raises(TrainingError, match="Ray Data's training stream ran out before epoch 0's end"):
+        run_ray(again)
