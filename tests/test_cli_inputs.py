@@ -124,7 +124,7 @@ def test_a_plain_torch_dataset_is_a_usage_error(tmp_path):
 def test_fp16_is_refused_once_the_device_resolves_to_cpu():
     from raytrain_llm.core.precision import Precision
 
-    with pytest.raises(UsageError, match="optimization.amp: fp16 needs a CUDA device, but this run's device is cpu"):
+    with pytest.raises(UsageError, match="optimization.amp: fp16 needs a CUDA device, but this run trains on cpu"):
         Precision("fp16", torch.device("cpu"))
     assert Precision("bf16", torch.device("cpu")).scaler is None
 
