@@ -108,10 +108,14 @@ class SlotGenerator:
 
 
 def train_batches_needed(config: Config, batches_per_epoch: int) -> int:
-    """Global micro-batches the engine will consume (epochs, cut short by max_steps)."""
+    """Global micro-batches the engine will consume (epochs, cut short by max_steps).
+
+    Counted from the run's start. A run resumed from a checkpoint gets every epoch instead (rows
+    are generated lazily, so the rest costs nothing): with another global batch its data position
+    moves (engine_state._resume_position) and max_steps no longer bounds the batches it reads."""
     t = config.training
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum_steps)
-    total, steps_left = 0, t.max_steps or None
+    total, steps_left = 0, (t.max_steps if config.checkpoint.resume == "none" else 0) or None
     for _ in range(t.epochs):
         if steps_left is not None and steps_left < steps_per_epoch:
             return total + min(batches_per_epoch, steps_left * t.grad_accum_steps)
@@ -198,9 +202,9 @@ class RayShardDataModule:
         # for the epoch's end.
         raise TrainingError(
             f"Ray Data's training stream ran out before epoch {epoch}'s end (rank {self.rank}, from batch "
-            f"{start_batch}): it is sized from the run's start (epochs, cut by training.max_steps), and a run "
-            f"resumed with a smaller global batch (workers x batch_size) can need more; resume with the "
-            f"earlier batch size or a larger training.max_steps")
+            f"{start_batch}): it is sized from the run's start (epochs, cut by training.max_steps), and a Ray "
+            f"run restored by its name with a smaller global batch (workers x batch_size) can need more; "
+            f"use checkpoint.resume=auto (which sizes it for every epoch) or the earlier batch size")
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,
                     pin_memory: bool = False) -> Iterable[Any]:

@@ -159,12 +159,20 @@ def test_failure_lines_name_the_cause_not_rays_banner():
 
 
 @pytest.mark.timeout(300)
-def test_a_resume_that_outruns_the_ray_data_stream_fails_loudly(tmp_path, ray_local):
+def test_a_resume_with_a_smaller_global_batch_reads_past_max_steps_worth_of_batches(tmp_path, ray_local):
     # 6 steps of global batch 16 = 96 samples; at global batch 8 that is batch 12 of 16, past the
-    # 10 batches a max_steps=10 stream holds. The run used to end quietly at step 6 instead.
+    # 10 batches a max_steps=10 stream from the start would hold. A resumed run's stream spans
+    # every epoch; a run restored by its name (no resume setting) keeps the cut and must fail
+    # loudly, not train on empty batches (NaN) or end quietly.
     from raytrain_llm.launchers.ray_train import run_ray
 
-    fit(ray_config(tmp_path, training__max_steps=6))
-    again = ray_config(tmp_path, training__max_steps=10, training__batch_size=4, checkpoint__resume="auto")
+    first = ray_config(tmp_path / "a", training__max_steps=6)
+    fit(first)
+    result = run_ray(ray_config(tmp_path / "a", training__max_steps=10, training__batch_size=4,
+                                checkpoint__resume="auto"))
+    assert result["step"] == 10
+    fit(ray_config(tmp_path / "b", training__max_steps=6, distributed__run_name=first.distributed.run_name + "b"))
+    again = ray_config(tmp_path / "b", training__max_steps=10, training__batch_size=4,
+                       distributed__run_name=first.distributed.run_name + "b")
     with pytest.raises(TrainingError, match="Ray Data's training stream ran out before epoch 0's end"):
         run_ray(again)
