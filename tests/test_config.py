@@ -149,6 +149,10 @@ def _field_strategy(key: str, tp):
                          exclude_min=not inclusive, allow_nan=False, allow_infinity=False)
     if tp is tuple:
         return st.tuples(st.floats(0, 0.999), st.floats(0, 0.999))
+    if key in ("logging.dir", "checkpoint.dir"):
+        # Checked against the file system (a file there is an error); hypothesis also draws string
+        # constants from the code, such as /proc/self/stat.
+        return st.text(alphabet="abcxyz_-", min_size=1, max_size=12).map(lambda s: f"runs/pbt/{s}")
     return st.text(min_size=1, max_size=20).filter(lambda s: s.strip())
 
 
