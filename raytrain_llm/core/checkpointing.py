@@ -53,6 +53,16 @@ def _load_failure(exc: Exception) -> str:
     return first.split(". ")[0][:300]  # the first sentence: torch appends general advice
 
 
+def read_meta(path: str) -> Optional[dict[str, Any]]:
+    """A checkpoint folder's meta.json (step, epoch, metrics), or None if it cannot be read."""
+    try:
+        with open(os.path.join(path, META_FILE), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "step" in meta else None
+
+
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items()
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -80,11 +90,7 @@ class CheckpointManager:
             if not _NAME.match(name):
                 continue
             path = os.path.join(self.directory, name)
-            try:
-                with open(os.path.join(path, META_FILE), encoding="utf-8") as fh:
-                    meta = json.load(fh)
-            except (OSError, ValueError):
-                meta = {"step": int(_NAME.match(name).group(1)), "metrics": {}}
+            meta = read_meta(path) or {"step": int(_NAME.match(name).group(1)), "metrics": {}}
             meta["path"] = path
             found.append(meta)
         return sorted(found, key=lambda m: m["step"])

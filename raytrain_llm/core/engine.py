@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Any, Optional
 
 import torch
@@ -18,7 +17,6 @@ from torch.nn.parallel import DistributedDataParallel
 from raytrain_llm.core.callbacks import Callback, CallbackList
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine_state import EngineStateMixin
 from raytrain_llm.core.errors import TrainingError, UsageError
@@ -94,9 +92,7 @@ class TrainingEngine(EngineStateMixin):
         if self.dist.is_main:  # once: it may read whole files (the verdict reaches every rank)
             self.data_module.check_data()
         self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
-        self.total_steps = cfg.training.epochs * self.steps_per_epoch
-        if cfg.training.max_steps:
-            self.total_steps = min(self.total_steps, cfg.training.max_steps)
+        self.total_steps = self._planned_total_steps()
         self.scheduler = self.task.build_scheduler(self.optimizer, self.total_steps)
         self.criterion = self.task.build_criterion()
         if self.criterion is not None:
@@ -358,36 +354,6 @@ class TrainingEngine(EngineStateMixin):
         self.callbacks.on_validation_end(self, metrics)
         self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": self.epoch, **metrics})
         return metrics
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_config(self) -> None:
-        if self.dist.is_main:
-            from raytrain_llm.core.config_loader import save_config
-
-            save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
-
-    def _progress_key(self) -> tuple:
-        # A save made at this step goes stale when the epoch ends or a validation runs after it
-        # (e.g. every_n_steps lands on the epoch's last step): it would resume inside a finished
-        # epoch and lack the val metric keep_best ranks by, so the step is saved again.
-        return self.global_step, self.epoch, self.batch_in_epoch, self._val_step
-
-    def _checkpoint_if_needed(self) -> None:
-        if self.checkpoint_manager is None or self._saved_at == self._progress_key() or self.global_step == 0:
-            return
-        self.save_checkpoint()
-
-    def save_checkpoint(self) -> Optional[str]:
-        """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
-        self._saved_at = self._progress_key()
-        state = self.state_dict()
-        metrics = dict(self.last_val_metrics) if self._val_step == self.global_step else {}
-        metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
-        path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
-                                            config_yaml=dump_yaml(self.config))
-        self.dist.barrier()
-        self.callbacks.on_save_checkpoint(self, path, metrics)
-        return path
 
 
 def _accumulate(sums: dict, keys: tuple, values: torch.Tensor, n: int = 1) -> None:

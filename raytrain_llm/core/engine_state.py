@@ -1,4 +1,4 @@
-"""What a checkpoint holds for the engine, and how a run picks up from one.
+"""What a checkpoint holds for the engine, when it is written, and how a run picks up from one.
 
 Kept apart from the loop: this is the contract that lets a killed run continue exactly
 (same weights, optimizer moments, LR, RNG streams, callback state and next batch).
@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
+from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.rng_state import capture_rng, restore_rng
 from raytrain_llm.tasks.base_task import LRSchedule
@@ -94,16 +95,19 @@ class EngineStateMixin:
                 + (f"; {repeated} samples already trained on in this epoch are seen again" if repeated else ""))
         return position
 
-    def _fit_total_steps(self) -> None:
-        """The run's length from the resume point: the steps done plus the steps left at this
-        run's batch. It differs from `epochs x steps per epoch` when the global batch changed
-        mid-run; our schedules (not yet loaded) are then planned to end where the run ends."""
+    def _planned_total_steps(self) -> int:
+        """The run's length: the steps done plus the steps left from the data position at this
+        run's batch (epochs x steps per epoch from the start), cut by max_steps."""
         t = self.config.training
         left_in_epoch = math.ceil(max(0, self._num_batches() - self.batch_in_epoch) / t.grad_accum_steps)
         total = self.global_step + left_in_epoch + max(0, t.epochs - self.epoch - 1) * self.steps_per_epoch
-        if t.max_steps:
-            total = min(total, t.max_steps)
-        if self.epoch >= t.epochs or total == self.total_steps:
+        return min(total, t.max_steps) if t.max_steps else total
+
+    def _fit_total_steps(self) -> None:
+        """After a resume: the length differs from the set-up's when the global batch changed
+        mid-run; our schedules (not yet loaded) are then planned to end where the run ends."""
+        total = self._planned_total_steps()
+        if self.epoch >= self.config.training.epochs or total == self.total_steps:
             return
         self.total_steps = total
         for fn in getattr(self.scheduler, "lr_lambdas", None) or []:
@@ -204,6 +208,35 @@ class EngineStateMixin:
         self.logger.info(f"resumed from {path} at step {self.global_step} "
                          f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
 
+    # ------------------------------------------------------------------ checkpoints
+    def _save_config(self) -> None:
+        if self.dist.is_main:
+            from raytrain_llm.core.config_loader import save_config
+
+            save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
+
+    def _progress_key(self) -> tuple:
+        # A save made at this step goes stale when the epoch ends or a validation runs after it
+        # (e.g. every_n_steps lands on the epoch's last step): it would resume inside a finished
+        # epoch and lack the val metric keep_best ranks by, so the step is saved again.
+        return self.global_step, self.epoch, self.batch_in_epoch, self._val_step
+
+    def _checkpoint_if_needed(self) -> None:
+        if self.checkpoint_manager is None or self._saved_at == self._progress_key() or self.global_step == 0:
+            return
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
+        self._saved_at = self._progress_key()
+        state = self.state_dict()
+        metrics = dict(self.last_val_metrics) if self._val_step == self.global_step else {}
+        metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
+        path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
+                                            config_yaml=dump_yaml(self.config))
+        self.dist.barrier()
+        self.callbacks.on_save_checkpoint(self, path, metrics)
+        return path
 
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.abspath(path), os.path.abspath(folder)

@@ -78,8 +78,9 @@ class TokenFileDataset(IndexedDataset):
         windows = np.stack([self.tokens[i * T:i * T + T + 1] for i in ids]) if len(ids) else \
             np.zeros((0, T + 1), np.int64)
         windows = windows.astype(np.int64)  # [B, T + 1]
-        if windows.size and (windows.max() >= self.vocab_size or windows.min() < 0):
-            bad = int(windows.max() if windows.max() >= self.vocab_size else windows.min())
+        low, high = (int(windows.min()), int(windows.max())) if windows.size else (0, 0)
+        if high >= self.vocab_size or low < 0:  # a safety net for data.check_token_ids=false
+            bad = high if high >= self.vocab_size else low
             raise UsageError(f"{self.key}: token id {bad} in {self.path} is outside model.vocab_size "
                              f"({self.vocab_size})")
         return {"input_ids": np.ascontiguousarray(windows[:, :-1]), "targets": np.ascontiguousarray(windows[:, 1:])}
@@ -90,12 +91,18 @@ class TokenFileDataModule(DataModule):
 
     shuffle_train = True
 
-    def _dataset(self, path: str, key: str) -> TokenFileDataset:
+    def _dataset(self, key: str, path: str, empty: bool = False) -> TokenFileDataset:
         d, m = self.config.data, self.config.model
-        return TokenFileDataset(path, d.token_dtype, m.seq_len, m.vocab_size, key)
+        return TokenFileDataset(path, d.token_dtype, m.seq_len, m.vocab_size, key, empty=empty)
 
     def build_train_dataset(self) -> IndexedDataset:
-        return self._dataset(self.config.data.train_tokens, "data.train_tokens")
+        return self._dataset("data.train_tokens", self.config.data.train_tokens)
+
+    def build_val_dataset(self) -> IndexedDataset:
+        d = self.config.data
+        if not d.val_tokens:  # validation is off (the config insists): an empty split, train's row shapes
+            return self._dataset("data.train_tokens", d.train_tokens, empty=True)
+        return self._dataset("data.val_tokens", d.val_tokens)
 
     def check_data(self) -> None:
         # Up front: found only when a batch reaches it, a bad id would end a run hours in (and
@@ -104,13 +111,6 @@ class TokenFileDataModule(DataModule):
             return
         self.train_dataset.check_ids()
         self.val_dataset.check_ids()
-
-    def build_val_dataset(self) -> IndexedDataset:
-        d = self.config.data
-        if not d.val_tokens:  # validation is off (the config insists): an empty split, train's row shapes
-            return TokenFileDataset(d.train_tokens, d.token_dtype, self.config.model.seq_len,
-                                    self.config.model.vocab_size, "data.train_tokens", empty=True)
-        return self._dataset(d.val_tokens, "data.val_tokens")
 
 
 def write_tokens(path: str, tokens: np.ndarray, dtype: str = "uint16") -> None:

@@ -100,13 +100,9 @@ def _train(loop_config: dict[str, Any]) -> None:
 
 
 def _saved_step(path: str) -> int:
-    from raytrain_llm.core.checkpointing import META_FILE
+    from raytrain_llm.core.checkpointing import read_meta
 
-    try:
-        with open(os.path.join(path, META_FILE), encoding="utf-8") as fh:
-            return int(json.load(fh)["step"])
-    except (OSError, ValueError, KeyError):
-        return -1
+    return int((read_meta(path) or {"step": -1})["step"])
 
 
 def _engine_checkpoint_after(config: Config, dist, step: int) -> bool:
