@@ -6,7 +6,8 @@
 
 Prints one JSON line per preset: tokens/s, TFLOP/s, MFU (CUDA) and peak memory of both, and
 `ratio` = engine tokens/s / hand tokens/s of the best run of each (goal >= 0.97 on GPU; engine
-overhead <= 1.03 on CPU), and the median / min / max of the per-pair ratios.
+overhead <= 1.03 on CPU), the median / min / max of the per-pair ratios, and (CPU) the ratio of
+the median single-step times.
 By default the hand loop trains on batches generated up front on the device, so any
 data-pipeline cost the engine pays shows up in the ratio instead of being hidden;
 `--hand-data sampled` makes it sample every batch from the same dataset instead, which leaves
@@ -73,28 +74,26 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(Callback):
-    """Wall time between the end of warm-up step `warmup` and the last timed step."""
+    """The end time of every step from warm-up step `warmup` to the last timed step."""
 
     def __init__(self, warmup: int, last: int, device: torch.device):
         self.warmup, self.last, self.device = warmup, last, device
-        self.t0 = self.t1 = 0.0
+        self.ends: list[float] = []
 
     def on_batch_end(self, engine, step, outputs) -> None:
-        if step == self.warmup:
-            sync(self.device)
-            self.t0 = time.perf_counter()
-        elif step == self.last:
-            sync(self.device)
-            self.t1 = time.perf_counter()
+        if self.warmup <= step <= self.last:
+            if step in (self.warmup, self.last):  # a sync per step would stall a GPU's queue
+                sync(self.device)
+            self.ends.append(time.perf_counter())
 
 
-def run_engine(cfg, a) -> float:
+def run_engine(cfg, a) -> list[float]:
     task = LanguageModelingTask(cfg)
     device = torch.device(a.device)
     timer = StepTimer(a.warmup, a.warmup + a.steps, device)
     engine = TrainingEngine(cfg, task, callbacks=[timer])
     engine.fit()
-    return timer.t1 - timer.t0
+    return timer.ends
 
 
 def profile_engine(cfg, a) -> list[str]:
@@ -105,7 +104,7 @@ def profile_engine(cfg, a) -> list[str]:
     return profiler.files
 
 
-def run_hand(cfg, a) -> float:
+def run_hand(cfg, a) -> list[float]:
     """The loop a user would write by hand: same model, optimizer, precision and clipping."""
     device = torch.device(a.device)
     torch.manual_seed(cfg.training.seed)
@@ -122,11 +121,14 @@ def run_hand(cfg, a) -> float:
 
     data = [load(i) for i in range(4)]
     m = cfg.model
-    t0 = 0.0
-    for i in range(a.warmup + a.steps):
-        if i == a.warmup:
-            sync(device)
-            t0 = time.perf_counter()
+    ends = []
+    for i in range(a.warmup + a.steps + 1):
+        if i >= a.warmup:  # as StepTimer: the end of step `warmup` (counted from 1) starts the clock
+            if i in (a.warmup, a.warmup + a.steps):
+                sync(device)
+            ends.append(time.perf_counter())
+        if i == a.warmup + a.steps:
+            break
         batch = load(i) if a.hand_data == "sampled" else data[i % 4]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             _, aux = fwd(batch["input_ids"], targets=batch["targets"])
@@ -135,8 +137,7 @@ def run_hand(cfg, a) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - t0
+    return ends
 
 
 def prepare(device: torch.device) -> None:
@@ -162,20 +163,26 @@ def summarize(seconds: float, peak_mem: float, cfg, a) -> dict:
 def measure_side_by_side(cfg, a) -> tuple[dict, dict, dict]:
     """Hand and engine runs in pairs, the order alternating from pair to pair so neither always
     runs on a warmer (or quieter) machine. Returns the best run of each and the spread of the
-    per-pair ratios: on a shared machine one pair can be off by several percent either way."""
+    per-pair ratios: on a shared machine one pair can be off by several percent either way. Also
+    the ratio of the median single-step times over all runs: another process's burst slows some
+    steps, not the typical one, so that statistic moves least with the machine's load."""
     device = torch.device(a.device)
     seconds = {"hand": [], "engine": []}
+    steps = {"hand": [], "engine": []}
     mem = {"hand": 0.0, "engine": 0.0}
     runs = (("hand", run_hand), ("engine", run_engine))
     for i in range(a.repeats):
         for name, fn in runs if i % 2 == 0 else runs[::-1]:
             prepare(device)
-            seconds[name].append(fn(cfg, a))
+            ends = fn(cfg, a)
+            seconds[name].append(ends[-1] - ends[0])
+            steps[name] += [t1 - t0 for t0, t1 in zip(ends, ends[1:])]
             if device.type == "cuda":
                 mem[name] = max(mem[name], torch.cuda.max_memory_allocated())
     pair_ratios = sorted(h / e for h, e in zip(seconds["hand"], seconds["engine"]))
     spread = {"pair_ratio_median": round(statistics.median(pair_ratios), 4),
-              "pair_ratio_min": round(pair_ratios[0], 4), "pair_ratio_max": round(pair_ratios[-1], 4)}
+              "pair_ratio_min": round(pair_ratios[0], 4), "pair_ratio_max": round(pair_ratios[-1], 4),
+              "step_median_ratio": round(statistics.median(steps["hand"]) / statistics.median(steps["engine"]), 4)}
     return (summarize(min(seconds["hand"]), mem["hand"], cfg, a),
             summarize(min(seconds["engine"]), mem["engine"], cfg, a), spread)
 

@@ -171,6 +171,24 @@ def test_data_is_deterministic_and_shifted():
     assert a.entropy_floor() == b.entropy_floor()
 
 
+@pytest.mark.parametrize("vocab_size", [16, 300])
+def test_markov_sampling_paths_agree(vocab_size):
+    # Small batches walk each sequence in Python, large ones step numpy over the batch; a sample
+    # must not depend on which (the DataLoader asks for 8 rows, a Ray Data block for 64).
+    from raytrain_llm.data.token_data import PER_SEQUENCE_MAX_BATCH, uniforms
+    dm = data_module(vocab_size=vocab_size, seq_len=40, markov_concentration=0.05)
+    chain = dm.chain
+    u = uniforms(0, 0, np.arange(64), 41)
+    u[0, :] = np.nextafter(1.0, 0)  # the largest uniform: must land in the last slot, not past it
+    u[1, :] = 0.0
+    first = np.minimum(np.searchsorted(chain.stationary_cdf, u[:, 0], side="right"), vocab_size - 1)
+    np.testing.assert_array_equal(chain._sample_per_sequence(u, first), chain._sample_per_step(u, first))
+    big = dm.train_dataset.rows(np.arange(PER_SEQUENCE_MAX_BATCH + 20))
+    small = dm.train_dataset.rows(np.arange(5, 9))
+    np.testing.assert_array_equal(big["input_ids"][5:9], small["input_ids"])
+    assert chain.sample(u[:3, :1]).shape == (3, 1)
+
+
 def test_entropy_floor_matches_empirical_bigram_ce():
     dm = data_module(vocab_size=16, seq_len=128)
     rows = dm.train_dataset.rows(np.arange(500))

@@ -10,6 +10,7 @@ small vocabularies, sparse for GPT-2-sized ones, where a dense V x V table would
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Optional
 
 import numpy as np
@@ -18,6 +19,9 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.data.base import DataModule, IndexedDataset
 
 MAX_SUPPORT = 256
+# Up to this many sequences per call, sampling walks each sequence in Python; above it, numpy
+# steps the whole batch at once (measured crossover ~30 sequences at vocab 2048).
+PER_SEQUENCE_MAX_BATCH = 16
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -76,15 +80,40 @@ class MarkovChain:
         return float((self.stationary * row_entropy).sum())
 
     def sample(self, u: np.ndarray) -> np.ndarray:
-        """Sequences driven by uniforms u [B, L]: first token from the stationary law."""
+        """Sequences driven by uniforms u [B, L]: first token from the stationary law, then each
+        token is the inverse CDF of its row at u. Both paths below give the same tokens."""
+        first = np.minimum(np.searchsorted(self.stationary_cdf, u[:, 0], side="right"), self.vocab_size - 1)
+        if len(u) <= PER_SEQUENCE_MAX_BATCH:
+            return self._sample_per_sequence(u, first)
+        return self._sample_per_step(u, first)
+
+    def _sample_per_step(self, u: np.ndarray, first: np.ndarray) -> np.ndarray:
+        # Vectorised over the batch: each step compares u with the whole row, B x S work.
         B, L = u.shape
         out = np.empty((B, L), dtype=np.int64)
-        out[:, 0] = np.minimum(np.searchsorted(self.stationary_cdf, u[:, 0], side="right"), self.vocab_size - 1)
+        out[:, 0] = first
         for t in range(1, L):
             cur = out[:, t - 1]
             slot = (self.cdf[cur] <= u[:, t, None]).sum(axis=1)  # inverse-CDF within the row
             out[:, t] = self.support[cur, np.minimum(slot, self.support.shape[1] - 1)]
         return out
+
+    def _sample_per_sequence(self, u: np.ndarray, first: np.ndarray) -> np.ndarray:
+        # A binary search per token in plain Python: a few numpy calls per step cost more than
+        # the search itself when the batch is small (2.5x faster for 8 sequences; the engine's
+        # per-step data cost on CPU). bisect_right counts the CDF entries <= u, which is exactly
+        # the per-step path's `(cdf <= u).sum()`; capping hi at the last slot is its minimum().
+        S = self.support.shape[1]
+        cdf, support = memoryview(self.cdf.reshape(-1)), memoryview(self.support.reshape(-1))
+        rows = []
+        for cur, row in zip(first.tolist(), u[:, 1:].tolist()):
+            seq = [cur]
+            for x in row:
+                lo = cur * S
+                cur = support[bisect_right(cdf, x, lo, lo + S - 1)]
+                seq.append(cur)
+            rows.append(seq)
+        return np.array(rows, dtype=np.int64).reshape(u.shape)
 
 
 class MarkovTokenDataset(IndexedDataset):
