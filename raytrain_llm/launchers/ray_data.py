@@ -107,15 +107,14 @@ class SlotGenerator:
         return {k: np.stack(v) if k not in _META else np.asarray(v, np.int64) for k, v in out.items()}
 
 
-def train_batches_needed(config: Config, batches_per_epoch: int) -> int:
-    """Global micro-batches the engine will consume (epochs, cut short by max_steps).
-
-    Counted from the run's start. A run resumed from a checkpoint gets every epoch instead (rows
-    are generated lazily, so the rest costs nothing): with another global batch its data position
-    moves (engine_state._resume_position) and max_steps no longer bounds the batches it reads."""
+def train_batches_needed(config: Config, batches_per_epoch: int, every_epoch: bool = False) -> int:
+    """Global micro-batches the engine will consume: every epoch, cut short by max_steps unless
+    `every_epoch`. The cut counts from the run's start, so a resumed or restored run gets every
+    epoch (rows are generated lazily, so the rest costs nothing): with another global batch its
+    data position moves (engine_state._resume_position) and max_steps no longer bounds what it reads."""
     t = config.training
     steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum_steps)
-    total, steps_left = 0, (t.max_steps if config.checkpoint.resume == "none" else 0) or None
+    total, steps_left = 0, (None if every_epoch else t.max_steps or None)
     for _ in range(t.epochs):
         if steps_left is not None and steps_left < steps_per_epoch:
             return total + min(batches_per_epoch, steps_left * t.grad_accum_steps)
@@ -125,14 +124,15 @@ def train_batches_needed(config: Config, batches_per_epoch: int) -> int:
     return total
 
 
-def build_ray_datasets(config: Config, data_module, world_size: int) -> dict[str, Any]:
-    """{"train", "val"} Ray Datasets of slots, generated lazily by Ray Data tasks."""
+def build_ray_datasets(config: Config, data_module, world_size: int, every_epoch: bool = False) -> dict[str, Any]:
+    """{"train", "val"} Ray Datasets of slots, generated lazily by Ray Data tasks (the training
+    stream over every epoch when `every_epoch`, see train_batches_needed)."""
     import ray.data
 
     b = config.training.batch_size
     nb = data_module.num_train_batches(b, world_size)
     gen = SlotGenerator(config, "train", len(data_module.train_dataset), batch_size=b, world_size=world_size,
-                        batches_per_epoch=nb, total_batches=train_batches_needed(config, nb),
+                        batches_per_epoch=nb, total_batches=train_batches_needed(config, nb, every_epoch),
                         seed=config.data.seed, shuffle=data_module.shuffle_train)
     n_val = len(data_module.val_dataset)
     nb_val = -(-n_val // (b * world_size))  # validation keeps its partial last batch
@@ -202,8 +202,8 @@ class RayShardDataModule:
         # for the epoch's end.
         raise TrainingError(
             f"Ray Data's training stream ran out before epoch {epoch}'s end (rank {self.rank}, from batch "
-            f"{start_batch}): it is sized from the run's start (epochs, cut by training.max_steps), and a Ray "
-            f"run restored by its name with a smaller global batch (workers x batch_size) can need more; "
+            f"{start_batch}): it was sized from the run's start (epochs, cut by training.max_steps), as for a "
+            f"new run, but this one goes on from a checkpoint at another global batch (workers x batch_size); "
             f"use checkpoint.resume=auto (which sizes it for every epoch) or the earlier batch size")
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,

@@ -130,14 +130,30 @@ def _engine_checkpoint_after(config: Config, dist, step: int) -> bool:
     return seen[0] > step
 
 
-def _refuse_stale_checkpoints(config: Config) -> None:
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # what Ray Train checks for to restore a run name
+
+
+def ray_restores_run(config: Config) -> bool:
+    """Whether Ray will restore this run name: its checkpoint snapshot is in storage (local or a URI)."""
+    d = config.distributed
+    if "://" not in d.storage_path:
+        return os.path.exists(os.path.join(d.storage_path, d.run_name, SNAPSHOT))
+    import pyarrow
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(d.storage_path)
+        info = fs.get_file_info(f"{root.rstrip('/')}/{d.run_name}/{SNAPSHOT}")
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return False  # Ray itself will name what is wrong with the storage
+    return info.type != pyarrow.fs.FileType.NotFound
+
+
+def _refuse_stale_checkpoints(config: Config, restoring: bool) -> None:
     """A new run must not start in a folder holding another run's checkpoints (as the engine rules)."""
     from raytrain_llm.core.checkpointing import CheckpointManager
 
-    d = config.distributed
-    snapshot = os.path.join(d.storage_path, d.run_name, "checkpoint_manager_snapshot.json")
-    if (config.checkpoint.resume != "none" or not config.checkpoint.enabled or "://" in d.storage_path
-            or os.path.exists(snapshot)):  # Ray resumes this run name from its own snapshot
+    if config.checkpoint.resume != "none" or not config.checkpoint.enabled or restoring:
         return
     CheckpointManager(config.checkpoint_dir, is_main=False).refuse_earlier_run()
 
@@ -167,7 +183,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint
-    _refuse_stale_checkpoints(cfg)
+    restoring = ray_restores_run(cfg)
+    _refuse_stale_checkpoints(cfg, restoring)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
     data_module.require_a_batch(cfg.training.batch_size, d.num_workers)  # before any worker starts
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
@@ -186,7 +203,10 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
                                                resources_per_worker=worker_resources(cfg),
                                                placement_strategy=d.placement_strategy),
         run_config=run_config,
-        datasets=build_ray_datasets(cfg, data_module, d.num_workers),
+        # A resumed or restored run may go on from another global batch's data position, so its
+        # stream spans every epoch rather than ending where max_steps would from the start.
+        datasets=build_ray_datasets(cfg, data_module, d.num_workers,
+                                    every_epoch=restoring or ck.resume != "none"),
         # preserve_order makes shard k of every epoch the same blocks: deterministic data per rank.
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
 

@@ -82,11 +82,12 @@ class _OneRank:
 def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     """Ray can lose a report when a worker dies within a poll interval of it; the folder still has it."""
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train import _engine_checkpoint_after, _refuse_stale_checkpoints, resolve_paths
+    from raytrain_llm.launchers.ray_train import (_engine_checkpoint_after, _refuse_stale_checkpoints,
+                                                  ray_restores_run, resolve_paths)
 
     config = resolve_paths(ray_config(tmp_path))
     assert not _engine_checkpoint_after(config, _OneRank(), -1)  # nothing on disk: a fresh start
-    _refuse_stale_checkpoints(config)
+    _refuse_stale_checkpoints(config, ray_restores_run(config))
     manager = CheckpointManager(config.checkpoint_dir)
     for step in (2, 4):
         manager.save({"model": {"w": torch.zeros(1)}, "optimizer": {}, "progress": {}}, step=step, epoch=0,
@@ -97,7 +98,7 @@ def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     # ...while a new run (not a restart) in that folder is refused before anything starts.
     fresh = resolve_paths(ray_config(tmp_path))
     with pytest.raises(UsageError, match="already holds checkpoints"):
-        _refuse_stale_checkpoints(fresh)
+        _refuse_stale_checkpoints(fresh, ray_restores_run(fresh))
 
 
 @pytest.mark.timeout(240)
@@ -161,18 +162,35 @@ def test_failure_lines_name_the_cause_not_rays_banner():
 @pytest.mark.timeout(300)
 def test_a_resume_with_a_smaller_global_batch_reads_past_max_steps_worth_of_batches(tmp_path, ray_local):
     # 6 steps of global batch 16 = 96 samples; at global batch 8 that is batch 12 of 16, past the
-    # 10 batches a max_steps=10 stream from the start would hold. A resumed run's stream spans
-    # every epoch; a run restored by its name (no resume setting) keeps the cut and must fail
+    # 10 batches a max_steps=10 stream from the start would hold. Both a resumed run and a run
+    # restored by its name get a stream over every epoch; one sized from the start must fail
     # loudly, not train on empty batches (NaN) or end quietly.
-    from raytrain_llm.launchers.ray_train import run_ray
+    from raytrain_llm.launchers.ray_train import ray_restores_run, resolve_paths, run_ray
 
     first = ray_config(tmp_path / "a", training__max_steps=6)
     fit(first)
     result = run_ray(ray_config(tmp_path / "a", training__max_steps=10, training__batch_size=4,
                                 checkpoint__resume="auto"))
     assert result["step"] == 10
-    fit(ray_config(tmp_path / "b", training__max_steps=6, distributed__run_name=first.distributed.run_name + "b"))
-    again = ray_config(tmp_path / "b", training__max_steps=10, training__batch_size=4,
-                       distributed__run_name=first.distributed.run_name + "b")
-    with pytest.raises(TrainingError, match="Ray Data's training stream ran out before epoch 0's end"):
-        run_ray(again)
+    name = first.distributed.run_name + "b"
+    fit(ray_config(tmp_path / "b", training__max_steps=6, distributed__run_name=name))
+    again = resolve_paths(ray_config(tmp_path / "b", training__max_steps=10, training__batch_size=4,
+                                     distributed__run_name=name))
+    assert ray_restores_run(again)
+    assert run_ray(again)["step"] == 10
+    log = (tmp_path / "b" / "run" / "logs" / "rank0.log").read_text()
+    assert "at step 6" in log.split("resumed from ", 1)[1].splitlines()[0]
+
+
+def test_a_restored_run_name_is_found_in_local_and_uri_storage(tmp_path):
+    from raytrain_llm.launchers.ray_train import SNAPSHOT, ray_restores_run
+
+    cfg = ray_config(tmp_path, distributed__run_name="r1", distributed__storage_path=str(tmp_path / "store"))
+    uri = ray_config(tmp_path, distributed__run_name="r1", distributed__storage_path=f"file://{tmp_path}/store")
+    assert not ray_restores_run(cfg) and not ray_restores_run(uri)
+    (tmp_path / "store" / "r1").mkdir(parents=True)
+    assert not ray_restores_run(cfg)  # a folder alone: Ray starts afresh
+    (tmp_path / "store" / "r1" / SNAPSHOT).write_text("{}")
+    assert ray_restores_run(cfg) and ray_restores_run(uri)
+    broken = ray_config(tmp_path, distributed__run_name="r1", distributed__storage_path="nosuchscheme://x/y")
+    assert not ray_restores_run(broken)
