@@ -120,3 +120,45 @@ def test_token_ids_are_checked_before_training_starts(tmp_path):
                                                "data.val_tokens": str(tmp_path / "val.bin")})
     TokenFileDataModule(unchecked).check_data()  # skipped on request: no pass over the files
 
+
+
+@pytest.mark.timeout(120)
+def test_token_ids_are_checked_by_the_launcher_before_workers_start(tmp_path):
+    # Spawn checks in the parent (its ranks would otherwise wait on rank 0's pass in a collective
+    # with a timeout), and the workers then skip it; the in-process engine checks itself.
+    from raytrain_llm.core.engine import TrainingEngine
+    from raytrain_llm.launchers.local import run_spawn
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
+
+    tokens = np.arange(2000) % 50
+    tokens[1500] = 77
+    write_tokens(str(tmp_path / "train.bin"), tokens)
+    write_tokens(str(tmp_path / "val.bin"), np.arange(200) % 50)
+    settings = {"model.vocab_size": 64, "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
+                "model.seq_len": 16, "training.batch_size": 4, "training.max_steps": 1,
+                "data.train_tokens": str(tmp_path / "train.bin"), "data.val_tokens": str(tmp_path / "val.bin")}
+    cfg = make_config(tmp_path / "spawn", "lm", **settings, **{"distributed.launcher": "spawn",
+                                                              "distributed.num_workers": 2})
+    with pytest.raises(UsageError, match=r"^data.train_tokens: token id 77 at position 1500"):
+        run_spawn(cfg)
+    assert not (tmp_path / "spawn" / "logs").exists()  # no worker ever started
+
+    class Counting(LanguageModelingTask):
+        checks = 0
+
+        def build_data_module(self):
+            module = super().build_data_module()
+            check = module.check_data
+
+            def counted():
+                Counting.checks += 1
+                check()
+            module.check_data = counted
+            return module
+
+    cfg = make_config(tmp_path / "one", "lm", **settings)
+    TrainingEngine(cfg, Counting(cfg), check_data=False)
+    assert Counting.checks == 0
+    with pytest.raises(UsageError, match="token id 77"):
+        TrainingEngine(cfg, Counting(cfg))
+    assert Counting.checks == 1

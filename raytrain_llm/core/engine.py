@@ -41,7 +41,7 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
 class TrainingEngine(EngineStateMixin):
     def __init__(self, config: Config, task: TrainingTask, data_module=None,
                  callbacks: Optional[list[Callback]] = None, dist: Optional[DistributedManager] = None,
-                 logger: Optional[Logger] = None, resume_from: Optional[str] = None):
+                 logger: Optional[Logger] = None, resume_from: Optional[str] = None, check_data: bool = True):
         self.config = config
         self.task = task
         self.dist = dist or DistributedManager()
@@ -72,11 +72,11 @@ class TrainingEngine(EngineStateMixin):
                 config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
                 monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
                 logger=self.logger) if config.checkpoint.enabled else None
-            self._setup()
+            self._setup(check_data)
         self._wrap_model()
 
     # ------------------------------------------------------------------ setup
-    def _setup(self) -> None:
+    def _setup(self, check_data: bool) -> None:
         cfg = self.config
         if self.device.type == "cuda":
             configure_matmul(cfg.optimization.tf32)
@@ -89,7 +89,9 @@ class TrainingEngine(EngineStateMixin):
         # them: clipping skips those without a gradient, frozen now or unfrozen later.
         self._params = list(self.raw_model.parameters())
         self.data_module.require_a_batch(cfg.training.batch_size, self.dist.world_size)
-        if self.dist.is_main:  # once: it may read whole files (the verdict reaches every rank)
+        # Once, unless the launcher did it before any worker started (check_data=False): it may
+        # read whole files, and the other ranks would wait for its verdict in a collective.
+        if check_data and self.dist.is_main:
             self.data_module.check_data()
         self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
         self.total_steps = self._planned_total_steps()

@@ -19,7 +19,8 @@ from raytrain_llm.tasks.registry import resolve_task
 def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
                  data_module_factory: Optional[Callable[[Any], Any]] = None,
                  extra_callbacks: Optional[list[Callback]] = None,
-                 resume_from: Optional[str] = None) -> dict[str, Any]:
+                 resume_from: Optional[str] = None, data_checked: bool = False) -> dict[str, Any]:
+    """`data_checked`: the launcher ran the data module's `check_data` before the workers started."""
     dist = dist or DistributedManager()
     logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank)
     try:
@@ -30,7 +31,7 @@ def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
                 data_module = data_module_factory(data_module)
             callbacks = default_callbacks(config, logger) + list(extra_callbacks or [])
         engine = TrainingEngine(config, task, data_module=data_module, callbacks=callbacks, dist=dist,
-                                logger=logger, resume_from=resume_from)
+                                logger=logger, resume_from=resume_from, check_data=not data_checked)
         return engine.fit()
     finally:
         logger.close()

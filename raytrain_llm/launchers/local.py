@@ -23,6 +23,15 @@ def run_in_process(config: Config) -> dict[str, Any]:
     return train_worker(config)
 
 
+def check_data_up_front(config: Config) -> None:
+    """The data module's check (e.g. every token id of a token file), once, before any worker
+    starts: a long pass inside a worker would keep the other ranks waiting in a collective,
+    which times out on files of hundreds of GB."""
+    from raytrain_llm.tasks.registry import resolve_task
+
+    resolve_task(config.task)(config).build_data_module().check_data()
+
+
 def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int) -> None:
     config = Config.from_dict(config_dict)
     d = config.distributed
@@ -33,7 +42,7 @@ def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int)
     dist = DistributedManager()
     dist.init_process_group(pick_backend(d.backend, use_cuda), rank, world_size, d.master_addr, port)
     try:
-        train_worker(config, dist=dist)
+        train_worker(config, dist=dist, data_checked=True)
     finally:
         dist.cleanup()
 
@@ -48,6 +57,7 @@ def run_spawn(config: Config) -> dict[str, Any]:
     world = config.distributed.num_workers
     if world == 1:
         return run_in_process(config)
+    check_data_up_front(config)
     # 0 (the default) picks a free port per run: a fixed one would make two runs on one machine collide.
     port = config.distributed.master_port or free_port(config.distributed.master_addr)
     # When one worker fails torch stops the others and logs a line per process first; the

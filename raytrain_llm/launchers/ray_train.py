@@ -82,7 +82,8 @@ def _train(loop_config: dict[str, Any]) -> None:
 
     callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode),
                  *KillAtStep.from_spec(loop_config.get("fault"))]
-    kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks)
+    kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks,
+                  data_checked=bool(loop_config.get("data_checked")))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         if config.checkpoint.resume == "none" and _engine_checkpoint_after(config, dist, -1):
@@ -187,6 +188,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     _refuse_stale_checkpoints(cfg, restoring)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
     data_module.require_a_batch(cfg.training.batch_size, d.num_workers)  # before any worker starts
+    data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local.check_data_up_front)
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
         name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
@@ -197,7 +199,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         train_loop_per_worker,
         # The fault spec is read here, in the driver: workers of a long-lived cluster do not see
         # environment variables set after it started.
-        train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, "")},
+        train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, ""), "data_checked": True},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=worker_resources(cfg),
