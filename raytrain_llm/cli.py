@@ -65,7 +65,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # be reported in a blink, not after seconds of imports.
         from raytrain_llm.tasks.registry import resolve_task
 
-        resolve_task(config.task)  # an unknown task is a usage error before anything starts
+        task_cls = resolve_task(config.task)  # an unknown task is a usage error before anything starts
+        from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+
+        # Checked here too (a typo is an error before Ray starts), and written out in full and
+        # typed, so config.yaml records every option the run used.
+        config.task_options = options_dict(parse_task_options(task_cls.Options, config.task_options, config.task))
         if args.print_config:
             if args.tune:  # what the trials start from: the sweep's base_config under the command line
                 from raytrain_llm.launchers.sweep_config import load_sweep, merge_base

@@ -5,6 +5,7 @@ class serves a subprocess run (a real kill, a real exit code) and an in-process 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -138,3 +139,34 @@ class StopOnRank0Task(RegressionTask):
 
     def configure_callbacks(self):
         return [StopOnRank0()]
+
+
+class UnusedParameterTask(RegressionTask):
+    """A model with a layer no step uses: DDP fails unless distributed.find_unused_parameters=true."""
+
+    def build_model(self):
+        return _WithUnusedLayer(super().build_model())
+
+
+class _WithUnusedLayer(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.unused = inner, torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class OptionsTask(RegressionTask):
+    """Declares its own settings (task_options.*); `width` sizes the model's hidden layer."""
+
+    @dataclasses.dataclass
+    class Options:
+        width: int = 8
+        scale: float = 1.0
+        tag: str = "none"
+
+    def build_model(self):
+        m = self.config.model
+        return torch.nn.Sequential(torch.nn.Linear(m.input_dim, self.options.width), torch.nn.GELU(),
+                                   torch.nn.Linear(self.options.width, 1))

@@ -308,3 +308,31 @@ def test_resuming_another_runs_checkpoint_moves_this_folders_metrics_aside(tmp_p
     assert steps == list(range(9, 17))  # only this run's own steps, none of the other run's 1..16
     aside = [p for p in (tmp_path / "here").iterdir() if p.name.startswith("metrics-")]
     assert len(aside) == 1 and len([r for r in read_jsonl(aside[0]) if r["split"] == "train"]) == 16
+
+
+def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
+    # progress_bar=auto and no TTY (pytest captures stderr): lines in the log instead of a bar,
+    # the first train record, the last one and each validation (the 30 s interval skips the rest).
+    train(tmp_path, **{"logging.progress_bar": "auto", "training.epochs": 2})
+    lines = [line.split("] ", 1)[1] for line in (tmp_path / "logs" / "rank0.log").read_text().splitlines()
+             if "] step " in line]
+    assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and " eta " in lines[0]
+    assert [line.split(" val/loss")[0] for line in lines if "val/loss" in line] == \
+        ["step 16/32 epoch 1", "step 32/32 epoch 2"]
+    assert lines[-2].startswith("step 32/32 epoch 1 loss ") and len(lines) == 4
+    train(tmp_path / "off", **{"logging.progress_bar": "off"})
+    assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()
+
+
+def test_a_rerun_without_checkpoints_moves_the_earlier_runs_events_aside(tmp_path):
+    settings = {"logging.tensorboard": "true", "checkpoint.enabled": "false", "training.max_steps": 4}
+    train(tmp_path, **settings)
+    train(tmp_path, **{**settings, "training.max_steps": 3})
+    earlier = [p for p in (tmp_path / "tensorboard").iterdir() if p.name.startswith("earlier-")]
+    assert len(earlier) == 1
+    steps = {}
+    for folder in (tmp_path / "tensorboard", earlier[0]):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps[folder.name] = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == {"tensorboard": [1, 2, 3], earlier[0].name: [1, 2, 3, 4]}

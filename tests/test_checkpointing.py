@@ -219,7 +219,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     progress = dict(state["progress"])
     val = progress.pop("val_metrics")
     assert progress == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
-                        "world_size": 1, "val_step": 16}
+                        "world_size": 1, "val_step": 16, "total_steps": 16}
     assert set(val) == {"val/loss", "val/mae"}  # the validation at step 16, saved with it
     assert Config.from_dict(state["config"]) == cfg
     assert (checkpoints(tmp_path)[-1] / "config.yaml").exists()

@@ -69,3 +69,22 @@ def test_default_ray_run_names_have_no_colon(tmp_path):
 
     cfg = make_config(tmp_path, "rt_helpers:OwnCallbacksTask")
     assert resolve_paths(cfg).distributed.run_name.startswith("rt_helpers-OwnCallbacksTask-")
+
+
+def test_a_broken_or_shadowed_task_module_is_a_usage_error_naming_it(user_folder, monkeypatch):
+    from raytrain_llm.core.errors import UsageError
+
+    (user_folder / "rt_broken_syntax.py").write_text("class T(\n")
+    (user_folder / "rt_broken_name.py").write_text("\n\nx = undefined_name\n")
+    (user_folder / "sched.py").write_text(TASK_SOURCE)  # the standard library's sched comes first
+    for name in ("rt_broken_syntax", "rt_broken_name"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(UsageError, match=r"^--task: importing 'rt_broken_syntax' .* failed: SyntaxError: .*"
+                                         r"rt_broken_syntax.py, line 1"):
+        resolve_task("rt_broken_syntax:T")
+    with pytest.raises(UsageError, match=r"failed: NameError: name 'undefined_name' is not defined "
+                                         r"\(at rt_broken_name.py:3\)"):
+        resolve_task("rt_broken_name:T")
+    with pytest.raises(UsageError, match=r"^--task: 'sched' has no class 'UserTask' \(that name imported "
+                                         r".*sched.py, not .*/sched.py: rename your module\)"):
+        resolve_task("sched:UserTask")

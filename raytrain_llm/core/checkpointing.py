@@ -13,8 +13,10 @@ import math
 import os
 import re
 import shutil
+from collections import Counter, OrderedDict
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
@@ -36,6 +38,30 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             parts.pop(0)
         out[".".join(parts)] = value
     return out
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.Size, torch.device, torch.dtype)
+_MAPPINGS = (dict, OrderedDict, Counter)
+
+
+def loadable_state(obj: Any, where: str) -> Any:
+    """`obj` in the types a weights-only load accepts. Numpy values (what sklearn metrics and
+    many user callbacks hold) become Python numbers and tensors; anything else is a UsageError
+    naming where it sits. Without this the save succeeds and every later resume fails."""
+    kind = type(obj)
+    if kind in _PLAIN or isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, np.generic) and not isinstance(obj, (np.object_, np.void)):
+        return obj.item()
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+        return torch.from_numpy(np.array(obj))
+    if kind in _MAPPINGS:
+        return kind((loadable_state(k, f"{where} key {k!r}"), loadable_state(v, f"{where}[{k!r}]"))
+                    for k, v in obj.items())
+    if kind in (list, tuple, set):
+        return kind(loadable_state(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise UsageError(f"checkpoint state {where} is a {kind.__module__}.{kind.__qualname__}, which a checkpoint cannot hold "
+                     f"(it is loaded weights-only): keep state to numbers, strings, tensors, lists and dicts")
 
 
 def _load_failure(exc: Exception) -> str:

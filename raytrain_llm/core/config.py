@@ -222,6 +222,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    # A user task's own settings, checked against its `Options` dataclass (tasks/task_options.py).
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     # --- plain-dict round trip (the config travels to Ray workers and into checkpoints) ---
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +231,7 @@ class Config:
         for name in SECTIONS:
             section = dataclasses.asdict(getattr(self, name))
             out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        out["task_options"] = dict(self.task_options)
         return out
 
     @classmethod

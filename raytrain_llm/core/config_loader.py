@@ -98,6 +98,7 @@ class _Builder:
 
     def __init__(self):
         self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.task_options: dict[str, Any] = {}  # checked by the task (tasks/task_options.py)
         self.task: Optional[str] = None
         self.errors: list[str] = []
         self.sources: dict[str, str] = {}  # dotted key -> where its value came from, for messages
@@ -126,6 +127,10 @@ class _Builder:
         self._set(key, text, source, parse_text)
 
     def _set(self, key: str, value: Any, source: str, convert) -> None:
+        section, _, name = key.partition(".")
+        if section == "task_options" and name and "." not in name:
+            self.task_options[name] = value  # typed by the task's Options later
+            return
         found = self._lookup(key, source)
         if found is None:
             return
@@ -151,8 +156,8 @@ class _Builder:
                 else:
                     self.errors.append(f"task: expected a task name{source}, got {body!r}")
                 continue
-            if section not in SECTIONS:
-                self.errors.append(f"{section}: unknown section{source}{_suggest(str(section), SECTIONS)}")
+            if section not in SECTIONS and section != "task_options":
+                self.errors.append(f"{section}: unknown section{source}{_suggest(str(section), [*SECTIONS, 'task_options'])}")
                 continue
             if body is None:
                 continue
@@ -164,7 +169,7 @@ class _Builder:
 
     def build(self) -> Config:
         sections = {name: cls(**self.values[name]) for name, cls in SECTIONS.items()}
-        cfg = Config(**sections)
+        cfg = Config(**sections, task_options=dict(self.task_options))
         if self.task:
             cfg.task = self.task
         return cfg

@@ -25,6 +25,7 @@ from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.rng_state import seed_everything
+from raytrain_llm.core.step_checks import check_loss, check_metric_names, check_metric_values, metric_float
 from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output
 
 
@@ -63,6 +64,7 @@ class TrainingEngine(EngineStateMixin):
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
         self._skips_in_a_row = 0  # nan_policy=skip: a run that only skips has diverged
+        self._checked_names: set[tuple] = set()  # metric name sets of train_step already checked
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
@@ -201,6 +203,7 @@ class TrainingEngine(EngineStateMixin):
             with (self.model.no_sync() if sync else contextlib.nullcontext()):
                 with self.precision.autocast():
                     out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
+                check_loss(out.loss)
                 self.precision.backward(out.loss / group)
             _accumulate(sums, *self._step_values(out))
             samples += out.num_samples or _batch_len(batch)
@@ -225,10 +228,17 @@ class TrainingEngine(EngineStateMixin):
     def _step_values(self, out: StepOutput) -> tuple[tuple, torch.Tensor]:
         """("loss", *metric names) and their values as one fp32 vector: one op per micro-batch
         for the bookkeeping, however many metrics the task reports."""
-        values = [out.loss, *out.metrics.values()]
-        values = [v.float().reshape(()) if torch.is_tensor(v)
-                  else torch.tensor(float(v), device=self.device) for v in values]
-        return ("loss", *out.metrics), torch.stack(values)
+        names = ("loss", *out.metrics)
+        if names not in self._checked_names:
+            check_metric_names(out.metrics, "train_step", training=True)
+            self._checked_names.add(names)
+        try:
+            values = [v.float().reshape(()) if torch.is_tensor(v)
+                      else torch.tensor(float(v), device=self.device) for v in (out.loss, *out.metrics.values())]
+        except (RuntimeError, TypeError, ValueError):
+            check_metric_values(out.metrics, "train_step")  # names the metric that is not one number
+            raise
+        return names, torch.stack(values)
 
     def _apply_or_skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Optimizer and scheduler step if loss and gradients are finite; else skip or stop."""
@@ -336,7 +346,10 @@ class TrainingEngine(EngineStateMixin):
                 break
             batch = to_device(batch, self.device, self.non_blocking)
             with self.precision.autocast():
-                out = as_step_output(self.task.validation_step(self.eval_model, batch, self.criterion))
+                out = as_step_output(self.task.validation_step(self.eval_model, batch, self.criterion),
+                                     "validation_step")
+            check_metric_names(out.metrics, "validation_step", training=False)
+            check_metric_values({"loss": out.loss, **out.metrics}, "validation_step")
             n = out.num_samples or _batch_len(batch)
             for k, v in {"loss": out.loss, **out.metrics}.items():
                 v = torch.as_tensor(v, device=self.device).detach().float()
@@ -351,7 +364,8 @@ class TrainingEngine(EngineStateMixin):
             [sums.get(k, zero) for k in names] + [zero + counts.get(k, 0) for k in names]))
         # Each metric averaged over the samples of the batches that reported it.
         values = (totals[:len(names)] / totals[len(names):].clamp_min(1)).tolist()
-        metrics = self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)})
+        metrics = {k: metric_float(k, v, "finalize_validation") for k, v in
+                   self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)}).items()}
         self.last_val_metrics = metrics
         self.callbacks.on_validation_end(self, metrics)
         self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": self.epoch, **metrics})

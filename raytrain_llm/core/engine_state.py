@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Optional
 
 import torch
 
-from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
+from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict, loadable_state
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.rng_state import capture_rng, restore_rng
@@ -22,18 +23,24 @@ class EngineStateMixin:
     def state_dict(self) -> dict[str, Any]:
         """The full training state. Collective: gathers every rank's RNG streams."""
         rng = self.dist.gather_objects(capture_rng())
+        # What user code puts in a checkpoint, checked on every rank alike (a save is collective).
+        with self.dist.usage_errors_on_every_rank():
+            callbacks = loadable_state(self.callbacks.state_dict(), "callbacks")
+            scheduler = loadable_state(self.scheduler.state_dict(), "scheduler") \
+                if self.scheduler is not None else None
         return {
             "model": clean_state_dict(self.raw_model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scheduler": scheduler,
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": {"global_step": self.global_step, "epoch": self.epoch,
                          "batch_in_epoch": self.batch_in_epoch, "skipped_steps": self.skipped_steps,
                          "world_size": self.dist.world_size, "val_step": self._val_step,
+                         "total_steps": self.total_steps,  # the length the scheduler was planned for
                          # a resumed run that has nothing left to train reports these, not a re-run
                          "val_metrics": dict(self.last_val_metrics) if self._val_step == self.global_step else {}},
             "rng": rng,
-            "callbacks": self.callbacks.state_dict(),
+            "callbacks": callbacks,
             "config": self.config.to_dict(),
         }
 
@@ -53,7 +60,7 @@ class EngineStateMixin:
         self.batch_in_epoch = self._resume_position(state)
         self._fit_total_steps()
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self._load_scheduler(state["scheduler"])
+            self._load_scheduler(state["scheduler"], progress.get("total_steps"))
         self._keep_config_settings(planned, state)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
@@ -114,7 +121,7 @@ class EngineStateMixin:
             if isinstance(fn, LRSchedule):
                 fn.decay_steps = max(1, total - fn.warmup)
 
-    def _load_scheduler(self, saved: dict[str, Any]) -> None:
+    def _load_scheduler(self, saved: dict[str, Any], saved_total: Optional[int]) -> None:
         """Restore the scheduler's position, but keep the schedule's length from this run's config.
 
         LambdaLR saves a callable object's attributes, so loading would bring back the old run's
@@ -122,6 +129,10 @@ class EngineStateMixin:
         at the old end and then sit at the floor. The length is what the user just asked for.
         """
         planned = _schedule_shapes(self.scheduler)
+        if planned is None and saved_total not in (None, self.total_steps) and not isinstance(
+                self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self._replan_task_scheduler(int(saved_total))
+            return
         self.scheduler.load_state_dict(saved)
         if planned is None or _schedule_shapes(self.scheduler) == planned:
             return
@@ -133,6 +144,21 @@ class EngineStateMixin:
             self.logger.warning(f"LR schedule follows this run's config, not the checkpoint's: decay over "
                                 f"{planned[0]['decay_steps']} steps (the checkpoint's run: {before})")
 
+    def _replan_task_scheduler(self, saved_total: int) -> None:
+        """A task's own scheduler, for a run whose length changed: built again for this run's
+        length (as the task planned it, e.g. OneCycleLR(total_steps=...)) and stepped to the
+        position, instead of loading one that would end, or fail, at the old length."""
+        for group in self.optimizer.param_groups:  # chainable schedulers start from the peak
+            group["lr"] = group.get("initial_lr", group["lr"])
+        self.scheduler = self.task.build_scheduler(self.optimizer, self.total_steps)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore")
+            for _ in range(self.global_step - int(self.skipped_steps)):
+                self.scheduler.step()
+        if self.dist.is_main:
+            self.logger.warning(f"{type(self.scheduler).__name__} was planned again for {self.total_steps} steps "
+                                f"(the checkpoint's run: {saved_total}) and stepped to step {self.global_step}")
+
     def _keep_config_settings(self, planned: list[dict[str, Any]], state: dict[str, Any]) -> None:
         """The optimizer's settings (peak LR, weight decay, betas, fused, ...) follow this run's
         config, as config.yaml says; its moments and the schedule's position are the checkpoint's.
@@ -143,10 +169,11 @@ class EngineStateMixin:
         if all(saved.get(section) == current[section] for section in ("training", "optimization")):
             return
         groups = self.optimizer.param_groups
+        owned = _LR_KEYS + _momentum_keys(self.scheduler)
         changed = sorted({key for group, mine in zip(groups, planned) for key, value in mine.items()
-                          if key not in _LR_KEYS and _differs(group.get(key), value)})
+                          if key not in owned and _differs(group.get(key), value)})
         for group, mine in zip(groups, planned):
-            group.update({k: v for k, v in mine.items() if k not in _LR_KEYS})
+            group.update({k: v for k, v in mine.items() if k not in owned})
         peaks = [mine.get("initial_lr", mine["lr"]) for mine in planned]
         scheduler = self.scheduler
         if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
@@ -269,6 +296,13 @@ def _mismatch_cause(state: dict[str, Any], config: dict[str, Any], exc: Exceptio
 
 
 _LR_KEYS = ("lr", "initial_lr")  # the schedule owns these
+
+
+def _momentum_keys(scheduler) -> tuple[str, ...]:
+    """Group settings a scheduler moves besides the LR (OneCycleLR and CyclicLR cycle momentum)."""
+    if getattr(scheduler, "cycle_momentum", False):
+        return ("betas", "momentum", "max_momentum", "base_momentum")
+    return ()
 
 
 def _group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:

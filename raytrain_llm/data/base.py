@@ -31,12 +31,29 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def columns(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """`rows(ids)`, checked: a dict of arrays with one row per id (CPU tensors are taken too)."""
+        out = self.rows(ids)
+        where = f"{type(self).__name__}.rows"
+        if not isinstance(out, dict):
+            raise UsageError(f"{where} returned a {type(out).__name__}: return a dict of column name -> array")
+        for key, value in out.items():
+            if torch.is_tensor(value):
+                out[key] = value = value.detach().cpu().numpy()
+            if not isinstance(value, np.ndarray) or value.dtype == object:
+                raise UsageError(f"{where}: column {key!r} is a {type(value).__name__}"
+                                 f"{' of objects' if isinstance(value, np.ndarray) else ''}: return numeric numpy arrays")
+            if value.ndim == 0 or len(value) != len(ids):
+                raise UsageError(f"{where}: column {key!r} has shape {list(value.shape)} for {len(ids)} ids: "
+                                 "it must hold one row per id")
+        return out
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v[0]) for k, v in self.rows(np.array([i], dtype=np.int64)).items()}
+        return {k: torch.from_numpy(v[0]) for k, v in self.columns(np.array([i], dtype=np.int64)).items()}
 
     def __getitems__(self, ids: list[int]) -> dict[str, torch.Tensor]:
         # DataLoader calls this with a whole batch of indices: one vectorised call per batch.
-        return {k: torch.from_numpy(v) for k, v in self.rows(np.asarray(ids, dtype=np.int64)).items()}
+        return {k: torch.from_numpy(v) for k, v in self.columns(np.asarray(ids, dtype=np.int64)).items()}
 
 
 def keep_batch(batch: Any) -> Any:
@@ -101,12 +118,16 @@ class DataModule(ABC):
 
     @property
     def train_dataset(self) -> IndexedDataset:
+        if "_train" not in self.__dict__:
+            raise UsageError(f"{type(self).__name__}.__init__ must call super().__init__(config)")
         if self._train is None:
             self._train = self._checked(self.build_train_dataset(), "build_train_dataset")
         return self._train
 
     @property
     def val_dataset(self) -> IndexedDataset:
+        if "_val" not in self.__dict__:
+            raise UsageError(f"{type(self).__name__}.__init__ must call super().__init__(config)")
         if self._val is None:
             self._val = self._checked(self.build_val_dataset(), "build_val_dataset")
         return self._val
@@ -117,6 +138,8 @@ class DataModule(ABC):
         if not isinstance(dataset, IndexedDataset):
             raise UsageError(f"{type(self).__name__}.{method} returned a {type(dataset).__name__}, not a "
                              "raytrain_llm.data.IndexedDataset (subclass it and implement rows(ids))")
+        if "num_samples" not in vars(dataset):
+            raise UsageError(f"{type(dataset).__name__}.__init__ must call super().__init__(num_samples, seed)")
         return dataset
 
     def num_train_batches(self, batch_size: int, world_size: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 import torch
@@ -20,6 +21,10 @@ from raytrain_llm.core.worker import train_worker
 
 
 def run_in_process(config: Config) -> dict[str, Any]:
+    workers = config.distributed.num_workers
+    if config.distributed.launcher == "local" and workers > 1:  # spawn with 1 worker also lands here
+        print(f"warning: distributed.launcher=local trains in this one process; distributed.num_workers={workers} "
+              f"is ignored (launcher=spawn or ray runs {workers} workers)", file=sys.stderr)
     return train_worker(config)
 
 
@@ -47,6 +52,31 @@ def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int)
         dist.cleanup()
 
 
+def child_exception(text: str) -> tuple[str, str]:
+    """(exception type, first line of its message) from a child's formatted traceback. The line
+    after the last traceback's frames, not the text's last line: torch's messages run on for
+    lines of advice (DDP's unused-parameter error ends with one about TORCH_DISTRIBUTED_DEBUG)."""
+    lines = text.strip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    for line in lines[starts[-1] + 1 if starts else 0:]:
+        if line.strip() and not line[0].isspace():
+            kind, _, message = line.partition(": ")
+            return kind, message.strip()
+    return "Exception", lines[-1].strip() if lines else ""
+
+
+def _keep_traceback(config: Config, text: str) -> str:
+    """The child's traceback in <logging.dir>/error.log (as the CLI keeps its own), or ""."""
+    path = os.path.join(config.logging.dir, "error.log")
+    try:
+        os.makedirs(config.logging.dir, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text.strip() + "\n")
+    except OSError:
+        return ""
+    return path
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -66,12 +96,14 @@ def run_spawn(config: Config) -> dict[str, Any]:
     try:
         torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
-        # The child's traceback ends in "module.ErrorType: message": keep a usage error a usage error.
-        last = str(exc).strip().splitlines()[-1]
-        kind, _, message = last.partition(": ")
-        if kind.rsplit(".", 1)[-1] in ("UsageError", "ConfigError"):
+        kind, message = child_exception(str(exc))
+        if kind.rsplit(".", 1)[-1] in ("UsageError", "ConfigError"):  # keep a usage error a usage error
             raise UsageError(message) from None
-        raise TrainingError(f"a spawned worker failed: {last}") from None
+        where = _keep_traceback(config, str(exc))
+        hint = ("; if the model has parameters that a step does not use, set distributed.find_unused_parameters=true"
+                if "find_unused_parameters" in str(exc) else "")
+        raise TrainingError(f"a spawned worker failed: {kind.rsplit('.', 1)[-1]}: {message}{hint}"
+                            + (f" (traceback in {where})" if where else "")) from None
     except torch.multiprocessing.ProcessExitedException as exc:
         raise TrainingError(f"a spawned worker died: {exc}") from None
     summary = read_summary(config.logging.dir)

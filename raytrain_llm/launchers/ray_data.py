@@ -96,9 +96,9 @@ class SlotGenerator:
         out: dict[str, list] = {}
         for slot in batch["id"]:
             epoch, b, rank, ids = self.slot_ids(int(slot))
-            cols = self.dataset.rows(ids) if len(ids) else {}
+            cols = self.dataset.columns(ids) if len(ids) else {}
             if not cols:  # an empty tail slot of a validation set: shapes from one real row
-                cols = {k: v[:0] for k, v in self.dataset.rows(np.zeros(1, np.int64)).items()}
+                cols = {k: v[:0] for k, v in self.dataset.columns(np.zeros(1, np.int64)).items()}
             for k, v in cols.items():
                 pad = np.zeros((self.b - len(v),) + v.shape[1:], v.dtype)  # val tail: pad, keep count
                 out.setdefault(k, []).append(np.concatenate([v, pad]) if len(pad) else v)

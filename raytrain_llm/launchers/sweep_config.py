@@ -285,4 +285,5 @@ def merge_base(cli_config: Config, base_file: Optional[str]) -> Config:
         for key, value in cli[section].items():
             if value != default[section][key]:
                 merged[section][key] = value
+    merged["task_options"].update(cli["task_options"])
     return Config.from_dict(merged)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.errors import UsageError
+from raytrain_llm.tasks.task_options import parse_task_options
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
@@ -36,24 +38,29 @@ class StepOutput:
 StepResult = Union[StepOutput, torch.Tensor, tuple]
 
 
-def as_step_output(result: StepResult) -> StepOutput:
+def as_step_output(result: StepResult, hook: str = "train_step") -> StepOutput:
     if isinstance(result, StepOutput):
         return result
     if isinstance(result, torch.Tensor):
         return StepOutput(loss=result)
-    if isinstance(result, tuple) and len(result) == 2:
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
         return StepOutput(loss=result[0], metrics=dict(result[1]))
-    raise TypeError(
-        "train_step/validation_step must return a StepOutput, a loss tensor or (loss, metrics); "
-        f"got {type(result).__name__}"
-    )
+    what = f"a tuple of {len(result)}" if isinstance(result, tuple) else f"a {type(result).__name__}"
+    raise UsageError(f"{hook} returned {what}: return a StepOutput, a loss tensor, or (loss, metrics dict)")
 
 
 class TrainingTask(ABC):
-    """Subclass this; implement `build_model`, `build_data_module` and `train_step`."""
+    """Subclass this; implement `build_model`, `build_data_module` and `train_step`.
+
+    A task's own settings: declare a dataclass as `Options`; `task_options.<name>` (YAML, `--set`,
+    RAYTRAIN_TASK_OPTIONS__<NAME>) is checked against it and handed over as `self.options`.
+    """
+
+    Options: ClassVar[Optional[type]] = None
 
     def __init__(self, config: Config):
         self.config = config
+        self.options = parse_task_options(type(self).Options, config.task_options, type(self).__name__)
 
     # --- required ---
     @abstractmethod

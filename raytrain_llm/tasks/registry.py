@@ -8,6 +8,7 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 from typing import Optional
 
 from raytrain_llm.core.errors import UsageError
@@ -33,15 +34,37 @@ def resolve_task(name: str) -> type[TrainingTask]:
         module = _import(module_name)
     except (ImportError, ValueError, TypeError) as exc:  # also ":Cls" (empty) and ".mod:Cls" (relative)
         raise UsageError(f"--task: cannot import {module_name!r} for task {name!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module itself fails (SyntaxError, NameError, ...)
+        raise UsageError(f"--task: importing {module_name!r} for task {name!r} failed: "
+                         f"{type(exc).__name__}: {exc}{_where(exc)}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise UsageError(f"--task: {module_name!r} has no class {class_name!r}")
+        raise UsageError(f"--task: {module_name!r} has no class {class_name!r}{_shadowed(module)}")
     if not (isinstance(cls, type) and issubclass(cls, TrainingTask)):
         raise UsageError(f"--task: {target} is not a TrainingTask subclass")
     if inspect.isabstract(cls):  # else a TypeError deep in the launcher, on every worker
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise UsageError(f"--task: {target} does not implement {missing} (required by TrainingTask)")
     return cls
+
+
+def _where(exc: BaseException) -> str:
+    """' (at file.py:line)' of the innermost frame; a SyntaxError names its place itself."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) or not frames:
+        return ""
+    return f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
+
+
+def _shadowed(module) -> str:
+    """Which file was imported, when the current folder has a module of that name that lost to it
+    (a `train.py` or `test.py` of the user's: the same name is taken further up sys.path)."""
+    path = getattr(module, "__file__", None)
+    top = module.__name__.split(".")[0]
+    mine = [os.path.abspath(p) for p in (f"{top}.py", os.path.join(top, "__init__.py")) if os.path.exists(p)]
+    if not mine or (path and os.path.abspath(path) in mine):
+        return ""
+    return f" (that name imported {path or 'a built-in module'}, not {mine[0]}: rename your module)"
 
 
 def _import(module_name: str):

@@ -6,6 +6,7 @@ does nothing, instead of failing the run.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from raytrain_llm.core.callbacks.base import Callback
@@ -44,6 +45,21 @@ class TensorBoardLogger(Callback):
             return None
         self.writer = SummaryWriter(self.dir)
         return self.writer
+
+    def on_train_start(self, engine) -> None:
+        # A run from step 0 into a folder holding an earlier run's events (a rerun without
+        # checkpoints): TensorBoard would draw both as one zig-zagging run. They become a run of
+        # their own, `earlier-<time>` (metrics.jsonl is moved aside the same way).
+        if engine.global_step or not engine.dist.is_main or not os.path.isdir(self.dir):
+            return
+        events = [n for n in os.listdir(self.dir) if n.startswith("events.out.tfevents.")]
+        if events:
+            aside = os.path.join(self.dir, f"earlier-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            os.makedirs(aside)
+            for name in events:
+                os.replace(os.path.join(self.dir, name), os.path.join(aside, name))
+            if self.logger:
+                self.logger.info(f"an earlier run's TensorBoard events were moved to tensorboard/{os.path.basename(aside)}")
 
     def on_log(self, engine, record) -> None:
         writer = self._open(engine)

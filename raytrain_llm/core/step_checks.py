@@ -1,0 +1,66 @@
+"""What a task's steps must return, checked where the engine receives it.
+
+A task's mistakes (a detached or per-sample loss, a metric that is a string or a vector, a
+metric named like one of the engine's own fields) otherwise surface as torch errors deep in
+the engine, or worse, silently: a metric named `loss` used to be summed into the logged loss.
+Each check names the hook and the metric, and is a usage error (exit 2). The checks cost a few
+attribute reads per step; the metric names are checked once per distinct set of names.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from raytrain_llm.core.errors import UsageError
+
+# Fields of the engine's train records (monitoring.PerformanceMonitor.summary included): a task
+# metric of the same name would be averaged into, or overwrite, the engine's value.
+ENGINE_FIELDS = frozenset({
+    "loss", "lr", "grad_norm", "split", "step", "epoch", "skipped_steps", "tokens_per_s", "samples_per_s",
+    "tflops", "mfu", "step_time", "data_wait", "data_wait_share", "memory_gib"})
+
+
+def check_loss(loss: Any, hook: str = "train_step") -> None:
+    """The loss the engine backpropagates: a one-element float tensor attached to the graph."""
+    if not torch.is_tensor(loss):
+        raise UsageError(f"{hook} returned a loss of type {type(loss).__name__}: it must be a tensor computed "
+                         "from the model's output (backward needs its graph)")
+    if loss.numel() != 1:
+        raise UsageError(f"{hook} returned a loss of shape {list(loss.shape)}: reduce it to one number "
+                         "(e.g. .mean() over the batch)")
+    if not loss.requires_grad:
+        raise UsageError(f"{hook} returned a loss that does not require grad: it was detached (.detach(), "
+                         ".item(), an integer dtype), computed under torch.no_grad(), or the model has no "
+                         "trainable parameters")
+
+
+def check_metric_names(metrics: dict[str, Any], hook: str, training: bool) -> None:
+    for name in metrics:
+        if not isinstance(name, str):
+            raise UsageError(f"{hook} returned a metric named {name!r}: metric names must be strings")
+        taken = name in ENGINE_FIELDS or name.startswith("val/") if training else name == "loss"
+        if taken:
+            raise UsageError(f"{hook} returned a metric named {name!r}, a name the engine logs itself"
+                             + (" (train records hold these fields; val/ names are validation's)" if training
+                                else " (val/loss is validation_step's loss)") + ": rename it")
+
+
+def check_metric_values(metrics: dict[str, Any], hook: str) -> None:
+    """Each metric is one number: a Python or numpy number, or a one-element tensor."""
+    for name, value in metrics.items():
+        metric_float(name, value, hook, sync=False)
+
+
+def metric_float(name: str, value: Any, hook: str, sync: bool = True) -> float:
+    """`value` as a float, or a UsageError naming the metric and the hook (sync=False: check only)."""
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.is_complex():
+            raise UsageError(f"{hook}: metric {name!r} is a tensor of shape {list(value.shape)}, not one "
+                             "number (reduce it, e.g. .mean())")
+        return float(value) if sync else math.nan
+    if isinstance(value, numbers.Real):  # Python and numpy numbers, bools
+        return float(value)
+    raise UsageError(f"{hook}: metric {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not a number")

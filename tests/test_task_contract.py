@@ -1,0 +1,224 @@
+"""What a task's steps and callbacks hand the engine: mistakes are usage errors naming the hook
+and the value, and whatever a task returns never makes a checkpoint that cannot be loaded."""
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+import torch
+
+from rt_helpers import StepCounter
+from rt_testing import make_config
+from raytrain_llm.core.callbacks import default_callbacks
+from raytrain_llm.core.checkpointing import CheckpointManager
+from raytrain_llm.core.engine import TrainingEngine
+from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.core.logger import Logger
+from raytrain_llm.launchers.local import child_exception, run_spawn
+from raytrain_llm.tasks.base_task import StepOutput
+from raytrain_llm.tasks.regression_task import RegressionTask
+
+
+def fit(tmp_path, task_cls, callbacks=(), **overrides):
+    cfg = make_config(tmp_path, **{"training.max_steps": 4, **overrides})
+    engine = TrainingEngine(cfg, task_cls(cfg), callbacks=list(callbacks))
+    return engine.fit(), engine
+
+
+def step_returning(value_fn):
+    class Task(RegressionTask):
+        def train_step(self, model, batch, criterion):
+            return value_fn(super().train_step(model, batch, criterion))
+    return Task
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: float(out.loss), r"^train_step returned a float: return a StepOutput"),
+    (lambda out: {"loss": out.loss}, r"^train_step returned a dict"),
+    (lambda out: None, r"^train_step returned a NoneType"),
+    (lambda out: (out.loss, {}, 1), r"^train_step returned a tuple of 3"),
+    (lambda out: out.loss.detach(), r"^train_step returned a loss that does not require grad"),
+    (lambda out: torch.tensor(3), r"^train_step returned a loss that does not require grad"),
+    (lambda out: out.loss * torch.ones(4), r"^train_step returned a loss of shape \[4\]: reduce it"),
+    (lambda out: (out.loss, {"acc": "high"}), r"^train_step: metric 'acc' is a str \('high'\), not a number"),
+    (lambda out: (out.loss, {"acc": torch.ones(16)}), r"^train_step: metric 'acc' is a tensor of shape \[16\]"),
+    (lambda out: (out.loss, {"loss": out.loss.detach()}), r"^train_step returned a metric named 'loss', a name the engine"),
+    (lambda out: (out.loss, {"grad_norm": 100.0}), r"metric named 'grad_norm'"),
+    (lambda out: (out.loss, {"step": 1.0}), r"metric named 'step'"),
+    (lambda out: (out.loss, {"val/mae": 1.0}), r"metric named 'val/mae'.*val/ names are validation's"),
+])
+def test_train_step_mistakes_name_the_hook_and_value(tmp_path, make, message):
+    with pytest.raises(UsageError, match=message):
+        fit(tmp_path, step_returning(make))
+
+
+class ValLossMetric(RegressionTask):
+    def validation_step(self, model, batch, criterion):
+        out = super().validation_step(model, batch, criterion)
+        return StepOutput(loss=out.loss, metrics={"loss": out.loss * 0})
+
+
+class ValVectorMetric(RegressionTask):
+    def validation_step(self, model, batch, criterion):
+        out = super().validation_step(model, batch, criterion)
+        return StepOutput(loss=out.loss, metrics={"err": (out.loss * torch.ones(3))})
+
+
+class TensorAndNumpyFinal(RegressionTask):
+    def finalize_validation(self, metrics):
+        return {**metrics, "val/err": np.float64(1.0) - metrics["val/mae"], "val/exp": torch.tensor(2.0)}
+
+
+def test_validation_mistakes_and_finalized_values(tmp_path):
+    with pytest.raises(UsageError, match=r"^validation_step returned a metric named 'loss'.*val/loss"):
+        fit(tmp_path / "a", ValLossMetric)
+    with pytest.raises(UsageError, match=r"^validation_step: metric 'err' is a tensor of shape \[3\]"):
+        fit(tmp_path / "b", ValVectorMetric)
+    result, _ = fit(tmp_path / "c", TensorAndNumpyFinal)
+    assert type(result["val"]["val/err"]) is float and result["val"]["val/exp"] == 2.0
+
+
+class NumpyState(StepCounter):
+    def state_dict(self):
+        return {"steps": np.int64(self.steps), "history": np.arange(3.0), "seen": [np.float32(0.5)]}
+
+    def load_state_dict(self, state):
+        self.steps, self.loaded = int(state["steps"]), state
+
+
+class DatetimeState(StepCounter):
+    def state_dict(self):
+        return {"when": datetime.datetime(2026, 1, 1)}
+
+
+def test_numpy_values_in_checkpoints_load_back(tmp_path):
+    # A numpy float from finalize_validation (sklearn's metrics return them) or in a callback's
+    # state used to save fine and make every checkpoint unloadable (weights-only load).
+    _, engine = fit(tmp_path, TensorAndNumpyFinal, callbacks=[NumpyState()], **{"training.max_steps": 0,
+                                                                                "training.epochs": 2})
+    assert engine.global_step == 32
+    for meta in CheckpointManager(str(tmp_path / "checkpoints")).checkpoints():
+        CheckpointManager.load(meta["path"])  # weights-only: raises if anything is not plain
+    cfg = make_config(tmp_path, **{"training.epochs": 3, "checkpoint.resume": "auto"})
+    resumed = NumpyState()
+    TrainingEngine(cfg, TensorAndNumpyFinal(cfg), callbacks=[resumed]).fit()
+    assert resumed.steps == 48
+    assert resumed.loaded["history"].tolist() == [0.0, 1.0, 2.0] and resumed.loaded["seen"] == [0.5]
+    with pytest.raises(UsageError, match=r"^checkpoint state callbacks\['DatetimeState'\]\['when'\] is a "
+                                         r"datetime.datetime, which a checkpoint cannot hold"):
+        fit(tmp_path / "d", RegressionTask, callbacks=[DatetimeState()], **{"checkpoint.every_n_steps": 2})
+
+
+def test_a_spawned_workers_failure_names_its_exception_and_keeps_the_traceback(tmp_path):
+    text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+            "  File \"x.py\", line 1, in f\n    g()\nRuntimeError: Expected to have finished reduction\n"
+            "parameters that were not used: find_unused_parameters=True\n"
+            "In addition, you can set the environment variable TORCH_DISTRIBUTED_DEBUG to INFO\n")
+    assert child_exception(text) == ("RuntimeError", "Expected to have finished reduction")
+    cfg = make_config(tmp_path, "rt_helpers:UnusedParameterTask", **{
+        "distributed.launcher": "spawn", "distributed.num_workers": 2, "training.max_steps": 3})
+    with pytest.raises(TrainingError, match=r"a spawned worker failed: RuntimeError: .*set "
+                                            r"distributed.find_unused_parameters=true \(traceback in .*error.log\)"):
+        run_spawn(cfg)
+    assert "Traceback (most recent call last)" in (tmp_path / "error.log").read_text()
+
+
+class OneCycleTask(RegressionTask):
+    def build_scheduler(self, optimizer, total_steps):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=total_steps)
+
+
+class WarmupCosineTask(RegressionTask):
+    def build_scheduler(self, optimizer, total_steps):
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=3)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - 3)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[3])
+
+
+@pytest.mark.parametrize("task_cls", [OneCycleTask, WarmupCosineTask])
+def test_a_task_scheduler_follows_a_longer_resumed_run(tmp_path, task_cls):
+    # The task plans its schedule from total_steps; a run resumed with more epochs gets the
+    # schedule of the longer run from where it stands (OneCycleLR used to fail past its old
+    # end, a cosine restarted its cycle), and OneCycle's cycled betas are not "config changes".
+    from rt_testing import read_jsonl
+
+    def lrs(folder):
+        return {r["step"]: r["lr"] for r in read_jsonl(folder / "metrics.jsonl") if r["split"] == "train"}
+
+    def run(folder, **settings):
+        cfg = make_config(folder, **settings)
+        logger = Logger(log_dir=str(folder))
+        engine = TrainingEngine(cfg, task_cls(cfg), callbacks=default_callbacks(cfg, logger), logger=logger)
+        engine.fit()
+        logger.close()
+        return engine
+
+    straight = run(tmp_path / "whole", **{"training.epochs": 2})
+    run(tmp_path / "cut", **{"training.epochs": 1})
+    resumed = run(tmp_path / "cut", **{"training.epochs": 2, "checkpoint.resume": "auto"})
+    expected, got = lrs(tmp_path / "whole"), lrs(tmp_path / "cut")
+    assert max(got) == 32 and all(got[s] == pytest.approx(expected[s], rel=1e-9) for s in range(17, 33))
+    for a, b in zip(resumed.optimizer.param_groups, straight.optimizer.param_groups):
+        assert a["betas"] == pytest.approx(b["betas"]) and a["lr"] == pytest.approx(b["lr"])
+    log = (tmp_path / "cut" / "logs" / "rank0.log").read_text()
+    assert "planned again for 32 steps (the checkpoint's run: 16)" in log and "betas changed" not in log
+
+
+def test_a_custom_datasets_mistakes_name_its_rows_or_init(tmp_path):
+    from raytrain_llm.data.base import DataModule, IndexedDataset
+
+    class Rows(IndexedDataset):
+        def __init__(self, n, make):
+            super().__init__(n, 0)
+            self.make = make
+
+        def rows(self, ids):
+            return self.make(ids)
+
+    class NoSuper(IndexedDataset):
+        def __init__(self):
+            pass
+
+        def rows(self, ids):
+            return {}
+
+    def module(dataset):
+        class Module(DataModule):
+            def build_train_dataset(self):
+                return dataset
+
+            def build_val_dataset(self):
+                return dataset
+        return Module(make_config(tmp_path))
+
+    def batch(make):
+        return next(iter(module(Rows(32, make)).train_batches(epoch=0, start_batch=0, batch_size=4, rank=0,
+                                                               world_size=1)))
+
+    ok = batch(lambda ids: {"x": torch.ones(len(ids), 2), "y": np.zeros((len(ids), 1), np.float32)})
+    assert ok["x"].shape == (4, 2) and ok["y"].dtype == torch.float32  # CPU tensors are taken too
+    with pytest.raises(UsageError, match=r"^Rows.rows returned a list: return a dict"):
+        batch(lambda ids: [ids])
+    with pytest.raises(UsageError, match=r"^Rows.rows: column 'x' has shape \[2\] for 4 ids"):
+        batch(lambda ids: {"x": np.zeros(2)})
+    with pytest.raises(UsageError, match=r"^Rows.rows: column 'x' is a list"):
+        batch(lambda ids: {"x": [0] * len(ids)})
+    with pytest.raises(UsageError, match=r"^NoSuper.__init__ must call super\(\).__init__\(num_samples, seed\)"):
+        module(NoSuper()).train_dataset
+
+    class ModuleNoSuper(DataModule):
+        def __init__(self, config):
+            self.config = config
+
+        build_train_dataset = build_val_dataset = None
+
+    with pytest.raises(UsageError, match=r"^ModuleNoSuper.__init__ must call super\(\).__init__\(config\)"):
+        ModuleNoSuper(make_config(tmp_path)).train_dataset
+
+
+def test_the_local_launcher_says_it_ignores_num_workers(tmp_path, capsys):
+    from raytrain_llm.launchers.local import run_in_process
+
+    run_in_process(make_config(tmp_path, **{"distributed.num_workers": 2, "training.max_steps": 1}))
+    assert "distributed.num_workers=2 is ignored (launcher=spawn or ray runs 2 workers)" in capsys.readouterr().err
