@@ -58,9 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = None
     try:
         args = build_parser().parse_args(argv)
-        from raytrain_llm.core.config_loader import dump_yaml, load_config
+        from raytrain_llm.core.config_loader import dump_yaml, load_config_and_keys
 
-        config = load_config(args.config, args.overrides, task=args.task)
+        config, cli_keys = load_config_and_keys(args.config, args.overrides, task=args.task)
+        if args.tune:  # what the trials start from: the sweep's base_config under the command line
+            from raytrain_llm.launchers.sweep_config import load_sweep, merge_base
+
+            config = merge_base(config, load_sweep(args.tune).base_config, cli_keys)
         # Imported after the config is checked: it pulls in torch, and a config typo should
         # be reported in a blink, not after seconds of imports.
         from raytrain_llm.tasks.registry import resolve_task
@@ -72,16 +76,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # typed, so config.yaml records every option the run used.
         config.task_options = options_dict(parse_task_options(task_cls.Options, config.task_options, config.task))
         if args.print_config:
-            if args.tune:  # what the trials start from: the sweep's base_config under the command line
-                from raytrain_llm.launchers.sweep_config import load_sweep, merge_base
-
-                config = merge_base(config, load_sweep(args.tune).base_config)
             sys.stdout.write(dump_yaml(config))
             return 0
         if args.tune:
             from raytrain_llm.launchers.ray_tune import run_sweep
 
-            run_sweep(config, args.tune)
+            run_sweep(config, args.tune, cli_keys)
             return 0
         _print_result(launch(config))
         return 0

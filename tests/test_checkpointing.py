@@ -316,3 +316,15 @@ def test_an_epochs_last_step_is_saved_once(tmp_path):
     saves = Saves()
     train_worker(make_config(tmp_path, **{"checkpoint.every_n_steps": 8, "training.epochs": 2}), extra_callbacks=[saves])
     assert saves.steps == [(8, 0, 8, False), (16, 1, 0, True), (24, 1, 8, False), (32, 2, 0, True)]
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    # mkstemp's 0600 made results on shared storage unreadable to everyone else.
+    from raytrain_llm.core.atomic_io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(str(tmp_path / "a.txt"), "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

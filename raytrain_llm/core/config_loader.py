@@ -130,6 +130,7 @@ class _Builder:
         section, _, name = key.partition(".")
         if section == "task_options" and name and "." not in name:
             self.task_options[name] = value  # typed by the task's Options later
+            self.sources[key] = source
             return
         found = self._lookup(key, source)
         if found is None:
@@ -153,6 +154,7 @@ class _Builder:
             if section == "task":
                 if isinstance(body, str) and body:
                     self.task = body
+                    self.sources["task"] = source
                 else:
                     self.errors.append(f"task: expected a task name{source}, got {body!r}")
                 continue
@@ -268,6 +270,15 @@ def _suggest_env(var: str) -> str:
 def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = (),
                 environ: Optional[Mapping[str, str]] = None, task: Optional[str] = None) -> Config:
     """Defaults < YAML < environment < `--set key=value` (< `task` from `--task`)."""
+    return load_config_and_keys(config_file, overrides, environ, task)[0]
+
+
+def load_config_and_keys(config_file: Optional[str] = None, overrides: Iterable[str] = (),
+                         environ: Optional[Mapping[str, str]] = None,
+                         task: Optional[str] = None) -> tuple[Config, set[str]]:
+    """`load_config`, and the keys (`section.field`, `task`, `task_options.name`) that the YAML, the
+    environment, `--set` or `--task` set: what must win over a sweep's base config, also where
+    a value equals the default."""
     builder = _Builder()
     if config_file:
         builder.merge_mapping(read_yaml(config_file), f" in {config_file}")
@@ -282,7 +293,8 @@ def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = ()
             builder.errors.append(f"--set {item}: expected section.field=value")
             continue
         builder.set_text(key.strip(), text, " (from --set)")
-    return _finish(builder, task)
+    keys = set(builder.sources) | ({"task"} if task else set())
+    return _finish(builder, task), keys
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> Config:

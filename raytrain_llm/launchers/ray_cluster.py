@@ -97,9 +97,25 @@ def _check_reachable(address: str, source: str) -> None:
     if address in ("auto", "local") or not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S) as conn:
+            web = not address.startswith("ray://") and _answers_http(conn)
     except OSError as exc:
         raise UsageError(f"{source}: cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from None
+    if web:  # the dashboard's port (ray start prints it): ray.init would retry it for minutes
+        raise UsageError(f"{source}: {address} answers HTTP: it is the dashboard (job server), for `ray job "
+                         f"submit --address http://{target} -- python train.py ...`; to connect directly use "
+                         f"the head's GCS address (host:6379) or `auto` on a cluster node")
+
+
+def _answers_http(conn: socket.socket) -> bool:
+    """Whether the server on `conn` speaks HTTP/1 (a dashboard); the GCS speaks gRPC (HTTP/2) and
+    does not answer an HTTP/1 request with an HTTP/1 status line."""
+    try:
+        conn.settimeout(REACH_TIMEOUT_S)
+        conn.sendall(b"HEAD / HTTP/1.0\r\nHost: ray\r\n\r\n")
+        return conn.recv(8).startswith(b"HTTP/1.")
+    except OSError:
+        return False
 
 
 def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:

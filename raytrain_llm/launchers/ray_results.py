@@ -28,7 +28,7 @@ def last_good_checkpoint(config: Config) -> Optional[str]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _first_line(exc: BaseException) -> str:
+def exception_line(exc: BaseException) -> str:
     """`Type: first line` of the innermost cause: a RayTaskError's own text opens with a coloured
     `ray::Actor.method() (pid=...)` banner that says nothing about what went wrong."""
     for _ in range(5):
@@ -48,12 +48,12 @@ def _reason(exc: BaseException) -> str:
     if died:
         ranks = ", ".join(str(r) for r in sorted(died))
         return (f"worker rank {ranks} died (process killed or crashed: signal, OOM or segfault); "
-                f"{_first_line(next(iter(died.values())))}")
+                f"{exception_line(next(iter(died.values())))}")
     if failures:
         rank, err = sorted(failures.items())[0]
-        return f"worker rank {rank} raised {_first_line(err)}"
+        return f"worker rank {rank} raised {exception_line(err)}"
     cause = getattr(exc, "controller_failure", None)
-    return _first_line(cause or exc)
+    return exception_line(cause or exc)
 
 
 def worker_usage_error(exc: BaseException) -> Optional[str]:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
@@ -91,10 +91,14 @@ def auto_concurrency(cfgs: list[Config], cluster: dict[str, float]) -> int:
 
 # ---------------------------------------------------------------- the sweep
 def _check_same_sweep(spec: SweepSpec, points: list[dict[str, Any]], base: Config) -> None:
-    """A resumed sweep must be the same sweep: same points, same base config."""
+    """A resumed sweep must be the same sweep: same points, same base config. A record without
+    Tune state beside it is from a sweep refused before any trial started (e.g. it did not fit
+    the machine): that name is still free."""
+    from ray import tune
+
     path = os.path.join(spec.sweep_dir, POINTS_FILE)
     record = {"points": points, "base": base.to_dict()}
-    if os.path.exists(path):
+    if os.path.exists(path) and tune.Tuner.can_restore(spec.sweep_dir):
         with open(path, encoding="utf-8") as fh:
             old = json.load(fh)
         if json.loads(json.dumps(record)) != old:
@@ -111,10 +115,11 @@ def _check_same_sweep(spec: SweepSpec, points: list[dict[str, Any]], base: Confi
             atomic_write_text(os.path.join(spec.sweep_dir, "sweep.yaml"), fh.read())
 
 
-def plan(base_config: Config, sweep_path: str) -> tuple[SweepSpec, Config, list[dict[str, Any]]]:
+def plan(base_config: Config, sweep_path: str,
+         cli_keys: Optional[set[str]] = None) -> tuple[SweepSpec, Config, list[dict[str, Any]]]:
     """Parse, merge and validate everything a sweep needs, before Ray is touched."""
     spec = load_sweep(sweep_path)
-    base = merge_base(base_config, spec.base_config)
+    base = merge_base(base_config, spec.base_config, cli_keys)
     points = build_points(spec, base)
     return spec, base, points
 
@@ -139,9 +144,10 @@ def build_tuner(spec: SweepSpec, base: Config, points: list[dict[str, Any]], con
                       tune_config=tune_config, run_config=run_config), False
 
 
-def run_sweep(base_config: Config, sweep_path: str) -> dict[str, Any]:
-    """Run (or resume) the sweep in `sweep_path` on top of `base_config`; returns the report's summary."""
-    spec, base, points = plan(base_config, sweep_path)
+def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]] = None) -> dict[str, Any]:
+    """Run (or resume) the sweep in `sweep_path` on top of `base_config` (`cli_keys`: see
+    sweep_config.merge_base); returns the report's summary."""
+    spec, base, points = plan(base_config, sweep_path, cli_keys)
     _check_same_sweep(spec, points, base)
     logger = Logger("raytrain_llm.sweep", level=base.logging.level, log_dir=spec.sweep_dir, rank=0)
     # Reports from a save without validation carry no val metrics (ray_report.py); keep Tune

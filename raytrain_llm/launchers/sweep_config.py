@@ -266,9 +266,10 @@ def load_sweep(sweep_path: str) -> SweepSpec:
     return parse_sweep(data, sweep_path)
 
 
-def merge_base(cli_config: Config, base_file: Optional[str]) -> Config:
-    """The sweep's base file under the command line: file values fill every key the command line
-    (`--config`, environment, `--set`, `--task`) left at its default."""
+def merge_base(cli_config: Config, base_file: Optional[str], cli_keys: Optional[set[str]] = None) -> Config:
+    """The sweep's base file under the command line: every key the command line (`--config`,
+    environment, `--set`, `--task`) set wins, also one set to the default (`cli_keys`, from
+    config_loader.load_config_and_keys); without `cli_keys`, every key that differs from the default."""
     if not base_file:
         return cli_config
     from raytrain_llm.core.config_loader import config_from_mapping
@@ -279,11 +280,17 @@ def merge_base(cli_config: Config, base_file: Optional[str]) -> Config:
         raise ConfigError([f"base_config {base_file}: {p}" for p in exc.problems]) from None
     merged = file_cfg.to_dict()
     default, cli = Config().to_dict(), cli_config.to_dict()
-    if cli["task"] != default["task"]:
-        merged["task"] = cli["task"]
-    for section in SECTIONS:
-        for key, value in cli[section].items():
-            if value != default[section][key]:
-                merged[section][key] = value
-    merged["task_options"].update(cli["task_options"])
+    if cli_keys is None:
+        cli_keys = {f"{section}.{key}" for section in SECTIONS for key, value in cli[section].items()
+                    if value != default[section][key]} | ({"task"} if cli["task"] != default["task"] else set())
+        cli_keys |= {f"task_options.{k}" for k in cli["task_options"]}
+    for dotted in cli_keys:
+        if dotted == "task":
+            merged["task"] = cli["task"]
+            continue
+        section, _, key = dotted.partition(".")
+        if section == "task_options":
+            merged["task_options"][key] = cli["task_options"][key]
+        elif section in SECTIONS and key in cli[section]:
+            merged[section][key] = cli[section][key]
     return Config.from_dict(merged)

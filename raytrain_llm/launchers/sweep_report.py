@@ -15,6 +15,7 @@ from typing import Any, Optional
 from raytrain_llm.core.atomic_io import atomic_write_text
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.launchers.ray_results import exception_line
 from raytrain_llm.launchers.sweep_config import SweepSpec
 from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point
 
@@ -65,23 +66,35 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
 def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
     """One row per trial of a Tune ResultGrid, in trial order.
 
-    Tune marks the last result of every trial that ended (ran out, or was stopped) `done`; a trial
-    without it and without an error was interrupted (Ctrl-C) and is "unfinished".
+    A trial that neither ended (Tune's TERMINATED: ran out, or was stopped) nor failed was
+    interrupted (Ctrl-C) and is "unfinished". By the trial's status: the `done` flag of its last
+    result is not reliable after a resume (Tune sets it on a cached copy that a restored
+    experiment state may not hold), and a finished sweep would stay "interrupted" for good.
     """
     from raytrain_llm.launchers.tune_scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
     cache: dict = {}
     rows = []
-    for result in grid:
+    for result, status in zip(grid, _statuses(grid)):
         point = (result.config or {}).get("point", {})
         df = result.metrics_dataframe
         history = df.to_dict("records") if df is not None else []
         row = make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache)
-        if not (result.metrics or {}).get("done") and result.error is None:
+        ended = status == "TERMINATED" if status else (result.metrics or {}).get("done")
+        if not ended and result.error is None:
             row["status"] = "unfinished"
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
+
+
+def _statuses(grid) -> list[Optional[str]]:
+    """Each result's trial status (TERMINATED, ERROR, ...), in the grid's order; None where the
+    grid does not expose it (ResultGrid builds its results from these trials, in this order)."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(grid):
+        return [None] * len(grid)
+    return [getattr(t, "status", None) for t in trials]
 
 
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],
@@ -105,7 +118,7 @@ def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], st
         "expert load max/mean": load[-1] if load else None,
         "stopped early": "yes" if stop_record else "no",
         "status": "error" if error else ("stopped" if stop_record else "done"),
-        "error": (str(error).strip().splitlines() or [type(error).__name__])[0][:200] if error else "",
+        "error": exception_line(error)[:200] if error else "",
     })
     x = "step" if steps else "training_iteration"
     row["_curve"] = [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]

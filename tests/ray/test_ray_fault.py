@@ -148,7 +148,7 @@ def test_a_run_resumed_by_its_name_goes_on_from_its_last_report(tmp_path, ray_lo
 
 
 def test_failure_lines_name_the_cause_not_rays_banner():
-    from raytrain_llm.launchers.ray_results import _first_line
+    from raytrain_llm.launchers.ray_results import exception_line
 
     class Wrapped(Exception):  # as RayTaskError: a coloured banner, the user's exception in .cause
         def __init__(self, text, cause=None):
@@ -156,8 +156,8 @@ def test_failure_lines_name_the_cause_not_rays_banner():
             self.cause = cause
 
     banner = "\x1b[36mray::SplitCoordinator.get()\x1b[39m (pid=123, ip=10.0.0.1)"
-    assert _first_line(Wrapped(banner, ValueError("token id 226 is outside"))) == "ValueError: token id 226 is outside"
-    assert _first_line(Wrapped(f"{banner}\nOSError: disk full")) == "Wrapped: OSError: disk full"
+    assert exception_line(Wrapped(banner, ValueError("token id 226 is outside"))) == "ValueError: token id 226 is outside"
+    assert exception_line(Wrapped(f"{banner}\nOSError: disk full")) == "Wrapped: OSError: disk full"
 
 
 @pytest.mark.timeout(300)
@@ -211,3 +211,24 @@ def test_token_ids_are_checked_in_the_driver_before_workers_start(tmp_path):
                      data__train_tokens=tmp_path / "train.bin", data__val_tokens=tmp_path / "val.bin")
     with pytest.raises(UsageError, match=r"^data.train_tokens: token id 77 at position 1500"):
         build_trainer(cfg)  # raised before a TorchTrainer (or a Ray session) exists
+
+
+@pytest.mark.timeout(60)
+def test_a_dashboard_port_as_ray_address_is_named_not_waited_on(tmp_path):
+    # `ray start` prints the dashboard as host:8265 without http://; ray.init would retry it for
+    # minutes. Anything that answers HTTP/1 is named as the job server in seconds.
+    import http.server
+    import threading
+
+    from raytrain_llm.core.errors import UsageError
+    from raytrain_llm.launchers.ray_cluster import _check_reachable
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(UsageError, match=rf"^RAY_ADDRESS: {address} answers HTTP: it is the dashboard"):
+            _check_reachable(address, "RAY_ADDRESS")
+    finally:
+        server.shutdown()
+        server.server_close()

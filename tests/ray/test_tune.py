@@ -6,6 +6,7 @@ The sweep runs once per module (about a minute on 2 cores) and the other tests r
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -120,6 +121,15 @@ def test_base_config_file_sits_under_the_command_line(tmp_path):
     cli = load_config(None, ["training.epochs=2"], environ={})
     merged = merge_base(cli, str(tmp_path / "base.yaml"))
     assert (merged.task, merged.training.lr, merged.training.epochs) == ("lm", 0.005, 2)
+    # A command-line value equal to the built-in default still wins (epochs=1 is the default).
+    from raytrain_llm.core.config_loader import load_config_and_keys
+
+    cli, keys = load_config_and_keys(None, ["training.epochs=1", "task_options.width=3"], environ={},
+                                     task="regression")
+    assert keys == {"training.epochs", "task_options.width", "task"}
+    merged = merge_base(cli, str(tmp_path / "base.yaml"), keys)
+    assert (merged.task, merged.training.lr, merged.training.epochs) == ("regression", 0.005, 1)
+    assert merged.task_options == {"width": "3"}
 
 
 @pytest.mark.timeout(30)
@@ -265,6 +275,17 @@ def test_rerun_resumes_without_redoing_finished_trials(sweep):
     logs = sorted((sweep["dir"] / "tensorboard").glob("t*/metrics.jsonl"))
     before = {p: p.stat().st_mtime_ns for p in logs}
     rows_before = read_rows(sweep["dir"])
+    # After an interrupted and resumed sweep, Tune's saved state can hold a finished trial whose
+    # last result lacks `done` (it sets the flag on a copy it does not save again): the trial's
+    # status must decide, or the sweep reads "interrupted" (exit 130) on every rerun.
+    for state_file in sweep["dir"].glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            meta = json.loads(entry[1])
+            if isinstance(meta.get("last_result"), dict):
+                meta["last_result"]["done"] = False
+            entry[1] = json.dumps(meta)
+        state_file.write_text(json.dumps(state))
     t0 = time.time()
     summary = run_sweep(sweep["base"], sweep["path"])
     assert {p: p.stat().st_mtime_ns for p in logs} == before  # no trial trained again
@@ -283,3 +304,20 @@ def test_changed_search_space_under_the_same_name_is_refused(sweep, tmp_path):
     changed = write_sweep(tmp_path / "sweep.yaml", **body)
     with pytest.raises(UsageError, match="different search space"):
         run_sweep(sweep["base"], changed)
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_refused_before_it_ran_leaves_its_name_free(tmp_path):
+    # e.g. refused as not fitting the machine: its record was written, no trial ever started.
+    from raytrain_llm.launchers.ray_tune import POINTS_FILE, _check_same_sweep, plan
+
+    sweep = write_sweep(tmp_path / "s.yaml", name="refused", storage_path=str(tmp_path / "sweeps"),
+                        search_space={"model.num_experts": {"grid": [2, 4]}})
+    spec, base, points = plan(base_config(tmp_path), sweep)
+    _check_same_sweep(spec, points, base)
+    assert (Path(spec.sweep_dir) / POINTS_FILE).exists()
+    spec, base, points = plan(base_config(tmp_path), write_sweep(
+        tmp_path / "s.yaml", name="refused", storage_path=str(tmp_path / "sweeps"),
+        search_space={"model.num_experts": {"grid": [2, 8]}}))
+    _check_same_sweep(spec, points, base)  # no Tune state beside the record: not refused
+    assert json.loads((Path(spec.sweep_dir) / POINTS_FILE).read_text())["points"] == points

@@ -72,6 +72,12 @@ class TensorBoardLogger(Callback):
                 continue
             tag = key if "/" in key else f"{split}/{key}"
             writer.add_scalar(tag, float(value), step)
+        if split == "val":  # else tensorboardX holds events up to 2 minutes: a killed or
+            writer.flush()  # early-stopped run (an ASHA-stopped trial) would leave an empty file
+
+    def on_save_checkpoint(self, engine, path, metrics) -> None:
+        if self.writer is not None:  # what a resumed run goes on from is also on disk here
+            self.writer.flush()
 
     def on_train_end(self, engine) -> None:
         writer = self._open(engine)
