@@ -20,6 +20,7 @@ from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS, worker_resources
 from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
+from raytrain_llm.launchers.sweep_report import trial_folder
 from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
@@ -31,7 +32,7 @@ POINTS_FILE = "sweep_points.json"
 def trial_config(base: Config, point: dict[str, Any], sweep_dir: str) -> Config:
     """The config one trial trains: the base with the point's values, its own folders, on Ray."""
     cfg = apply_point(base, point)
-    cfg.logging.dir = os.path.join(sweep_dir, "tensorboard", point[POINT_ID])
+    cfg.logging.dir = trial_folder(sweep_dir, point[POINT_ID])
     cfg.logging.tensorboard = True
     cfg.logging.progress_bar = "off"
     cfg.checkpoint.dir = ""  # under the trial's logging.dir
@@ -190,7 +191,8 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         errors = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
         raise TrainingError(f"sweep {spec.name}: no trial reported {spec.metric}"
                             + (f" ({'; '.join(errors)[:500]})" if errors else "") + f"; see {spec.sweep_dir}")
-    print(f"best: {summary['best']['trial']} {spec.metric}={summary['best']['value']:.4g} "
-          f"-> {summary['best_config']}")
+    best = summary["best"]
+    print(f"best: {best['trial']} {spec.metric}={best['value']:.4g} -> {summary['best_config']}"
+          + (f" (checkpoint {best['checkpoint']})" if best.get("checkpoint") else ""))
     print(f"table: {summary['table_md']}")
     return summary

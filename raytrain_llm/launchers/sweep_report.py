@@ -13,6 +13,7 @@ import os
 from typing import Any, Optional
 
 from raytrain_llm.core.atomic_io import atomic_write_text
+from raytrain_llm.core.callbacks.metrics_logger import read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.launchers.ray_results import exception_line
@@ -217,6 +218,11 @@ def plot_results(spec: SweepSpec, rows: list[dict], out_dir: str) -> list[str]:
     return written
 
 
+def trial_folder(sweep_dir: str, trial: str) -> str:
+    """A trial's logging.dir: its metrics, TensorBoard events, summary.json and checkpoints."""
+    return os.path.join(sweep_dir, "tensorboard", trial)
+
+
 def write_report(spec: SweepSpec, base: Config, rows: list[dict]) -> dict[str, Any]:
     """Writes results.csv, results.md, best_config.yaml, plots/*.png and summary.json in the sweep folder."""
     d = spec.sweep_dir
@@ -236,8 +242,11 @@ def write_report(spec: SweepSpec, base: Config, rows: list[dict]) -> dict[str, A
                   f"# Swept values: {json.dumps({k: best[k] for k in spec.keys})}\n")
         summary["best_config"] = os.path.join(d, "best_config.yaml")
         atomic_write_text(summary["best_config"], header + dump_yaml(cfg))
+        folder = trial_folder(d, best["trial"])
+        trial_summary = read_summary(folder) or {}
         summary["best"] = {"trial": best["trial"], "value": best[f"{spec.metric} best"],
-                           "point": {k: best[k] for k in spec.keys}}
+                           "point": {k: best[k] for k in spec.keys}, "folder": folder,
+                           "checkpoint": trial_summary.get("best_checkpoint")}
     summary["plots"] = plot_results(spec, rows, os.path.join(d, "plots"))
     atomic_write_text(os.path.join(d, "summary.json"), json.dumps(summary, indent=1, default=str))
     return summary

@@ -217,7 +217,11 @@ def test_sweep_completes_and_asha_stops_a_bad_trial(sweep):
     for r in rows:
         assert float(r["tokens/s"]) > 0 and float(r["expert load max/mean"]) >= 1.0
         assert int(r["total params"]) > int(r["active params"]) > 0 or int(r["model.num_experts"]) == 1
-    assert sweep["summary"]["best"]["point"]["training.lr"] == GOOD_LR
+    best = sweep["summary"]["best"]
+    assert best["point"]["training.lr"] == GOOD_LR
+    assert best["folder"] == str(sweep["dir"] / "tensorboard" / best["trial"])
+    assert Path(best["checkpoint"]).parent == Path(best["folder"]) / "checkpoints"
+    assert (Path(best["checkpoint"]) / "state.pt").exists()  # the winner's weights, ready to load
     print(f"sweep took {sweep['seconds']:.1f}s")
 
 
