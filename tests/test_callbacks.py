@@ -318,7 +318,7 @@ def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
              if "] step " in line]
     assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and " eta " in lines[0]
     assert [line.split(" val/loss")[0] for line in lines if "val/loss" in line] == \
-        ["step 16/32 epoch 1", "step 32/32 epoch 2"]
+        ["step 16/32 epoch 0", "step 32/32 epoch 1"]  # the epoch that ended, as train records count
     assert lines[-2].startswith("step 32/32 epoch 1 loss ") and len(lines) == 4
     train(tmp_path / "off", **{"logging.progress_bar": "off"})
     assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()

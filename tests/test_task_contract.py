@@ -222,3 +222,55 @@ def test_the_local_launcher_says_it_ignores_num_workers(tmp_path, capsys):
 
     run_in_process(make_config(tmp_path, **{"distributed.num_workers": 2, "training.max_steps": 1}))
     assert "distributed.num_workers=2 is ignored (launcher=spawn or ray runs 2 workers)" in capsys.readouterr().err
+
+
+class OneCycleSkipping(OneCycleTask):
+    """OneCycleLR, and a NaN loss on train_step calls 2 and 3 (nan_policy=skip skips those steps)."""
+
+    calls = 0
+
+    def train_step(self, model, batch, criterion):
+        out = super().train_step(model, batch, criterion)
+        OneCycleSkipping.calls += 1
+        if OneCycleSkipping.calls in (2, 3):
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def test_a_replanned_task_scheduler_counts_applied_steps_and_keeps_new_settings(tmp_path):
+    def run(folder, task_cls=OneCycleTask, **settings):
+        cfg = make_config(folder, **settings)
+        engine = TrainingEngine(cfg, task_cls(cfg))
+        engine.fit()
+        return engine
+
+    # A shorter resumed run (nothing left to schedule) reports the finished run instead of failing.
+    run(tmp_path / "short", **{"training.max_steps": 8})
+    assert run(tmp_path / "short", **{"training.max_steps": 4, "checkpoint.resume": "auto"}).global_step == 8
+    # Skipped steps never stepped the scheduler: the re-planned one is stepped to the applied count.
+    skip = {"training.nan_policy": "skip", "training.max_steps": 6}
+    first = run(tmp_path / "skip", OneCycleSkipping, **skip)
+    assert (first.skipped_steps, first.scheduler.last_epoch) == (2, 4)
+    again = run(tmp_path / "skip", OneCycleSkipping, **{**skip, "training.max_steps": 12, "checkpoint.resume": "auto"})
+    assert (again.skipped_steps, again.scheduler.last_epoch) == (2, 10)
+    # OneCycleLR cycles beta1; a new beta2 from the config still applies.
+    run(tmp_path / "betas", **{"training.max_steps": 8})
+    resumed = run(tmp_path / "betas", **{"training.max_steps": 12, "training.betas": "0.9,0.5",
+                                         "checkpoint.resume": "auto"})
+    assert all(g["betas"][1] == 0.5 and g["betas"][0] != 0.9 for g in resumed.optimizer.param_groups)
+
+
+def test_numpy_metrics_and_exotic_numpy_state_are_taken_as_numbers(tmp_path):
+    from raytrain_llm.core.checkpointing import loadable_state
+    from raytrain_llm.core.step_checks import metric_float
+
+    for value in (np.bool_(True), np.array(0.5), np.array([2]), np.float32(1.5), np.int64(3)):
+        assert isinstance(metric_float("m", value, "validation_step"), float)
+    state = loadable_state({"a": np.longdouble(1.5), "b": np.array([1, 2], dtype=">i4"),
+                            "c": np.array([0.5], dtype=np.longdouble)}, "callbacks")
+    path = tmp_path / "s.pt"
+    torch.save(state, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["a"] == 1.5 and loaded["b"].tolist() == [1, 2] and loaded["c"].tolist() == [0.5]
+    with pytest.raises(UsageError, match=r"callbacks\['d'\] is a datetime"):
+        loadable_state({"d": np.datetime64("2026-01-01T10:00")}, "callbacks")

@@ -1,6 +1,9 @@
 """A task's own settings (`task_options.*`), checked against its `Options` dataclass."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal, Optional
+
 import pytest
 import yaml
 
@@ -64,3 +67,23 @@ def test_the_readme_task_example_runs_as_written(tmp_path):
     assert run.returncode == 0, run.stderr
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert "acc" in records[0] and "val/acc" in records[-1]
+
+
+def test_container_literal_and_optional_options_round_trip(tmp_path):
+    from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+
+    @dataclasses.dataclass
+    class Options:
+        widths: list[int] = dataclasses.field(default_factory=lambda: [8, 8])
+        pair: tuple[int, int] = (2, 3)
+        act: Literal["relu", "gelu"] = "relu"
+        scale: Optional[float] = None
+
+    defaults = parse_task_options(Options, {}, "T")
+    assert parse_task_options(Options, options_dict(defaults), "T") == defaults  # what config.yaml holds
+    assert parse_task_options(Options, {"widths": "4,5", "pair": "[1, 2]", "act": "gelu", "scale": "0.5"}, "T") == \
+        Options(widths=[4, 5], pair=(1, 2), act="gelu", scale=0.5)
+    with pytest.raises(ConfigError) as err:
+        parse_task_options(Options, {"act": "bogus", "pair": [1, 2, 3]}, "T")
+    assert err.value.problems == ["task_options.act: expected one of 'relu', 'gelu', got 'bogus'",
+                                  "task_options.pair: expected a list of 2, got [1, 2, 3]"]

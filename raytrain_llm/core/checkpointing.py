@@ -52,9 +52,15 @@ def loadable_state(obj: Any, where: str) -> Any:
     if kind in _PLAIN or isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, np.generic) and not isinstance(obj, (np.object_, np.void)):
-        return obj.item()
+        value = obj.item()  # a datetime64 gives a datetime: refused below, by name
+        if isinstance(value, np.generic):  # longdouble: no Python type holds it exactly
+            value = complex(value) if np.iscomplexobj(value) else float(value)
+        return loadable_state(value, where)
     if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
-        return torch.from_numpy(np.array(obj))
+        native = obj.astype(obj.dtype.newbyteorder("="))  # a copy, in this machine's byte order
+        if native.dtype.kind in "fc" and native.dtype.itemsize > (16 if native.dtype.kind == "c" else 8):
+            native = native.astype(np.complex128 if native.dtype.kind == "c" else np.float64)  # no long double in torch
+        return torch.from_numpy(native)
     if kind in _MAPPINGS:
         return kind((loadable_state(k, f"{where} key {k!r}"), loadable_state(v, f"{where}[{k!r}]"))
                     for k, v in obj.items())

@@ -368,7 +368,10 @@ class TrainingEngine(EngineStateMixin):
                    self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)}).items()}
         self.last_val_metrics = metrics
         self.callbacks.on_validation_end(self, metrics)
-        self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": self.epoch, **metrics})
+        # The epoch the validated weights trained in, as train records count it: an epoch-end
+        # validation runs after the counter moved on to the next epoch.
+        epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+        self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": epoch, **metrics})
         return metrics
 
 

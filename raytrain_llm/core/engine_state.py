@@ -58,13 +58,13 @@ class EngineStateMixin:
         self.global_step = int(progress["global_step"])
         self.epoch = int(progress["epoch"])
         self.batch_in_epoch = self._resume_position(state)
+        self.skipped_steps = int(progress.get("skipped_steps", 0))  # before the scheduler: its position
         self._fit_total_steps()
         if self.scheduler is not None and state.get("scheduler") is not None:
             self._load_scheduler(state["scheduler"], progress.get("total_steps"))
         self._keep_config_settings(planned, state)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
-        self.skipped_steps = int(progress.get("skipped_steps", 0))
         self._val_step = int(progress.get("val_step", -1))
         self.last_val_metrics = {k: float(v) for k, v in (progress.get("val_metrics") or {}).items()}
         self._saved_at = self._progress_key()
@@ -129,8 +129,10 @@ class EngineStateMixin:
         at the old end and then sit at the floor. The length is what the user just asked for.
         """
         planned = _schedule_shapes(self.scheduler)
-        if planned is None and saved_total not in (None, self.total_steps) and not isinstance(
-                self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        # Only for a run that goes on (a shorter one, or a finished one re-reported, has no steps
+        # left to schedule, and a fixed-length schedule could not even be stepped to the position).
+        if planned is None and saved_total not in (None, self.total_steps) and self.global_step < self.total_steps \
+                and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self._replan_task_scheduler(int(saved_total))
             return
         self.scheduler.load_state_dict(saved)
@@ -169,7 +171,11 @@ class EngineStateMixin:
         if all(saved.get(section) == current[section] for section in ("training", "optimization")):
             return
         groups = self.optimizer.param_groups
-        owned = _LR_KEYS + _momentum_keys(self.scheduler)
+        cycled = _momentum_keys(self.scheduler)
+        if cycled:  # the scheduler owns beta1 (and momentum); beta2 still follows the config
+            planned = [{**mine, "betas": (group["betas"][0], *mine["betas"][1:])} if "betas" in mine else mine
+                       for group, mine in zip(groups, planned)]
+        owned = _LR_KEYS + cycled
         changed = sorted({key for group, mine in zip(groups, planned) for key, value in mine.items()
                           if key not in owned and _differs(group.get(key), value)})
         for group, mine in zip(groups, planned):
@@ -301,7 +307,7 @@ _LR_KEYS = ("lr", "initial_lr")  # the schedule owns these
 def _momentum_keys(scheduler) -> tuple[str, ...]:
     """Group settings a scheduler moves besides the LR (OneCycleLR and CyclicLR cycle momentum)."""
     if getattr(scheduler, "cycle_momentum", False):
-        return ("betas", "momentum", "max_momentum", "base_momentum")
+        return ("momentum", "max_momentum", "base_momentum")
     return ()
 
 

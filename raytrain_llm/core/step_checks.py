@@ -12,6 +12,7 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 
 from raytrain_llm.core.errors import UsageError
@@ -61,6 +62,8 @@ def metric_float(name: str, value: Any, hook: str, sync: bool = True) -> float:
             raise UsageError(f"{hook}: metric {name!r} is a tensor of shape {list(value.shape)}, not one "
                              "number (reduce it, e.g. .mean())")
         return float(value) if sync else math.nan
-    if isinstance(value, numbers.Real):  # Python and numpy numbers, bools
+    if isinstance(value, (numbers.Real, np.bool_)):  # Python and numpy numbers, bools
         return float(value)
+    if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
+        return float(value.reshape(()))
     raise UsageError(f"{hook}: metric {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not a number")

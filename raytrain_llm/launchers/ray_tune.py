@@ -8,6 +8,7 @@ result that ASHA can act on. All points are drawn and validated before Tune star
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -29,9 +30,14 @@ POINTS_FILE = "sweep_points.json"
 
 
 # ---------------------------------------------------------------- per trial (runs in a Ray actor)
-def trial_config(base: Config, point: dict[str, Any], sweep_dir: str) -> Config:
-    """The config one trial trains: the base with the point's values, its own folders, on Ray."""
+def trial_config(base: Config, point: dict[str, Any], sweep_dir: str,
+                 monitor: Optional[tuple[str, str]] = None) -> Config:
+    """The config one trial trains: the base with the point's values, its own folders, on Ray;
+    `monitor` = the sweep's (metric, mode), which then also ranks the trial's checkpoints, so
+    that its best checkpoint is best by the measure that picks the sweep's winner."""
     cfg = apply_point(base, point)
+    if monitor:
+        cfg.checkpoint.monitor, cfg.checkpoint.mode = monitor
     cfg.logging.dir = trial_folder(sweep_dir, point[POINT_ID])
     cfg.logging.tensorboard = True
     cfg.logging.progress_bar = "off"
@@ -43,14 +49,15 @@ def trial_config(base: Config, point: dict[str, Any], sweep_dir: str) -> Config:
     return cfg
 
 
-def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, sweep_name: str) -> None:
+def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, sweep_name: str,
+              monitor: Optional[tuple[str, str]] = None) -> None:
     """Tune's trainable: one Ray Train run; each of its reports reaches Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raytrain_llm.launchers.ray_train import build_trainer, fit, resolve_paths
 
     point = tune_config["point"]
-    cfg = trial_config(Config.from_dict(base), point, sweep_dir)
+    cfg = trial_config(Config.from_dict(base), point, sweep_dir, monitor)
     cfg = resolve_paths(cfg, name=f"{sweep_name}-{point[POINT_ID]}")
     fit(build_trainer(cfg, run_callbacks=[TuneReportCallback()]), cfg)
 
@@ -129,7 +136,7 @@ def build_tuner(spec: SweepSpec, base: Config, points: list[dict[str, Any]], con
     from ray import tune
 
     trainable = tune.with_parameters(run_trial, base=base.to_dict(), sweep_dir=spec.sweep_dir,
-                                     sweep_name=spec.name)
+                                     sweep_name=spec.name, monitor=(spec.metric, spec.mode))
     trainable = tune.with_resources(trainable, {"cpu": TRIAL_CPU})
     if tune.Tuner.can_restore(spec.sweep_dir):
         # Finished trials keep their results; unfinished ones run again (their Train run resumes
@@ -178,6 +185,8 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
 
         rows = collect_rows(spec, base, grid)
         summary = write_report(spec, base, rows)
+        reported = sorted({k for result in grid for k, v in (result.metrics or {}).items()
+                           if "/" in k and isinstance(v, (int, float))})
         unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:
         logger.close()
@@ -189,7 +198,10 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         raise KeyboardInterrupt
     if summary.get("best") is None:
         errors = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
-        raise TrainingError(f"sweep {spec.name}: no trial reported {spec.metric}"
+        close = difflib.get_close_matches(spec.metric, reported, n=1)
+        hint = (f" (did you mean {close[0]!r}?)" if close else
+                f" (reported: {', '.join(reported[:12])})" if reported and not errors else "")
+        raise TrainingError(f"sweep {spec.name}: no trial reported {spec.metric}{hint}"
                             + (f" ({'; '.join(errors)[:500]})" if errors else "") + f"; see {spec.sweep_dir}")
     best = summary["best"]
     print(f"best: {best['trial']} {spec.metric}={best['value']:.4g} -> {summary['best_config']}"

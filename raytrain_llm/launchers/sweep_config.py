@@ -23,6 +23,8 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 RESERVED_KEYS = ("logging.dir", "checkpoint.dir", "checkpoint.resume", "distributed.launcher",
                  "distributed.run_name", "distributed.storage_path", "distributed.address")
 TIME_ATTRS = {"reports": "training_iteration", "training_iteration": "training_iteration", "steps": "step"}
+# Counters every report carries; any other time_attr must be a reported metric's full name (a/b).
+COUNTERS = (*TIME_ATTRS, "step", "epoch", "time_total_s")
 
 
 @dataclass
@@ -177,9 +179,10 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
                 errors.append(f"scheduler.type: must be asha or none (got {value!r})")
             spec.type = value or "none"
         elif key == "time_attr":
-            if not isinstance(value, str) or not value:
-                errors.append(f"scheduler.time_attr: expected a metric name (reports, or a reported "
-                              f"metric such as step) (got {value!r})")
+            if not isinstance(value, str) or not value or (value not in COUNTERS and "/" not in value):
+                # A typo would leave ASHA waiting on a value no report carries: it never stops a trial.
+                errors.append(f"scheduler.time_attr: expected {', '.join(COUNTERS)} or a reported metric "
+                              f"such as train/tokens_per_s (got {value!r}){_suggest(str(value), COUNTERS)}")
             else:
                 spec.time_attr = TIME_ATTRS.get(value, value)
         elif key == "reduction_factor":

@@ -67,35 +67,30 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
 def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
     """One row per trial of a Tune ResultGrid, in trial order.
 
-    A trial that neither ended (Tune's TERMINATED: ran out, or was stopped) nor failed was
-    interrupted (Ctrl-C) and is "unfinished". By the trial's status: the `done` flag of its last
-    result is not reliable after a resume (Tune sets it on a cached copy that a restored
-    experiment state may not hold), and a finished sweep would stay "interrupted" for good.
+    A trial that neither ended nor failed was interrupted (Ctrl-C) and is "unfinished". Ended:
+    its last result is marked `done`, ASHA stopped it, or its training wrote its summary.json (the
+    engine does so when a run ends). Not `done` alone: a finished trial restored from Tune's saved
+    state can lack the flag (Tune sets it on a copy it does not save again), and the sweep would
+    read "interrupted" for good. Not Tune's trial status either: on Ctrl-C its clean-up marks the
+    interrupted trials TERMINATED.
     """
     from raytrain_llm.launchers.tune_scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
     cache: dict = {}
     rows = []
-    for result, status in zip(grid, _statuses(grid)):
+    for result in grid:
         point = (result.config or {}).get("point", {})
         df = result.metrics_dataframe
         history = df.to_dict("records") if df is not None else []
-        row = make_row(spec, base, point, history, stopped.get(point.get(POINT_ID)), result.error, cache)
-        ended = status == "TERMINATED" if status else (result.metrics or {}).get("done")
+        stop_record = stopped.get(point.get(POINT_ID))
+        row = make_row(spec, base, point, history, stop_record, result.error, cache)
+        trained = os.path.exists(os.path.join(trial_folder(spec.sweep_dir, str(point.get(POINT_ID))), "summary.json"))
+        ended = (result.metrics or {}).get("done") or stop_record is not None or trained
         if not ended and result.error is None:
             row["status"] = "unfinished"
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
-
-
-def _statuses(grid) -> list[Optional[str]]:
-    """Each result's trial status (TERMINATED, ERROR, ...), in the grid's order; None where the
-    grid does not expose it (ResultGrid builds its results from these trials, in this order)."""
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
-    if trials is None or len(trials) != len(grid):
-        return [None] * len(grid)
-    return [getattr(t, "status", None) for t in trials]
 
 
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],

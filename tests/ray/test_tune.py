@@ -67,7 +67,8 @@ def test_invalid_grid_points_rejected_before_anything_starts(tmp_path):
 def test_sweep_file_errors_name_every_key(tmp_path):
     from raytrain_llm.launchers.sweep_config import load_sweep
 
-    sweep = write_sweep(tmp_path / "s.yaml", metrc="val/loss", scheduler={"type": "asha", "grace": 2},
+    sweep = write_sweep(tmp_path / "s.yaml", metrc="val/loss", scheduler={"type": "asha", "grace": 2,
+                                                                          "time_attr": "stepz"},
                         num_samples="two", search_space={
                             "model.num_expert": [2, 4], "model.top_k": {"grid": [1, "x"]},
                             "model.d_model": {"uniform": [8, 16]}, "training.lr": {"loguniform": [0, 1]},
@@ -79,7 +80,9 @@ def test_sweep_file_errors_name_every_key(tmp_path):
                      "num_samples: must be an integer >= 1", "model.num_expert: not a key of Config",
                      "model.top_k: grid value 'x': expected an integer",
                      "model.d_model: uniform needs a number key", "training.lr: loguniform needs low > 0",
-                     "logging.dir: set per trial by the sweep", "model.aux_loss_coef: unknown distribution"):
+                     "logging.dir: set per trial by the sweep", "model.aux_loss_coef: unknown distribution",
+                     "scheduler.time_attr: expected reports, training_iteration, steps, step, epoch, "
+                     "time_total_s or a reported metric such as train/tokens_per_s (got 'stepz') (did you mean"):
         assert expected in problems, expected
 
 
@@ -325,3 +328,22 @@ def test_a_sweep_refused_before_it_ran_leaves_its_name_free(tmp_path):
         search_space={"model.num_experts": {"grid": [2, 8]}}))
     _check_same_sweep(spec, points, base)  # no Tune state beside the record: not refused
     assert json.loads((Path(spec.sweep_dir) / POINTS_FILE).read_text())["points"] == points
+
+
+@pytest.mark.timeout(240)
+def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_session_owner):
+    from conftest import ensure_local_ray
+
+    from raytrain_llm.core.errors import TrainingError
+    from raytrain_llm.launchers.ray_tune import run_sweep
+
+    ensure_local_ray()
+    path = write_sweep(tmp_path / "sweep.yaml", name="typo", storage_path=str(tmp_path / "sweeps"),
+                       search_space={"model.num_experts": {"grid": [2]}}, metric="val/los", scheduler="none")
+    base = base_config(tmp_path)
+    base.training.max_steps = 4
+    with pytest.raises(TrainingError, match=r"no trial reported val/los \(did you mean 'val/loss'\?\)"):
+        run_sweep(base, path)
+    # The trial ranked its checkpoints by the sweep's metric (the summary's best checkpoint is its best).
+    trial = yaml.safe_load((tmp_path / "sweeps" / "typo" / "tensorboard" / "t000" / "config.yaml").read_text())
+    assert trial["checkpoint"]["monitor"] == "val/los"
