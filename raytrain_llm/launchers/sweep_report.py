@@ -84,8 +84,10 @@ def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
         df = result.metrics_dataframe
         history = df.to_dict("records") if df is not None else []
         stop_record = stopped.get(point.get(POINT_ID))
-        row = make_row(spec, base, point, history, stop_record, result.error, cache)
-        trained = os.path.exists(os.path.join(trial_folder(spec.sweep_dir, str(point.get(POINT_ID))), "summary.json"))
+        folder = trial_folder(spec.sweep_dir, str(point.get(POINT_ID)))
+        row = make_row(spec, base, point, history, stop_record, result.error, cache,
+                       logged=logged_metric(folder, spec.metric))
+        trained = os.path.exists(os.path.join(folder, "summary.json"))
         ended = (result.metrics or {}).get("done") or stop_record is not None or trained
         if not ended and result.error is None:
             row["status"] = "unfinished"
@@ -93,13 +95,37 @@ def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["trial"])
 
 
+def logged_metric(folder: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of `metric` in a trial's metrics.jsonl. Tune's own history of a trial starts
+    over when the trial is resumed (its reports before the restore point drop out, or repeat); the
+    engine's file is rewound to the checkpoint it resumed from, so it holds each step once."""
+    out = []
+    try:
+        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if isinstance(record, dict) and _finite(record.get(metric)) and isinstance(record.get("step"), int):
+                    out.append((record["step"], float(record[metric])))
+    except OSError:
+        return []
+    return out
+
+
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],
-             error: Optional[BaseException], cache: dict) -> dict[str, Any]:
-    values = _column(history, (spec.metric,))
+             error: Optional[BaseException], cache: dict,
+             logged: Optional[list[tuple[int, float]]] = None) -> dict[str, Any]:
+    steps = _column(history, ("step",))
+    curve = None
+    if logged and steps:
+        # Up to the last report: a stopped trial may log another validation before it is killed.
+        curve = [(s, v) for s, v in logged if s <= steps[-1]]
+    values = [v for _, v in curve] if curve else _column(history, (spec.metric,))
     better = min if spec.mode == "min" else max
     tokens = _column(history, TOKENS_KEYS)
     load = _column(history, LOAD_KEYS)
-    steps = _column(history, ("step",))
     active, total = param_counts(apply_point(base, point), cache)
     row: dict[str, Any] = {"trial": point.get(POINT_ID, "?")}
     row.update({k: point.get(k) for k in spec.keys})
@@ -117,7 +143,7 @@ def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], st
         "error": exception_line(error)[:200] if error else "",
     })
     x = "step" if steps else "training_iteration"
-    row["_curve"] = [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]
+    row["_curve"] = curve or [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]
     row["_point"] = point
     return row
 

@@ -347,3 +347,24 @@ def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_ses
     # The trial ranked its checkpoints by the sweep's metric (the summary's best checkpoint is its best).
     trial = yaml.safe_load((tmp_path / "sweeps" / "typo" / "tensorboard" / "t000" / "config.yaml").read_text())
     assert trial["checkpoint"]["monitor"] == "val/los"
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_trials_row_keeps_the_reports_tune_dropped(tmp_path):
+    # Tune's history of a resumed trial starts over at the restore point; the engine's
+    # metrics.jsonl still holds every validation once, up to the last report.
+    from raytrain_llm.launchers.sweep_config import parse_sweep
+    from raytrain_llm.launchers.sweep_report import logged_metric, make_row
+
+    folder = tmp_path / "t000"
+    folder.mkdir()
+    losses = {4: 3.0, 8: 2.0, 12: 2.5, 16: 2.4, 20: 1.0}  # step 20: logged after the last report
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"split": "val", "step": s, "val/loss": v}) + "\n" for s, v in losses.items()) + '{"split": "tr')
+    spec = parse_sweep({"search_space": {"model.num_experts": {"grid": [2]}}}, str(tmp_path / "s.yaml"))
+    history = [{"step": 12, "val/loss": 2.5, "training_iteration": 1},
+               {"step": 16, "val/loss": 2.4, "training_iteration": 2}]
+    row = make_row(spec, base_config(tmp_path), {"id": "t000", "model.num_experts": 2}, history, None, None, {},
+                   logged=logged_metric(str(folder), "val/loss"))
+    assert row["val/loss best"] == 2.0 and row["val/loss final"] == 2.4 and row["reports"] == 2
+    assert row["_curve"] == [(4, 3.0), (8, 2.0), (12, 2.5), (16, 2.4)]
