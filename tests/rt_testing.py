@@ -106,3 +106,17 @@ def read_jsonl(path) -> list[dict]:
 def read_json(path) -> dict:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def write_token_files_with_a_bad_id(folder) -> tuple[str, str]:
+    """train.bin with token id 77 at position 1500 (ids < 50 elsewhere) and a clean val.bin."""
+    import numpy as np
+
+    from raytrain_llm.data.token_file import write_tokens
+
+    tokens = np.arange(2000) % 50
+    tokens[1500] = 77  # far from the first batches
+    train, val = str(Path(folder) / "train.bin"), str(Path(folder) / "val.bin")
+    write_tokens(train, tokens)
+    write_tokens(val, np.arange(200) % 50)
+    return train, val

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rt_testing import REPO, cli_env, make_config, read_jsonl, train
+from rt_testing import REPO, cli_env, make_config, read_jsonl, train, write_token_files_with_a_bad_id
 from raytrain_llm.core.errors import ConfigError, UsageError
 from raytrain_llm.data.token_file import TokenFileDataset, write_tokens
 
@@ -100,10 +100,7 @@ def test_ray_gets_token_file_paths_made_absolute(tmp_path, monkeypatch):
 
 
 def test_token_ids_are_checked_before_training_starts(tmp_path):
-    tokens = np.arange(2000) % 50
-    tokens[1500] = 77  # far from the first batches
-    write_tokens(str(tmp_path / "train.bin"), tokens)
-    write_tokens(str(tmp_path / "val.bin"), np.arange(200) % 50)
+    write_token_files_with_a_bad_id(tmp_path)
     ds = _dataset(tmp_path / "train.bin", vocab_size=64)
     with pytest.raises(UsageError, match=r"token id 77 at position 1500 of .*train.bin is outside model.vocab_size"):
         ds.check_ids(chunk=256)
@@ -131,10 +128,7 @@ def test_token_ids_are_checked_by_the_launcher_before_workers_start(tmp_path):
     from raytrain_llm.launchers.local import run_spawn
     from raytrain_llm.tasks.lm_task import LanguageModelingTask
 
-    tokens = np.arange(2000) % 50
-    tokens[1500] = 77
-    write_tokens(str(tmp_path / "train.bin"), tokens)
-    write_tokens(str(tmp_path / "val.bin"), np.arange(200) % 50)
+    write_token_files_with_a_bad_id(tmp_path)
     settings = {"model.vocab_size": 64, "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
                 "model.seq_len": 16, "training.batch_size": 4, "training.max_steps": 1,
                 "data.train_tokens": str(tmp_path / "train.bin"), "data.val_tokens": str(tmp_path / "val.bin")}

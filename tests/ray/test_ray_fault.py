@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -200,15 +199,12 @@ def test_a_restored_run_name_is_found_in_local_and_uri_storage(tmp_path):
 @pytest.mark.timeout(60)
 def test_token_ids_are_checked_in_the_driver_before_workers_start(tmp_path):
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.data.token_file import write_tokens
     from raytrain_llm.launchers.ray_train import build_trainer
+    from rt_testing import write_token_files_with_a_bad_id
 
-    tokens = np.arange(2000) % 50
-    tokens[1500] = 77
-    write_tokens(str(tmp_path / "train.bin"), tokens)
-    write_tokens(str(tmp_path / "val.bin"), np.arange(200) % 50)
+    train, val = write_token_files_with_a_bad_id(tmp_path)
     cfg = ray_config(tmp_path, task="lm", model__vocab_size=64, model__seq_len=16,
-                     data__train_tokens=tmp_path / "train.bin", data__val_tokens=tmp_path / "val.bin")
+                     data__train_tokens=train, data__val_tokens=val)
     with pytest.raises(UsageError, match=r"^data.train_tokens: token id 77 at position 1500"):
         build_trainer(cfg)  # raised before a TorchTrainer (or a Ray session) exists
 
