@@ -64,7 +64,7 @@ class TrainingEngine(EngineStateMixin):
         self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
         self._skips_in_a_row = 0  # nan_policy=skip: a run that only skips has diverged
-        self._checked_names: set[tuple] = set()  # metric name sets of train_step already checked
+        self._checked_names: set[tuple] = set()  # metric name sets already checked (val: tagged "val")
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
@@ -348,7 +348,9 @@ class TrainingEngine(EngineStateMixin):
             with self.precision.autocast():
                 out = as_step_output(self.task.validation_step(self.eval_model, batch, self.criterion),
                                      "validation_step")
-            check_metric_names(out.metrics, "validation_step", training=False)
+            if ("val", *out.metrics) not in self._checked_names:
+                check_metric_names(out.metrics, "validation_step", training=False)
+                self._checked_names.add(("val", *out.metrics))
             check_metric_values({"loss": out.loss, **out.metrics}, "validation_step")
             n = out.num_samples or _batch_len(batch)
             for k, v in {"loss": out.loss, **out.metrics}.items():

@@ -185,8 +185,6 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
 
         rows = collect_rows(spec, base, grid)
         summary = write_report(spec, base, rows)
-        reported = sorted({k for result in grid for k, v in (result.metrics or {}).items()
-                           if "/" in k and isinstance(v, (int, float))})
         unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:
         logger.close()
@@ -198,6 +196,8 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         raise KeyboardInterrupt
     if summary.get("best") is None:
         errors = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
+        reported = sorted({k for result in grid for k, v in (result.metrics or {}).items()
+                           if "/" in k and isinstance(v, (int, float))})
         close = difflib.get_close_matches(spec.metric, reported, n=1)
         hint = (f" (did you mean {close[0]!r}?)" if close else
                 f" (reported: {', '.join(reported[:12])})" if reported and not errors else "")

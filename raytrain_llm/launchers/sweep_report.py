@@ -13,7 +13,7 @@ import os
 from typing import Any, Optional
 
 from raytrain_llm.core.atomic_io import atomic_write_text
-from raytrain_llm.core.callbacks.metrics_logger import read_summary
+from raytrain_llm.core.callbacks.metrics_logger import SUMMARY_FILE, read_records, read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.launchers.ray_results import exception_line
@@ -87,7 +87,7 @@ def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
         folder = trial_folder(spec.sweep_dir, str(point.get(POINT_ID)))
         row = make_row(spec, base, point, history, stop_record, result.error, cache,
                        logged=logged_metric(folder, spec.metric))
-        trained = os.path.exists(os.path.join(folder, "summary.json"))
+        trained = os.path.exists(os.path.join(folder, SUMMARY_FILE))
         ended = (result.metrics or {}).get("done") or stop_record is not None or trained
         if not ended and result.error is None:
             row["status"] = "unfinished"
@@ -99,19 +99,8 @@ def logged_metric(folder: str, metric: str) -> list[tuple[int, float]]:
     """(step, value) of `metric` in a trial's metrics.jsonl. Tune's own history of a trial starts
     over when the trial is resumed (its reports before the restore point drop out, or repeat); the
     engine's file is rewound to the checkpoint it resumed from, so it holds each step once."""
-    out = []
-    try:
-        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a kill
-                if isinstance(record, dict) and _finite(record.get(metric)) and isinstance(record.get("step"), int):
-                    out.append((record["step"], float(record[metric])))
-    except OSError:
-        return []
-    return out
+    return [(r["step"], float(r[metric])) for r in read_records(folder)
+            if _finite(r.get(metric)) and isinstance(r.get("step"), int)]
 
 
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],

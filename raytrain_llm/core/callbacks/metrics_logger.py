@@ -11,6 +11,7 @@ from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text
 from raytrain_llm.core.callbacks.base import Callback
 
 SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 def read_summary(log_dir: str) -> Optional[dict[str, Any]]:
@@ -27,6 +28,15 @@ def final_val_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     the same shape as an in-process run's result, whichever launcher wrote the summary."""
     record = (summary.get("final") or {}).get("val") or {}
     return {k: v for k, v in record.items() if k not in ("split", "step", "epoch")}
+
+
+def read_records(log_dir: str) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl ([] if there is none); lines cut short are skipped."""
+    try:
+        with open(os.path.join(log_dir, METRICS_FILE), encoding="utf-8") as fh:
+            return [record for line in fh if (record := _parse(line)) is not None]
+    except OSError:
+        return []
 
 
 def _parse(line: str) -> Optional[dict[str, Any]]:
@@ -48,7 +58,7 @@ def is_better(value: float, best: Optional[float], mode: str, min_delta: float =
 
 class MetricsLogger(Callback):
     def __init__(self, log_dir: str, monitor: str = "val/loss", mode: str = "min"):
-        self.path = os.path.join(log_dir, "metrics.jsonl")
+        self.path = os.path.join(log_dir, METRICS_FILE)
         self.summary_path = os.path.join(log_dir, SUMMARY_FILE)
         self.monitor, self.mode = monitor, mode
         self.best_value: Optional[float] = None
