@@ -304,6 +304,45 @@ def cross_field_errors(cfg: Config) -> list[str]:
     return errors + folder_errors(cfg)
 
 
+MOE_KEYS = ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim", "num_shared_experts",
+            "capacity_factor", "aux_loss_coef", "z_loss_coef", "bias_balancing", "bias_update_rate", "moe_impl")
+
+
+def inactive_keys(cfg: Config) -> dict[str, str]:
+    """Keys whose value cannot change this config's run, each with the setting that switches it
+    off: a sweep over one of them would train the same model in every trial."""
+    off: dict[str, str] = {}
+    m, t, c = cfg.model, cfg.training, cfg.callbacks
+
+    def switched_off(keys, reason: str) -> None:
+        off.update({k: reason for k in keys if k not in off})
+
+    if not m.use_moe:
+        switched_off([f"model.{k}" for k in MOE_KEYS], "model.use_moe is false")
+    elif not m.bias_balancing:
+        switched_off(["model.bias_update_rate"], "model.bias_balancing is false")
+    if not t.validate:
+        switched_off(["training.val_every_n_steps", "training.limit_val_batches"], "training.validate is false")
+    if t.lr_schedule == "constant":
+        switched_off(["training.min_lr_ratio"], "training.lr_schedule is constant")
+    if t.nan_policy == "stop":
+        switched_off(["training.max_consecutive_skips"], "training.nan_policy is stop")
+    if not c.early_stopping:
+        switched_off([f"callbacks.{k}" for k in ("early_stopping_patience", "early_stopping_min_delta",
+                                                 "monitor", "mode")], "callbacks.early_stopping is false")
+    if not c.profile_steps:
+        switched_off(["callbacks.profile_start_step"], "callbacks.profile_steps is 0")
+    if not cfg.optimization.compile:
+        switched_off(["optimization.compile_mode"], "optimization.compile is false")
+    if not cfg.checkpoint.enabled:
+        switched_off([f"checkpoint.{k}" for k in ("every_n_steps", "keep_last", "keep_best")],
+                     "checkpoint.enabled is false")
+    if cfg.data.train_tokens:
+        switched_off(["data.num_train_samples", "data.num_val_samples", "data.markov_concentration"],
+                     "data.train_tokens is set")
+    return off
+
+
 def folder_errors(cfg: Config) -> list[str]:
     """Output folders that cannot be created: caught here, not after a run has trained."""
     errors = []

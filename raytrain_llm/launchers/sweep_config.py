@@ -23,8 +23,9 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 RESERVED_KEYS = ("logging.dir", "checkpoint.dir", "checkpoint.resume", "distributed.launcher",
                  "distributed.run_name", "distributed.storage_path", "distributed.address")
 TIME_ATTRS = {"reports": "training_iteration", "training_iteration": "training_iteration", "steps": "step"}
-# Counters every report carries; any other time_attr must be a reported metric's full name (a/b).
+# Counters every report carries, the only clocks ASHA can compare trials by.
 COUNTERS = (*TIME_ATTRS, "step", "epoch", "time_total_s")
+TASK_OPTIONS = "task_options"  # task_options.<name>: a task's own setting (tasks/task_options.py)
 
 
 @dataclass
@@ -80,7 +81,11 @@ def _is_num(v) -> bool:
 
 
 def _field_type(key: str):
+    """The declared type of a config key; None for task_options.* (the task's Options types it,
+    when the sweep's points are built: sweep_space.build_points)."""
     section, _, name = key.partition(".")
+    if section == TASK_OPTIONS:
+        return None
     return _field_types(SECTIONS[section])[name]
 
 
@@ -90,6 +95,11 @@ def _check_key(key: Any, errors: list[str]) -> bool:
         errors.append(f"{where}: expected a dotted config key section.field (e.g. model.top_k)")
         return False
     section, _, name = key.partition(".")
+    if section == TASK_OPTIONS:
+        if not name.isidentifier():
+            errors.append(f"{where}: expected task_options.<option name>")
+            return False
+        return True
     if section not in SECTIONS:
         errors.append(f"{where}: unknown config section {section!r}{_suggest(section, SECTIONS)}")
         return False
@@ -105,6 +115,8 @@ def _check_key(key: Any, errors: list[str]) -> bool:
 
 def _typed(key: str, value: Any, what: str, errors: list[str]):
     tp = _field_type(key)
+    if tp is None:  # a task option: the task's Options dataclass checks it with the points
+        return value
     try:
         value = coerce(value, tp)
     except (TypeError, StopIteration):
@@ -142,10 +154,11 @@ def parse_dimension(key: Any, spec: Any, errors: list[str]) -> Optional[Dimensio
         return None
     tp = _field_type(key)
     if kind == "randint":
-        if tp is not int or not all(_is_int(v) for v in values):
-            errors.append(f"{where}: randint needs an integer key and integer bounds (key is {_type_name(tp)})")
+        if tp not in (int, None) or not all(_is_int(v) for v in values):
+            errors.append(f"{where}: randint needs an integer key and integer bounds"
+                          + (f" (key is {_type_name(tp)})" if tp is not None else f" (got {values!r})"))
             return None
-    elif tp is not float:
+    elif tp not in (float, None):
         errors.append(f"{where}: {kind} needs a number key; {key} is {_type_name(tp)} (use grid, choice or randint)")
         return None
     low, high = values
@@ -179,10 +192,11 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
                 errors.append(f"scheduler.type: must be asha or none (got {value!r})")
             spec.type = value or "none"
         elif key == "time_attr":
-            if not isinstance(value, str) or not value or (value not in COUNTERS and "/" not in value):
+            if value not in COUNTERS:
                 # A typo would leave ASHA waiting on a value no report carries: it never stops a trial.
-                errors.append(f"scheduler.time_attr: expected {', '.join(COUNTERS)} or a reported metric "
-                              f"such as train/tokens_per_s (got {value!r}){_suggest(str(value), COUNTERS)}")
+                # A metric (val/loss) is no clock: ASHA compares trials at equal amounts of training.
+                errors.append(f"scheduler.time_attr: expected one of {', '.join(COUNTERS)}, a value every report "
+                              f"carries that grows with training (got {value!r}){_suggest(str(value), COUNTERS)}")
             else:
                 spec.time_attr = TIME_ATTRS.get(value, value)
         elif key == "reduction_factor":

@@ -8,6 +8,9 @@ Rules for invalid points (a point is invalid when the base config with its value
 `Config.validate`, e.g. model.top_k > model.num_experts):
 - grid-only points are checked exhaustively; any invalid one rejects the whole sweep, listing them;
 - repeats (`num_samples` > 1) get `training.seed` + repeat index unless training.seed is swept;
+- task_options.<name> values are checked by the task's `Options` dataclass, like any other key;
+- a key that another setting switches off in every trial (model.num_experts without
+  model.use_moe) rejects the sweep: its trials would all be the same;
 - a random draw that is invalid is redrawn (`invalid_points: resample`, up to MAX_DRAWS draws;
   when none is valid the sweep is rejected) or dropped (`invalid_points: skip`).
 """
@@ -18,9 +21,9 @@ import math
 import random
 from typing import Any
 
-from raytrain_llm.core.config import Config
+from raytrain_llm.core.config import Config, inactive_keys
 from raytrain_llm.core.errors import ConfigError
-from raytrain_llm.launchers.sweep_config import Dimension, SweepSpec
+from raytrain_llm.launchers.sweep_config import TASK_OPTIONS, Dimension, SweepSpec
 
 MAX_DRAWS = 100
 POINT_ID = "id"  # a point's own key: "t000", ...; every other key is a dotted config key
@@ -40,7 +43,8 @@ def draw(dim: Dimension, rng: random.Random) -> Any:
 
 
 def apply_point(base: Config, point: dict[str, Any]) -> Config:
-    """The base config with a point's values; raises ConfigError when the result is invalid."""
+    """The base config with a point's values; raises ConfigError when the result is invalid
+    (task options are checked by the task: `options_errors`)."""
     data = base.to_dict()
     for key, value in point.items():
         if key == POINT_ID:
@@ -50,12 +54,38 @@ def apply_point(base: Config, point: dict[str, Any]) -> Config:
     return Config.from_dict(data)
 
 
-def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
+def options_errors(cfg: Config) -> list[str]:
+    """What the task's `Options` dataclass says of cfg.task_options (a point can set them)."""
+    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.tasks.task_options import parse_task_options
+
     try:
-        apply_point(base, point)
+        parse_task_options(resolve_task(cfg.task).Options, cfg.task_options, cfg.task)
     except ConfigError as exc:
         return exc.problems
     return []
+
+
+def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
+    try:
+        cfg = apply_point(base, point)
+    except ConfigError as exc:
+        return exc.problems
+    return options_errors(cfg) if any(k.startswith(TASK_OPTIONS + ".") for k in point) else []
+
+
+def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -> list[str]:
+    """Swept keys that another setting switches off in every trial (model.num_experts without
+    model.use_moe): trials that differ only in such a key would be copies of each other."""
+    off_per_point = [inactive_keys(apply_point(base, p)) for p in points]
+    errors = []
+    for key in spec.keys:
+        reasons = {off.get(key) for off in off_per_point}
+        if None not in reasons:
+            errors.append(f"sweep {spec.source}: search_space.{key}: has no effect in any trial "
+                          f"({'; '.join(sorted(reasons))}): trials that differ only in it would train the same "
+                          "model; sweep or set that too, or drop the key")
+    return errors
 
 
 def describe(point: dict[str, Any]) -> str:
@@ -107,5 +137,8 @@ def build_points(spec: SweepSpec, base: Config) -> list[dict[str, Any]]:
     if not points:
         raise ConfigError([f"sweep {spec.source}: every drawn point was invalid and skipped ({skipped}); "
                            "nothing to run"])
+    idle = no_effect_errors(spec, base, points)
+    if idle:
+        raise ConfigError(idle)
     width = max(3, len(str(len(points) - 1)))
     return [{POINT_ID: f"t{i:0{width}d}", **p} for i, p in enumerate(points)]

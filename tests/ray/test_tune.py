@@ -81,8 +81,9 @@ def test_sweep_file_errors_name_every_key(tmp_path):
                      "model.top_k: grid value 'x': expected an integer",
                      "model.d_model: uniform needs a number key", "training.lr: loguniform needs low > 0",
                      "logging.dir: set per trial by the sweep", "model.aux_loss_coef: unknown distribution",
-                     "scheduler.time_attr: expected reports, training_iteration, steps, step, epoch, "
-                     "time_total_s or a reported metric such as train/tokens_per_s (got 'stepz') (did you mean"):
+                     "scheduler.time_attr: expected one of reports, training_iteration, steps, step, epoch, "
+                     "time_total_s, a value every report carries that grows with training (got 'stepz') "
+                     "(did you mean"):
         assert expected in problems, expected
 
 
@@ -273,6 +274,8 @@ def test_best_config_round_trips_and_plots_and_tensorboard_exist(sweep, tmp_path
     for trial in ("t000", "t001", "t002", "t003"):
         events = list((sweep["dir"] / "tensorboard" / trial).rglob("events.out.tfevents.*"))
         assert events, f"no TensorBoard events for {trial}"
+        # One TensorBoard run per trial: its HParams session sits in the run's own folder.
+        assert {e.parent for e in events} == {sweep["dir"] / "tensorboard" / trial / "tensorboard"}, trial
 
 
 @pytest.mark.timeout(180)
@@ -334,7 +337,7 @@ def test_a_sweep_refused_before_it_ran_leaves_its_name_free(tmp_path):
 def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_session_owner):
     from conftest import ensure_local_ray
 
-    from raytrain_llm.core.errors import TrainingError
+    from raytrain_llm.core.errors import UsageError
     from raytrain_llm.launchers.ray_tune import run_sweep
 
     ensure_local_ray()
@@ -342,8 +345,11 @@ def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_ses
                        search_space={"model.num_experts": {"grid": [2]}}, metric="val/los", scheduler="none")
     base = base_config(tmp_path)
     base.training.max_steps = 4
-    with pytest.raises(TrainingError, match=r"no trial reported val/los \(did you mean 'val/loss'\?\)"):
+    with pytest.raises(UsageError) as info:  # exit 2: a mistake in the sweep file
         run_sweep(base, path)
+    # The trial stopped at its first validation, naming the metric it has.
+    assert ("no trial reported val/los (t000: UsageError: checkpoint.monitor: 'val/los' is not a validation or "
+            "train metric of this run (did you mean 'val/loss'?)") in str(info.value)
     # The trial ranked its checkpoints by the sweep's metric (the summary's best checkpoint is its best).
     trial = yaml.safe_load((tmp_path / "sweeps" / "typo" / "tensorboard" / "t000" / "config.yaml").read_text())
     assert trial["checkpoint"]["monitor"] == "val/los"
