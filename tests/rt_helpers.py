@@ -89,6 +89,13 @@ class SparseMetricTask(RegressionTask):
         return out
 
 
+class TrainMetricPlateauTask(SparseMetricTask):
+    """ReduceLROnPlateau on a train metric (`call` only grows): what checkpoint.monitor=call drives."""
+
+    def build_scheduler(self, optimizer, total_steps):
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=1)
+
+
 class StepCounter(Callback):
     """Counts optimizer steps; the count is state, so it must survive a resume."""
 

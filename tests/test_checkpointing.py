@@ -291,11 +291,18 @@ def test_explicit_resume_refuses_a_folder_with_later_checkpoints(tmp_path):
     assert result["step"] == 16
 
 
-def test_a_misspelt_checkpoint_monitor_is_reported_once(tmp_path):
-    train(tmp_path, **{"checkpoint.monitor": "val_loss", "checkpoint.every_n_steps": 4, "training.epochs": 2})
-    log = (tmp_path / "logs" / "rank0.log").read_text()
-    assert log.count("checkpoint.monitor: 'val_loss' is not among the metrics of step checkpoints") == 1
-    assert "val/loss" in log.split("'val_loss' is not among")[1].splitlines()[0]  # names what there is
+def test_a_misspelt_checkpoint_monitor_stops_the_run_keeping_its_checkpoints(tmp_path):
+    # Misspelt, keep_best would keep nothing, summary.json would name no best and a plateau
+    # scheduler would never step: a usage error at the first validation, as callbacks.monitor.
+    with pytest.raises(UsageError) as info:
+        train(tmp_path, **{"checkpoint.monitor": "val_loss", "checkpoint.every_n_steps": 4, "training.epochs": 2})
+    assert str(info.value) == ("checkpoint.monitor: 'val_loss' is not a validation or train metric of this run "
+                               "(did you mean 'val/loss'?) (validation: val/loss, val/mae)")
+    assert steps(tmp_path) == [8, 12]  # saved before the first validation (step 16), and kept
+    # A train record's field is a metric too (no warning, no error), and ranks the checkpoints.
+    result, _ = train(tmp_path / "by_train_loss", **{"checkpoint.monitor": "loss", "checkpoint.every_n_steps": 4})
+    assert result["step"] == 16
+    assert read_json(tmp_path / "by_train_loss" / "summary.json")["best"]["monitor"] == "loss"
 
 
 def test_an_epochs_last_step_is_saved_once(tmp_path):

@@ -108,7 +108,6 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.is_main = is_main
         self.logger = logger
-        self._warned_unranked = False
         if is_main:
             os.makedirs(self.directory, exist_ok=True)
 
@@ -193,18 +192,8 @@ class CheckpointManager:
         else:
             os.replace(tmp, final)
         fsync_dir(self.directory)
-        self._warn_if_unranked(clean_metrics)
         self._rotate()
         return final
-
-    def _warn_if_unranked(self, metrics: dict[str, float]) -> None:
-        """A validated save without the monitored metric: a misspelt checkpoint.monitor would
-        otherwise leave keep_best keeping nothing, silently, for the whole run. Said once."""
-        if (self.keep_best and self.logger and not self._warned_unranked and self.monitor not in metrics
-                and any(k.startswith("val/") for k in metrics)):
-            self._warned_unranked = True
-            self.logger.warning(f"checkpoint.monitor: {self.monitor!r} is not among the metrics of step "
-                                f"checkpoints ({', '.join(sorted(metrics))}): keep_best keeps none until it is")
 
     def _rotate(self) -> None:
         ckpts = self.checkpoints()

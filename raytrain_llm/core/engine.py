@@ -25,7 +25,8 @@ from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.rng_state import seed_everything
-from raytrain_llm.core.step_checks import check_loss, check_metric_names, check_metric_values, metric_float
+from raytrain_llm.core.step_checks import (check_loss, check_metric_names, check_metric_values, check_monitor,
+                                            metric_float)
 from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output
 
 
@@ -65,6 +66,7 @@ class TrainingEngine(EngineStateMixin):
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
         self._skips_in_a_row = 0  # nan_policy=skip: a run that only skips has diverged
         self._checked_names: set[tuple] = set()  # metric name sets already checked (val: tagged "val")
+        self._monitor_checked = False  # checkpoint.monitor, at the first validation
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
@@ -369,6 +371,9 @@ class TrainingEngine(EngineStateMixin):
         metrics = {k: metric_float(k, v, "finalize_validation") for k, v in
                    self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)}).items()}
         self.last_val_metrics = metrics
+        if not self._monitor_checked:
+            self._monitor_checked = True
+            check_monitor(self.config.checkpoint.monitor, metrics, self._checked_names)
         self.callbacks.on_validation_end(self, metrics)
         # The epoch the validated weights trained in, as train records count it: an epoch-end
         # validation runs after the counter moved on to the next epoch.

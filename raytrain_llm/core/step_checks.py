@@ -8,6 +8,7 @@ attribute reads per step; the metric names are checked once per distinct set of 
 """
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 
 # Fields of the engine's train records (monitoring.PerformanceMonitor.summary included): a task
 # metric of the same name would be averaged into, or overwrite, the engine's value.
@@ -67,3 +68,19 @@ def metric_float(name: str, value: Any, hook: str, sync: bool = True) -> float:
     if isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "biuf":
         return float(value.reshape(()))
     raise UsageError(f"{hook}: metric {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not a number")
+
+
+def check_monitor(monitor: str, val_metrics: dict[str, float], seen_names: set[tuple]) -> None:
+    """checkpoint.monitor, at the first validation: a misspelt one would leave keep_best keeping
+    nothing, summary.json without a best and ReduceLROnPlateau never stepping, all silently.
+    `seen_names`: the metric name sets the steps reported so far (validation's tagged "val").
+    The same on every rank: the metrics are reduced, the train names come from the same task."""
+    train_names = set(ENGINE_FIELDS).union(*(names for names in seen_names if names[:1] != ("val",)))
+    if monitor in val_metrics or monitor in train_names:
+        return
+    known = sorted(val_metrics) + sorted(train_names - {"split"})
+    close = difflib.get_close_matches(monitor, known, n=1)
+    raise raised_on_every_rank(UsageError(
+        f"checkpoint.monitor: {monitor!r} is not a validation or train metric of this run"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f" (validation: {', '.join(sorted(val_metrics)) or 'none'})"))

@@ -201,8 +201,12 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         close = difflib.get_close_matches(spec.metric, reported, n=1)
         hint = (f" (did you mean {close[0]!r}?)" if close else
                 f" (reported: {', '.join(reported[:12])})" if reported and not errors else "")
-        raise TrainingError(f"sweep {spec.name}: no trial reported {spec.metric}{hint}"
-                            + (f" ({'; '.join(errors)[:500]})" if errors else "") + f"; see {spec.sweep_dir}")
+        # Every trial refusing its config (the sweep's metric is none of the task's: each trial
+        # stops at its first validation, checkpoint.monitor being the metric) is a usage error.
+        usage = len(errors) == len(rows) and all(r["error"].startswith(("UsageError", "ConfigError")) for r in rows)
+        raise (UsageError if usage else TrainingError)(
+            f"sweep {spec.name}: no trial reported {spec.metric}{hint}"
+            + (f" ({'; '.join(errors)[:500]})" if errors else "") + f"; see {spec.sweep_dir}")
     best = summary["best"]
     print(f"best: {best['trial']} {spec.metric}={best['value']:.4g} -> {summary['best_config']}"
           + (f" (checkpoint {best['checkpoint']})" if best.get("checkpoint") else ""))

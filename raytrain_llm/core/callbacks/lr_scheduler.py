@@ -1,8 +1,8 @@
 """`LRSchedulerCallback`: drives metric-based schedulers and records every LR change.
 
 Step-based schedulers are stepped by the engine after each optimizer step. A
-`ReduceLROnPlateau` needs the validation metric, so this callback steps it after each
-validation; it also keeps the LR history per param group (the last HISTORY_KEPT changes)
+`ReduceLROnPlateau` needs the monitored metric (checkpoint.monitor), so this callback steps
+it after each validation; it also keeps the LR history per param group (the last HISTORY_KEPT changes)
 and logs every change.
 """
 from __future__ import annotations
@@ -37,9 +37,11 @@ class LRSchedulerCallback(Callback):
 
     def on_validation_end(self, engine, metrics) -> None:
         scheduler = engine.scheduler
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.monitor in metrics:
+        # The monitor may be a train metric (checkpoint.monitor=loss): the latest train record's.
+        value = metrics.get(self.monitor, engine.last_train_record.get(self.monitor))
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and value is not None:
             before = self._lrs(engine)
-            scheduler.step(metrics[self.monitor])
+            scheduler.step(value)
             after = self._lrs(engine)
             if after != before and self.logger:
                 self.logger.info(f"lr reduced on plateau at step {engine.global_step}: {before} -> {after}")
