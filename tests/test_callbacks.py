@@ -82,9 +82,16 @@ def test_tensorboard_scalars_match_metrics_jsonl(logged_run):
         assert [e.step for e in events] == [s for s, _ in points], tag
         for e, (_, v) in zip(events, points):
             assert e.value == pytest.approx(v, rel=1e-6, abs=1e-12), tag  # stored as float32
-    hp = EventAccumulator(str(logged_run / "tensorboard" / "hparams"))
-    hp.Reload()
-    assert "hparam/val/loss" in hp.Tags()["scalars"]
+    # The config is an HParams session of the same run, its metrics the run's own tags.
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = {tag: HParamsPluginData.FromString(data) for tag, data in acc.PluginTagToContent("hparams").items()}
+    start = content["_hparams_/session_start_info"].session_start_info
+    assert start.hparams["model.hidden_dim"].number_value == 16 and start.hparams["task"].string_value == "regression"
+    metric_tags = {m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos}
+    assert {"val/loss", "train/loss"} <= metric_tags <= set(expected)
+    assert "_hparams_/session_end_info" in content
+    assert [p.name for p in (logged_run / "tensorboard").iterdir() if p.is_dir()] == []  # one run, no hparams/
 
 
 # ----------------------------------------------------------------------------- EarlyStopping
@@ -192,6 +199,15 @@ def test_lr_scheduler_callback_drives_reduce_on_plateau(tmp_path, monkeypatch):
     assert lrs[15] == lrs[16] == 0.0025
     history = load_state(checkpoints(tmp_path)[-1])["callbacks"]["LRSchedulerCallback"]["history"]
     assert history == [[0, [0.01, 0.01]], [9, [0.005, 0.005]], [15, [0.0025, 0.0025]]]
+
+
+def test_plateau_scheduler_follows_a_train_metric_monitor(tmp_path):
+    # checkpoint.monitor may name a train metric; the plateau is judged on the latest train record's.
+    train(tmp_path, task="rt_helpers:TrainMetricPlateauTask",
+          **{"checkpoint.monitor": "call", "training.val_every_n_steps": 4, "training.lr": 0.01,
+             "logging.log_every_n_steps": 2})  # a record per 2 steps holds `call` (odd steps only)
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert lrs[0] == 0.01 and lrs[-1] == 0.005  # `call` grew at checks 2 and 3: halved once
 
 
 @pytest.mark.parametrize("accum", [1, 2])

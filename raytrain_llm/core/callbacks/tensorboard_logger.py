@@ -1,4 +1,5 @@
-"""`TensorBoardLogger`: scalars under `<logging.dir>/tensorboard` via tensorboardX, hparams at the end.
+"""`TensorBoardLogger`: scalars under `<logging.dir>/tensorboard` via tensorboardX, and at the
+end the config as an HParams session of the same run.
 
 tensorboardX is optional (GPU boxes may lack it): without it the callback says so once and
 does nothing, instead of failing the run.
@@ -24,6 +25,12 @@ def flat_hparams(config_dict: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(body, (int, float, str, bool)):
             out[section] = body
     return out
+
+
+def _scalar_tags(split: str, record: dict[str, Any]) -> dict[str, float]:
+    """A record's numbers under their TensorBoard tags: `val/loss` as it is, `loss` as `train/loss`."""
+    return {key if "/" in key else f"{split}/{key}": float(value) for key, value in record.items()
+            if key not in _SKIP and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 class TensorBoardLogger(Callback):
@@ -67,11 +74,8 @@ class TensorBoardLogger(Callback):
             return
         split = record.get("split", "train")
         step = int(record.get("step", engine.global_step))
-        for key, value in record.items():
-            if key in _SKIP or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            tag = key if "/" in key else f"{split}/{key}"
-            writer.add_scalar(tag, float(value), step)
+        for tag, value in _scalar_tags(split, record).items():
+            writer.add_scalar(tag, value, step)
         if split == "val":  # else tensorboardX holds events up to 2 minutes: a killed or
             writer.flush()  # early-stopped run (an ASHA-stopped trial) would leave an empty file
 
@@ -83,13 +87,15 @@ class TensorBoardLogger(Callback):
         writer = self._open(engine)
         if writer is None:
             return
-        final = {}
-        for record in (getattr(engine, "last_train_record", {}), engine.last_val_metrics):
-            for k, v in (record or {}).items():
-                if isinstance(v, (int, float)) and k not in _SKIP:
-                    final[f"hparam/{k if '/' in k else 'train/' + k}"] = float(v)
-        writer.add_hparams(flat_hparams(engine.config.to_dict()), final, name="hparams",
-                           global_step=engine.global_step)
+        from tensorboardX.summary import hparams
+
+        # The HParams dashboard's metrics are this run's own scalar tags (it shows their last
+        # values), and the session goes into this run's file: one run per training run. (Writer.
+        # add_hparams would open a second run, `<run>/hparams`, holding copies of the values.)
+        metrics = [tag for split, record in (("train", engine.last_train_record), ("val", engine.last_val_metrics))
+                   for tag in _scalar_tags(split, record or {})]
+        for summary in hparams(flat_hparams(engine.config.to_dict()), dict.fromkeys(metrics, 0.0)):
+            writer.file_writer.add_summary(summary, engine.global_step)
         writer.flush()
         writer.close()
         self.writer = None
