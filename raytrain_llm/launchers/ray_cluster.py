@@ -131,8 +131,17 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
     address = cluster_address(config)
     common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if address:
-        _check_reachable(address, "distributed.address" if config.distributed.address else "RAY_ADDRESS")
-        ray.init(address=address, **common)
+        source = "distributed.address" if config.distributed.address else "RAY_ADDRESS"
+        _check_reachable(address, source)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as exc:
+            if not _is_auth_failure(exc):
+                raise
+            raise UsageError(
+                f"{source}: the Ray cluster at {address} refused this client's authentication token (Ray's token "
+                f"auth, on by default for new clusters): run with RAY_AUTH_MODE=token, as the cluster was started, "
+                f"and the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
     else:
         num_cpus = local_num_cpus(config, extra_cpus)
         # Checked before starting anything: what this machine lacks, Train would wait for forever.
@@ -142,6 +151,18 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
                  dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **common)
     return True
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    """ray.init's ConnectionError caused by the GCS rejecting the token (or its absence). Ray
+    chains a RuntimeError that quotes the AuthenticationError's traceback as text."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _task_import_env(config: Config) -> Optional[dict]:

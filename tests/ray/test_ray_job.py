@@ -66,7 +66,7 @@ def ray_head():
             if time.time() > deadline:
                 pytest.fail(f"the job server at {address} did not come up: {open(log.name).read()[-2000:]}")
             time.sleep(2)
-        yield address, env
+        yield address, env, gcs
     finally:
         # SIGTERM to the group we started (ray start and the head processes it launched), then
         # SIGKILL to whatever of that group is left: `ray start --block` can take long to exit.
@@ -121,7 +121,7 @@ COMMON = ["--set", "logging.progress_bar=off", "--set", "training.device=cpu", "
 
 @pytest.mark.timeout(420)
 def test_job_submit_regression_and_lm(ray_head, tmp_path):
-    address, env = ray_head
+    address, env, _ = ray_head
     reg_dir = tmp_path / "regression"
     logs = _submit_and_wait(address, env, [
         "--task", "regression", *COMMON, "--set", f"logging.dir={reg_dir}", "--set", "distributed.num_workers=2",
@@ -137,3 +137,18 @@ def test_job_submit_regression_and_lm(ray_head, tmp_path):
         "--set", "data.num_train_samples=64", "--set", "data.num_val_samples=16",
         "--set", "training.batch_size=4"], timeout=180)
     _check_run(lm_dir, 6)
+
+
+@pytest.mark.timeout(180)
+def test_a_client_without_the_clusters_token_exits_2(ray_head, tmp_path):
+    # The head runs with token auth (the default for new clusters); a client started without
+    # RAY_AUTH_MODE=token is refused by the GCS: a usage error naming the fix, not a traceback.
+    _, env, gcs = ray_head
+    client = {**env, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+    proc = _run([sys.executable, "train.py", "--task", "regression", *COMMON,
+                 "--set", f"logging.dir={tmp_path / 'run'}"], client, timeout=150)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith(f"error: RAY_ADDRESS: the Ray cluster at 127.0.0.1:{gcs} refused this client's "
+                           "authentication token") and "RAY_AUTH_MODE=token" in last, last
+    assert not (tmp_path / "run" / "error.log").exists()
