@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -92,6 +93,15 @@ def test_tensorboard_scalars_match_metrics_jsonl(logged_run):
     assert {"val/loss", "train/loss"} <= metric_tags <= set(expected)
     assert "_hparams_/session_end_info" in content
     assert [p.name for p in (logged_run / "tensorboard").iterdir() if p.is_dir()] == []  # one run, no hparams/
+
+
+def test_a_run_without_tensorboardx_says_so_and_trains(tmp_path, monkeypatch):
+    # GPU boxes may lack tensorboardX: the run goes on, and says once that TensorBoard is off.
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` raises ImportError
+    result, _ = train(tmp_path, **{"logging.tensorboard": True})
+    assert result["step"] == 16 and not (tmp_path / "tensorboard").exists()
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert log.count("TensorBoard logging is off: tensorboardX is not installed") == 1
 
 
 # ----------------------------------------------------------------------------- EarlyStopping

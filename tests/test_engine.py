@@ -67,11 +67,21 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     train(ref, task="rt_helpers:KillAtStepTask", **RESUME)
 
     run = tmp_path / "killed"
-    s = settings(run, **RESUME)
+    # Validation every 4 steps and TensorBoard on: neither may change the training run.
+    s = settings(run, **RESUME, **{"training.val_every_n_steps": 4, "logging.tensorboard": True})
     args = ["--task", "rt_helpers:KillAtStepTask", *set_args(s)]
     p = run_cli(args, env=cli_env(RT_KILL_AT_STEP="13"), timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [ckpt_step(c) for c in checkpoints(run)] == [5, 10]  # killed after step 13, mid-epoch 0
+    # What TensorBoard had at the kill: every record metrics.jsonl had (written as logged;
+    # tensorboardX's queued writer lost the last validation and held the rest for up to 2 minutes).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 8, 12]
+    logged = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
+    assert [e.step for e in events.Scalars("train/loss")] == logged == list(range(1, 13))
 
     p = run_cli([*args, "--set", "checkpoint.resume=auto"], timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -1,6 +1,11 @@
 """`TensorBoardLogger`: scalars under `<logging.dir>/tensorboard` via tensorboardX, and at the
 end the config as an HParams session of the same run.
 
+Events are written synchronously and flushed at every log: tensorboardX's SummaryWriter queues
+them for a background thread, and its flush() does not wait for that queue, so a run killed
+(or stopped by ASHA) right after a validation lost it, and up to 2 minutes of events before.
+A log is a few scalars every `log_every_n_steps`: writing them in the loop costs microseconds.
+
 tensorboardX is optional (GPU boxes may lack it): without it the callback says so once and
 does nothing, instead of failing the run.
 """
@@ -33,25 +38,47 @@ def _scalar_tags(split: str, record: dict[str, Any]) -> dict[str, float]:
             if key not in _SKIP and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+class EventFile:
+    """One TensorBoard event file, written in the caller's thread (see the module docstring)."""
+
+    def __init__(self, directory: str):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        os.makedirs(directory, exist_ok=True)
+        # The pid keeps two files opened in the same second (a quick rerun) apart.
+        self._file = EventsWriter(os.path.join(directory, "events"), f".{os.getpid()}")
+
+    def add(self, summary, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._file.write_event(Event(summary=summary, wall_time=time.time(), step=step))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class TensorBoardLogger(Callback):
     def __init__(self, log_dir: str, logger=None):
         self.dir = os.path.join(log_dir, "tensorboard")
         self.logger = logger
-        self.writer = None
+        self.events = None
         self.available = True
 
     def _open(self, engine):
-        if self.writer is not None or not self.available or not engine.dist.is_main:
-            return self.writer
+        if self.events is not None or not self.available or not engine.dist.is_main:
+            return self.events
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX  # noqa: F401
         except ImportError:
             self.available = False
             if self.logger:
                 self.logger.warning("TensorBoard logging is off: tensorboardX is not installed")
             return None
-        self.writer = SummaryWriter(self.dir)
-        return self.writer
+        self.events = EventFile(self.dir)
+        return self.events
 
     def on_train_start(self, engine) -> None:
         # A run from step 0 into a folder holding an earlier run's events (a rerun without
@@ -69,23 +96,19 @@ class TensorBoardLogger(Callback):
                 self.logger.info(f"an earlier run's TensorBoard events were moved to tensorboard/{os.path.basename(aside)}")
 
     def on_log(self, engine, record) -> None:
-        writer = self._open(engine)
-        if writer is None:
+        events = self._open(engine)
+        if events is None:
             return
-        split = record.get("split", "train")
-        step = int(record.get("step", engine.global_step))
-        for tag, value in _scalar_tags(split, record).items():
-            writer.add_scalar(tag, value, step)
-        if split == "val":  # else tensorboardX holds events up to 2 minutes: a killed or
-            writer.flush()  # early-stopped run (an ASHA-stopped trial) would leave an empty file
+        from tensorboardX.summary import scalar
 
-    def on_save_checkpoint(self, engine, path, metrics) -> None:
-        if self.writer is not None:  # what a resumed run goes on from is also on disk here
-            self.writer.flush()
+        step = int(record.get("step", engine.global_step))
+        for tag, value in _scalar_tags(record.get("split", "train"), record).items():
+            events.add(scalar(tag, value), step)
+        events.flush()
 
     def on_train_end(self, engine) -> None:
-        writer = self._open(engine)
-        if writer is None:
+        events = self._open(engine)
+        if events is None:
             return
         from tensorboardX.summary import hparams
 
@@ -95,12 +118,13 @@ class TensorBoardLogger(Callback):
         metrics = [tag for split, record in (("train", engine.last_train_record), ("val", engine.last_val_metrics))
                    for tag in _scalar_tags(split, record or {})]
         for summary in hparams(flat_hparams(engine.config.to_dict()), dict.fromkeys(metrics, 0.0)):
-            writer.file_writer.add_summary(summary, engine.global_step)
-        writer.flush()
-        writer.close()
-        self.writer = None
+            events.add(summary, engine.global_step)
+        self._close()
 
     def on_exception(self, engine, exc) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
