@@ -71,13 +71,11 @@ class TensorBoardLogger(Callback):
         if self.events is not None or not self.available or not engine.dist.is_main:
             return self.events
         try:
-            import tensorboardX  # noqa: F401
+            self.events = EventFile(self.dir)
         except ImportError:
             self.available = False
             if self.logger:
                 self.logger.warning("TensorBoard logging is off: tensorboardX is not installed")
-            return None
-        self.events = EventFile(self.dir)
         return self.events
 
     def on_train_start(self, engine) -> None:
