@@ -183,7 +183,7 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         grid = tuner.fit()
         from raytrain_llm.launchers.sweep_report import collect_rows, write_report
 
-        rows = collect_rows(spec, base, grid)
+        rows = collect_rows(spec, base, grid, points)
         summary = write_report(spec, base, rows)
         unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:

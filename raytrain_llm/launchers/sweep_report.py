@@ -64,8 +64,11 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
     return out
 
 
-def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
-    """One row per trial of a Tune ResultGrid, in trial order.
+def collect_rows(spec: SweepSpec, base: Config, grid, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point of the sweep, in trial order, from a Tune ResultGrid.
+
+    Tune creates a grid's trials as concurrency allows: after Ctrl-C the grid lacks the points
+    it never started, and they are "unfinished" too (else the sweep would read finished).
 
     A trial that neither ended nor failed was interrupted (Ctrl-C) and is "unfinished". Ended:
     its last result is marked `done`, ASHA stopped it, or its training wrote its summary.json (the
@@ -92,6 +95,12 @@ def collect_rows(spec: SweepSpec, base: Config, grid) -> list[dict[str, Any]]:
         if not ended and result.error is None:
             row["status"] = "unfinished"
         rows.append(row)
+    started = {row["trial"] for row in rows}
+    for point in points:
+        if point[POINT_ID] not in started:
+            row = make_row(spec, base, point, [], None, None, cache)
+            row["status"] = "unfinished"
+            rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
 
 
