@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from rt_testing import checkpoints, ckpt_step, load_state, read_json, run_cli, set_args, settings, train
+from rt_testing import (checkpoints, ckpt_step, load_state, read_json, read_jsonl, run_cli, set_args, settings,
+                        train)
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import CheckpointError, UsageError
@@ -83,6 +84,27 @@ def test_corrupt_latest_falls_back_to_previous_and_run_matches(tmp_path, damage)
     assert all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"])
     for c in checkpoints(run):  # the damaged step was re-saved properly
         CheckpointManager.load(str(c))
+    # ... and the damaged one kept aside, out of rotation.
+    assert (run / "checkpoints" / "unloadable-step-00000012").is_dir() and "moved the unloadable" in log
+
+
+def test_a_skipped_corrupt_checkpoint_is_neither_latest_nor_best_and_costs_no_good_one(tmp_path):
+    # Left in place, the unloadable step-12 counted as the newest: rotation (keep_last=2) deleted
+    # the good step-8 in its favour, and summary.json named it latest (and could name it best).
+    common = {"training.lr_schedule": "constant", "checkpoint.every_n_steps": 4, "checkpoint.keep_last": 2,
+              "checkpoint.keep_best": 1, "training.val_every_n_steps": 4}
+    train(tmp_path, **common, **{"training.max_steps": 12})
+    damaged = tmp_path / "checkpoints" / "step-00000012"
+    before = (damaged / "state.pt").read_bytes()[:1000]
+    (damaged / "state.pt").write_bytes(before)
+    result, _ = train(tmp_path, **common, **{"checkpoint.resume": "auto", "training.max_steps": 11})
+    assert result["step"] == 11
+    summary = read_json(tmp_path / "summary.json")
+    assert ckpt_step(summary["latest_checkpoint"]) == 11 and ckpt_step(summary["best_checkpoint"]) <= 11
+    assert 8 in steps(tmp_path) and all(s <= 11 for s in steps(tmp_path))
+    for c in checkpoints(tmp_path):
+        CheckpointManager.load(str(c))
+    assert (tmp_path / "checkpoints" / "unloadable-step-00000012" / "state.pt").read_bytes() == before  # kept
 
 
 def test_corrupt_checkpoint_error_is_one_plain_line(tmp_path):
@@ -101,11 +123,14 @@ def test_all_corrupt_is_an_error_that_keeps_them(tmp_path):
     for c in checkpoints(tmp_path):
         _truncate(c / "state.pt")
     before = {c.name: (c / "state.pt").read_bytes() for c in checkpoints(tmp_path)}
-    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoints in .* can be loaded .*move them aside"):
+    # A usage error (exit 2), as a corrupt checkpoint named by checkpoint.resume=<path> is.
+    with pytest.raises(UsageError, match=r"^checkpoint.resume=auto: none of the 2 checkpoints in .* can be loaded "
+                                         r".*move them aside"):
         train(tmp_path, **{"checkpoint.resume": "auto", "checkpoint.every_n_steps": 8, "training.epochs": 2})
     assert {c.name: (c / "state.pt").read_bytes() for c in checkpoints(tmp_path)} == before
     log = (tmp_path / "logs" / "rank0.log").read_text()
-    assert log.count("falling back to an older checkpoint") == 2 and "resumed from" not in log
+    assert log.count("falling back to an older checkpoint") == 1 and log.count("no older checkpoint") == 1
+    assert "resumed from" not in log and "moved the unloadable" not in log
 
 
 class _NotAllowed:
@@ -289,6 +314,13 @@ def test_explicit_resume_refuses_a_folder_with_later_checkpoints(tmp_path):
     # Into a fresh folder it is a branch of the old run, and fine.
     result, _ = train(tmp_path / "branch", **{"checkpoint.resume": str(older)})
     assert result["step"] == 16
+    # Into a folder holding another run's checkpoints (even older steps) it is refused, as a fresh
+    # run would be: rotation used to delete them silently.
+    other = tmp_path / "other"
+    train(other, **{"training.max_steps": 3})
+    with pytest.raises(UsageError, match=r"already holds checkpoints of an earlier run"):
+        train(other, **{"checkpoint.resume": str(older), "checkpoint.keep_last": 1})
+    assert steps(other) == [3]
 
 
 def test_a_misspelt_checkpoint_monitor_stops_the_run_keeping_its_checkpoints(tmp_path):
@@ -335,3 +367,14 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_checkpoint_between_two_logs_carries_the_train_metrics_of_its_own_step(tmp_path):
+    # The train record is logged at the save: a checkpoint ranked by a train metric
+    # (checkpoint.monitor=loss) is ranked by the steps up to it, not by an older log window.
+    train(tmp_path, **{"logging.log_every_n_steps": 10, "checkpoint.every_n_steps": 5, "checkpoint.monitor": "loss",
+                       "checkpoint.keep_last": 0, "training.validate": False})
+    logged = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"}
+    assert sorted(logged) == [5, 10, 15, 16]  # every 10 steps, at each save, and at the end
+    for c in checkpoints(tmp_path):
+        assert read_json(c / "meta.json")["metrics"]["loss"] == logged[ckpt_step(c)]

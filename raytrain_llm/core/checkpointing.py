@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections import Counter, OrderedDict
 from typing import Any, Optional
 
@@ -223,17 +224,40 @@ class CheckpointManager:
 
     def load_latest_valid(self, map_location: Any = "cpu") -> tuple[Optional[str], Optional[dict[str, Any]]]:
         """Newest checkpoint that loads; corrupt ones are reported and skipped, never deleted.
-        (None, None) when there are none; a CheckpointError when there are some but none loads:
-        starting afresh would overwrite them, and files that a torch upgrade or a storage hiccup
-        made unreadable are not necessarily lost."""
+        Those newer than the one that loads are moved aside (`unloadable-step-…`): left in place,
+        they would count as the latest (and maybe the best) and rotation would delete good
+        checkpoints in their favour. (None, None) when there are none; a UsageError when there
+        are some but none loads: starting afresh would overwrite them, and files that a torch
+        upgrade or a storage hiccup made unreadable are not necessarily lost."""
         found = list(reversed(self.checkpoints()))
-        for meta in found:
+        for i, meta in enumerate(found):
             try:
-                return meta["path"], self.load(meta["path"], map_location)
+                state = self.load(meta["path"], map_location)
             except CheckpointError as exc:
                 if self.logger:
-                    self.logger.warning(f"{exc}; falling back to an older checkpoint")
+                    older = "falling back to an older checkpoint" if i + 1 < len(found) else "no older checkpoint"
+                    self.logger.warning(f"{exc}; {older}")
+                continue
+            for skipped in found[:i]:
+                self._move_aside(skipped["path"])
+            return meta["path"], state
         if found:
-            raise CheckpointError(f"none of the {len(found)} checkpoints in {self.directory} can be loaded "
-                                  f"(see the warnings above); move them aside to start afresh")
+            raise UsageError(f"checkpoint.resume=auto: none of the {len(found)} checkpoints in {self.directory} "
+                             f"can be loaded (see the warnings above); move them aside to start afresh")
         return None, None
+
+    def _move_aside(self, path: str) -> None:
+        """Rank 0 renames an unloadable checkpoint out of the step-… namespace (other ranks find it
+        gone or unloadable alike, and fall back to the same older one)."""
+        if not self.is_main:
+            return
+        aside = os.path.join(self.directory, f"unloadable-{os.path.basename(path)}")
+        if os.path.exists(aside):
+            aside += f"-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            os.replace(path, aside)
+        except OSError:
+            return  # already gone: nothing is listed there any more
+        if self.logger:
+            self.logger.warning(f"moved the unloadable {os.path.basename(path)} aside to {aside}: it is kept, but "
+                                "is no longer the latest, the best or counted by rotation")

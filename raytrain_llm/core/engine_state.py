@@ -228,9 +228,14 @@ class EngineStateMixin:
         except CheckpointError as exc:
             raise UsageError(f"checkpoint.resume: {exc}") from None
         if explicit is None and self.checkpoint_manager is not None:
-            # A user's choice of an older step. A launcher's restore point (a Ray restart) may
-            # trail this folder by a save that was never reported; that run re-creates those steps.
-            self.checkpoint_manager.refuse_later_checkpoints(int(state["progress"]["global_step"]))
+            if self.resumed_from_elsewhere:
+                # A branch of another run: checkpoints already here are some other run's, which
+                # rotation would delete (or keep in place of this run's), as for a fresh run.
+                self.checkpoint_manager.refuse_earlier_run()
+            else:
+                # A user's choice of an older step. A launcher's restore point (a Ray restart) may
+                # trail this folder by a save that was never reported; that run re-creates those steps.
+                self.checkpoint_manager.refuse_later_checkpoints(int(state["progress"]["global_step"]))
         return path, state
 
     def _resume(self) -> None:
@@ -262,9 +267,14 @@ class EngineStateMixin:
     def save_checkpoint(self) -> Optional[str]:
         """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
         self._saved_at = self._progress_key()
+        if self._window and self.last_train_record.get("step") != self.global_step:
+            # A save between two logs: logged here, so the checkpoint's train metrics (which
+            # checkpoint.monitor may rank it by) are of the steps up to it, not of an older window.
+            self._log_train()
         state = self.state_dict()
         metrics = dict(self.last_val_metrics) if self._val_step == self.global_step else {}
-        metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
+        if self.last_train_record.get("step") == self.global_step:
+            metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
         path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
                                             config_yaml=dump_yaml(self.config))
         self.dist.barrier()

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.errors import CheckpointError, TrainingError, UsageError
+from raytrain_llm.core.errors import TrainingError, UsageError
 
 ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
 
@@ -20,7 +20,7 @@ def last_good_checkpoint(config: Config) -> Optional[str]:
     manager = CheckpointManager(config.checkpoint_dir, is_main=False)
     try:
         path, _ = manager.load_latest_valid()
-    except CheckpointError:  # some, but none loads
+    except UsageError:  # some, but none loads
         return None
     return path
 
