@@ -86,6 +86,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     p = run_cli([*args, "--set", "checkpoint.resume=auto"], timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resumed from" in p.stderr and "step 10 (epoch 0, batch 10)" in p.stderr
+    # Steps 11 and 12 were logged before the kill and again after the resume: TensorBoard shows
+    # each step once (the resumed run voids the old events past its checkpoint), as metrics.jsonl.
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 33))
+    assert [e.step for e in events.Scalars("val/loss")] == [4, 8, 12, 16, 20, 24, 28, 32]
 
     a, b = final_state(ref), final_state(run)
     assert a["progress"] == b["progress"] and a["progress"]["global_step"] == 32

@@ -53,6 +53,15 @@ class EventFile:
 
         self._file.write_event(Event(summary=summary, wall_time=time.time(), step=step))
 
+    def restart_at(self, step: int) -> None:
+        """Tells readers that events from `step` on in earlier files are void (a resumed run
+        trains those steps again): TensorBoard drops them rather than drawing both."""
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        self._file.write_event(Event(session_log=SessionLog(status=SessionLog.START), wall_time=time.time(),
+                                     step=step))
+        self._file.flush()
+
     def flush(self) -> None:
         self._file.flush()
 
@@ -82,6 +91,12 @@ class TensorBoardLogger(Callback):
         # A run from step 0 into a folder holding an earlier run's events (a rerun without
         # checkpoints): TensorBoard would draw both as one zig-zagging run. They become a run of
         # their own, `earlier-<time>` (metrics.jsonl is moved aside the same way).
+        if engine.global_step and engine.dist.is_main:
+            # Resumed: metrics.jsonl is rewound to the checkpoint; the events after it are voided.
+            events = self._open(engine)
+            if events is not None:
+                events.restart_at(engine.global_step + 1)
+            return
         if engine.global_step or not engine.dist.is_main or not os.path.isdir(self.dir):
             return
         events = [n for n in os.listdir(self.dir) if n.startswith("events.out.tfevents.")]
