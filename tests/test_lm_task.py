@@ -37,6 +37,7 @@ def test_cli_lm_moe_reaches_entropy_floor_with_balanced_routing(tmp_path):
     # exp of the mean loss (a mean of per-batch exp(loss) would be larger: Jensen)
     assert last_val["val/perplexity"] == pytest.approx(math.exp(last_val["val/loss"]), rel=1e-9)
     last_train = [r for r in records if r["split"] == "train"][-1]
+    assert last_train["perplexity"] == pytest.approx(math.exp(last_train["ce_loss"]), rel=1e-9)  # the same for train
     assert last_train["moe_max_load"] < 2.0  # busiest expert under twice the mean load
     assert 0.9 < last_train["aux_loss"] < 1.5  # near 1.0, the balanced value
 

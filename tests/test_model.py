@@ -212,8 +212,7 @@ def test_task_step_reports_metrics():
     batch = {k: torch.from_numpy(v) for k, v in task.build_data_module().train_dataset.rows(np.arange(4)).items()}
     out = task.train_step(model, batch, None)
     assert out.num_tokens == 4 * cfg.model.seq_len == task.tokens_in_batch(batch)
-    for name in ("ce_loss", "perplexity", "aux_loss", "z_loss", "moe_max_load", "moe_dropped_frac",
-                 "moe_router_entropy"):
+    for name in ("ce_loss", "aux_loss", "z_loss", "moe_max_load", "moe_dropped_frac", "moe_router_entropy"):
         assert out.metrics[name].shape == (), name
     expected = out.metrics["ce_loss"] + 0.01 * out.metrics["aux_loss"] + 0.001 * out.metrics["z_loss"]
     torch.testing.assert_close(out.loss.detach(), expected)

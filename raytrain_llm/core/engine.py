@@ -316,8 +316,10 @@ class TrainingEngine(EngineStateMixin):
         # then over ranks.
         means = (self.dist.reduce_mean(totals) / counts).tolist()
         lr = float(self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"])
+        metrics = {k: metric_float(k, v, "finalize_train_metrics") for k, v in
+                   self.task.finalize_train_metrics(dict(zip(names, means))).items()}
         record = {"split": "train", "step": self.global_step, "epoch": self.epoch, "lr": lr,
-                  **dict(zip(names, means)), **self.monitor.summary()}
+                  **metrics, **self.monitor.summary()}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
         self.last_train_record = record

@@ -82,6 +82,11 @@ class TrainingTask(ABC):
         that are not a mean of per-batch values (perplexity = exp(mean loss), F1, ...)."""
         return metrics
 
+    def finalize_train_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """A train record's metrics once averaged over the logging window and the ranks (`loss`,
+        `grad_norm` and the train_step metrics), as finalize_validation for validation."""
+        return metrics
+
     def build_criterion(self) -> Optional[nn.Module]:
         return None
 

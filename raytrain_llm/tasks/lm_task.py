@@ -60,11 +60,16 @@ class LanguageModelingTask(TrainingTask):
             return metrics
         return {**metrics, "val/perplexity": math.exp(min(metrics["val/loss"], 700.0))}
 
+    def finalize_train_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        # As for validation: exp of the window's mean cross-entropy.
+        if "ce_loss" not in metrics:
+            return metrics
+        return {**metrics, "perplexity": math.exp(min(metrics["ce_loss"], 700.0))}
+
     @staticmethod
     def _metrics(ce: torch.Tensor, aux: dict) -> dict[str, torch.Tensor]:
         """Scalar tensors only (the engine averages them over a logging window)."""
-        ce = ce.detach()
-        out = {"ce_loss": ce, "perplexity": ce.exp()}
+        out = {"ce_loss": ce.detach()}  # perplexity: finalize_train_metrics
         if "moe_load" not in aux:
             return out
         out.update({
