@@ -281,3 +281,15 @@ def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: checkpoint.resume: no checkpoint at"), last
     assert "Traceback" not in p.stderr and "Terminating process" not in p.stderr
+
+
+def test_a_run_with_nothing_to_train_or_a_warmup_past_its_end_says_so(tmp_path):
+    train(tmp_path, **{"training.max_steps": 6})
+    result, _ = train(tmp_path, **{"checkpoint.resume": "auto", "training.max_steps": 4})
+    assert result["step"] == 6
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert ("nothing to train: resumed at step 6 (epoch 0), where a run of training.epochs=1, "
+            "training.max_steps=4 ends; raise them to train on") in log
+    train(tmp_path / "warm", **{"training.max_steps": 5, "training.warmup_steps": 50})
+    log = (tmp_path / "warm" / "logs" / "rank0.log").read_text()
+    assert "training.warmup_steps=50 is not shorter than the run (5 steps): the LR never reaches training.lr" in log

@@ -160,6 +160,7 @@ class TrainingEngine(EngineStateMixin):
         # restart, to fail the same way).
         with self.dist.usage_errors_on_every_rank():
             self._resume()
+            self._warn_about_run_length()
             self._save_config()
             self.callbacks.on_train_start(self)
 

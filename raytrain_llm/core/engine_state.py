@@ -110,6 +110,20 @@ class EngineStateMixin:
         total = self.global_step + left_in_epoch + max(0, t.epochs - self.epoch - 1) * self.steps_per_epoch
         return min(total, t.max_steps) if t.max_steps else total
 
+    def _warn_about_run_length(self) -> None:
+        """Settings that make a run do nothing, or never reach its LR: legal, rarely meant."""
+        t = self.config.training
+        if not self.dist.is_main:
+            return
+        if self.global_step and (self.global_step >= self.total_steps or self.epoch >= t.epochs):
+            self.logger.warning(f"nothing to train: resumed at step {self.global_step} (epoch {self.epoch}), where a "
+                                f"run of training.epochs={t.epochs}, training.max_steps={t.max_steps} ends; raise "
+                                "them to train on")
+        elif any(isinstance(fn, LRSchedule) for fn in getattr(self.scheduler, "lr_lambdas", None) or []) \
+                and t.warmup_steps >= self.total_steps:
+            self.logger.warning(f"training.warmup_steps={t.warmup_steps} is not shorter than the run "
+                                f"({self.total_steps} steps): the LR never reaches training.lr={t.lr:g}")
+
     def _fit_total_steps(self) -> None:
         """After a resume: the length differs from the set-up's when the global batch changed
         mid-run; our schedules (not yet loaded) are then planned to end where the run ends."""
