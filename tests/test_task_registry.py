@@ -88,3 +88,7 @@ def test_a_broken_or_shadowed_task_module_is_a_usage_error_naming_it(user_folder
     with pytest.raises(UsageError, match=r"^--task: 'sched' has no class 'UserTask' \(that name imported "
                                          r".*sched.py, not .*/sched.py: rename your module\)"):
         resolve_task("sched:UserTask")
+    # A class missing from a package's submodule is just missing: nothing is shadowed there.
+    with pytest.raises(UsageError) as info:
+        resolve_task("rt_user_pkg.tasks:Nope")
+    assert str(info.value) == "--task: 'rt_user_pkg.tasks' has no class 'Nope'"

@@ -59,8 +59,9 @@ def _where(exc: BaseException) -> str:
 def _shadowed(module) -> str:
     """Which file was imported, when the current folder has a module of that name that lost to it
     (a `train.py` or `test.py` of the user's: the same name is taken further up sys.path)."""
-    path = getattr(module, "__file__", None)
     top = module.__name__.split(".")[0]
+    # The top-level name is what shadowing takes (mypkg.slow lives in whichever mypkg won).
+    path = getattr(sys.modules.get(top, module), "__file__", None)
     mine = [os.path.abspath(p) for p in (f"{top}.py", os.path.join(top, "__init__.py")) if os.path.exists(p)]
     if not mine or (path and os.path.abspath(path) in mine):
         return ""
