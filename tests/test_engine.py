@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rt_testing import (checkpoints, final_state, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
-                      settings, train)
+                      make_config, settings, train)
 from raytrain_llm.core.errors import TrainingError
 
 
@@ -281,6 +281,24 @@ def test_spawn_usage_error_in_a_worker_exits_2(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: checkpoint.resume: no checkpoint at"), last
     assert "Traceback" not in p.stderr and "Terminating process" not in p.stderr
+
+
+def test_spawn_on_a_master_port_in_use_is_a_usage_error_before_workers_start(tmp_path):
+    import socket
+
+    from raytrain_llm.core.errors import UsageError
+    from raytrain_llm.launchers.local import run_spawn
+
+    with socket.socket() as held:  # another process's server on that port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = make_config(tmp_path, **{"distributed.launcher": "spawn", "distributed.num_workers": 2,
+                                       "distributed.master_port": port})
+        with pytest.raises(UsageError, match=rf"^distributed.master_port: 127.0.0.1:{port} cannot be used "
+                                             r"\(Address already in use\); pick another port, or 0"):
+            run_spawn(cfg)
+    assert not (tmp_path / "logs").exists()  # no worker started
 
 
 def test_a_run_with_nothing_to_train_or_a_warmup_past_its_end_says_so(tmp_path):

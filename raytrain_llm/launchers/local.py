@@ -83,6 +83,17 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A fixed distributed.master_port another process holds: rank 0's store would fail to bind
+    (EADDRINUSE) only after the workers started."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"distributed.master_port: {host}:{port} cannot be used ({exc.strerror or exc}); "
+                             "pick another port, or 0 for a free one per run") from None
+
+
 def run_spawn(config: Config) -> dict[str, Any]:
     world = config.distributed.num_workers
     if world == 1:
@@ -90,6 +101,8 @@ def run_spawn(config: Config) -> dict[str, Any]:
     check_data_up_front(config)
     # 0 (the default) picks a free port per run: a fixed one would make two runs on one machine collide.
     port = config.distributed.master_port or free_port(config.distributed.master_addr)
+    if config.distributed.master_port:
+        check_port_free(config.distributed.master_addr, port)
     # When one worker fails torch stops the others and logs a line per process first; the
     # failure itself is reported below, in one line.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
