@@ -27,7 +27,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must be in (0, 1)")
-    data = b"".join(open(path, "rb").read() for path in args.files)
+    try:
+        data = b"".join(open(path, "rb").read() for path in args.files)
+    except OSError as exc:
+        parser.exit(2, f"error: cannot read {exc.filename}: {exc.strerror}\n")
     tokens = np.frombuffer(data, dtype=np.uint8)
     split = int(len(tokens) * (1 - args.val_fraction))
     os.makedirs(args.out, exist_ok=True)

@@ -379,3 +379,13 @@ def test_cli_reports_every_error_in_one_line(tmp_path):
     for key in ("training.epochs", "model.d_model", "model.dropout", "optimization.amp", "--set training.lr",
                 "training.batch_size"):
         assert key in lines[0], key
+
+
+def test_a_misspelt_section_is_named_with_the_closest_and_task_points_to_task():
+    from raytrain_llm.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["trainin.lr=1", "task=lm"], environ={})
+    assert info.value.problems == [
+        "trainin.lr: unknown section 'trainin' (from --set) (did you mean 'training'?)",
+        "task: expected section.field (from --set) (the task is chosen with --task or a top-level `task:` in YAML)"]

@@ -76,6 +76,9 @@ def test_the_lm_task_learns_real_text_from_token_files(tmp_path):
     p = subprocess.run([sys.executable, "examples/prepare_bytes.py", "README.md", "BENCHMARKS.md", "--out", str(out)],
                        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+    missing = subprocess.run([sys.executable, "examples/prepare_bytes.py", "no-such.txt", "--out", str(out)],
+                             cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert (missing.returncode, missing.stderr) == (2, "error: cannot read no-such.txt: No such file or directory\n")
     train_tokens = np.fromfile(out / "train.bin", dtype=np.uint16)
     assert bytes(train_tokens[:20].astype(np.uint8)) == (REPO / "README.md").read_bytes()[:20]
     result, _ = train(tmp_path / "run", "lm", **{

@@ -107,11 +107,14 @@ class _Builder:
     def _lookup(self, key: str, source: str):
         parts = key.split(".")
         if len(parts) != 2:
-            self.errors.append(f"{key}: expected section.field{source}")
+            hint = " (the task is chosen with --task or a top-level `task:` in YAML)" if key == "task" else ""
+            self.errors.append(f"{key}: expected section.field{source}{hint}")
             return None
         section, name = parts
         if section not in SECTIONS:
-            self.errors.append(f"{key}: unknown section {section!r}{source} (sections: {', '.join(SECTIONS)})")
+            close = _suggest(section, SECTIONS)
+            self.errors.append(f"{key}: unknown section {section!r}{source}"
+                               + (close or f" (sections: {', '.join(SECTIONS)})"))
             return None
         if name not in self.types[section]:
             self.errors.append(f"{key}: unknown key{source}{_suggest(name, self.types[section])}")
