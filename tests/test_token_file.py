@@ -59,6 +59,9 @@ def test_unusable_token_files_are_usage_errors_naming_the_file(tmp_path):
     np.save(tmp_path / "floats.npy", np.zeros(10, np.float32))
     with pytest.raises(UsageError, match="must hold a 1-D array of integer token ids"):
         _dataset(tmp_path / "floats.npy")
+    (tmp_path / "raw.npy").write_bytes(np.arange(20, dtype=np.uint16).tobytes())  # raw ids, a .npy name
+    with pytest.raises(UsageError, match=r"cannot read .*raw.npy: it is not a .npy file \(no NumPy header\)"):
+        _dataset(tmp_path / "raw.npy")
 
 
 def test_token_file_settings_are_checked_together(tmp_path):

@@ -23,6 +23,10 @@ def open_tokens(path: str, dtype: str, key: str) -> np.ndarray:
         raise UsageError(f"{key}: no token file at {path}")
     try:
         if path.endswith(".npy"):
+            with open(path, "rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":  # else numpy blames pickled data and allow_pickle
+                    raise ValueError("it is not a .npy file (no NumPy header); raw token ids need a name "
+                                     "other than .npy, read as data.token_dtype")
             tokens = np.load(path, mmap_mode="r")
         else:
             size, itemsize = os.path.getsize(path), np.dtype(dtype).itemsize
