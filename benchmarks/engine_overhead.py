@@ -12,8 +12,10 @@ By default the hand loop trains on batches generated up front on the device, so 
 data-pipeline cost the engine pays shows up in the ratio instead of being hidden;
 `--hand-data sampled` makes it sample every batch from the same dataset instead, which leaves
 the engine's own machinery (DataLoader, bookkeeping, callbacks, NaN check) as the difference.
-`--data tokens` trains both on a token file (memory-mapped windows) instead of the synthetic
-Markov generator, whose sampling costs ~0.5 ms a batch on CPU: the data path of real training.
+`--data tokens` feeds the engine from a token file (memory-mapped windows, the data path of
+real training) instead of the synthetic Markov generator, whose sampling costs ~0.5 ms a batch
+on CPU; the hand loop's batches come from the same file (made up front, or read each step
+with `--hand-data sampled`).
 """
 from __future__ import annotations
 

@@ -378,3 +378,18 @@ def test_a_checkpoint_between_two_logs_carries_the_train_metrics_of_its_own_step
     assert sorted(logged) == [5, 10, 15, 16]  # every 10 steps, at each save, and at the end
     for c in checkpoints(tmp_path):
         assert read_json(c / "meta.json")["metrics"]["loss"] == logged[ckpt_step(c)]
+
+
+def test_train_records_at_validations_epoch_ends_and_saves_keep_throughput_and_epoch_right(tmp_path):
+    # A slow validation (a large val set) at steps that also log or save: its time stays out of
+    # every window (a window opened inside the pause once went negative: step_time 2e-10 s), and
+    # the record at an epoch's last step is stamped with that epoch, before its val record.
+    train(tmp_path, **{"training.epochs": 2, "logging.log_every_n_steps": 10, "training.val_every_n_steps": 5,
+                       "checkpoint.every_n_steps": 5, "data.num_val_samples": 20000})
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    trains = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in trains] == [5, 10, 15, 16, 20, 25, 30, 32]
+    times = [r["step_time"] for r in trains]
+    assert max(times) < 10 * min(times), times  # no window holds a validation, none is empty
+    at_16 = [(r["split"], r["epoch"]) for r in records if r["step"] == 16]
+    assert at_16 == [("train", 0), ("val", 0)]

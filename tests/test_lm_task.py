@@ -9,6 +9,7 @@ import torch
 from rt_testing import final_state, read_jsonl, run_cli, set_args, settings, train
 
 from raytrain_llm.core.config_loader import load_config
+from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.lm_task import LanguageModelingTask
 
 # Small enough for ~200 CPU steps in seconds, big enough to reach the data's entropy floor.
@@ -56,3 +57,12 @@ def test_lm_resume_mid_epoch_matches_uninterrupted(tmp_path, moe):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_monitor_may_name_a_metric_finalize_train_metrics_adds_not_one_never_logged(tmp_path):
+    small = {**TINY_LM, "data.num_train_samples": 256, "training.max_steps": 4, "training.val_every_n_steps": 2,
+             "data.num_val_samples": 64}
+    result, _ = train(tmp_path / "ppl", "lm", **small, **{"checkpoint.monitor": "perplexity"})
+    assert result["step"] == 4  # the train perplexity comes from finalize_train_metrics
+    with pytest.raises(UsageError, match=r"^checkpoint.monitor: 'mfu' is not a validation or train metric of this run"):
+        train(tmp_path / "mfu", "lm", **small, **{"checkpoint.monitor": "mfu"})  # logged on known GPUs only

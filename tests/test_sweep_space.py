@@ -61,7 +61,7 @@ def test_a_key_switched_off_in_every_trial_refuses_the_sweep(tmp_path):
                                  "s.yaml"), lm)
     assert len(info.value.problems) == 1 and info.value.problems[0].endswith(
         "s.yaml: search_space.model.num_experts: has no effect in any trial (model.use_moe is false): trials "
-        "that differ only in it would train the same model; sweep or set that too, or drop the key")
+        "that differ only in it would train the same model; drop the key, or sweep or set what switches it on")
     # Switched on in some trials is fine (the MoE ones differ), and so is a base that switches it on.
     assert len(build_points(parse_sweep({"search_space": {"model.use_moe": [False, True],
                                                           "model.num_experts": [2, 4]}}, "s.yaml"), lm)) == 4
@@ -70,16 +70,21 @@ def test_a_key_switched_off_in_every_trial_refuses_the_sweep(tmp_path):
 
 
 def test_inactive_keys_follow_their_switches():
-    off = inactive_keys(Config())
-    assert off["model.top_k"] == "model.use_moe is false"
+    off = inactive_keys(Config(task="lm"))
+    assert off["model.top_k"] == "model.use_moe is false" and off["model.hidden_dim"] == "task lm does not use it"
     assert off["callbacks.early_stopping_patience"] == "callbacks.early_stopping is false"
-    assert "training.min_lr_ratio" not in off  # cosine by default
-    on = Config.from_dict({"model": {"use_moe": True}, "callbacks": {"early_stopping": True},
+    assert "training.min_lr_ratio" not in off and "model.d_model" not in off  # cosine by default
+    on = Config.from_dict({"task": "lm", "model": {"use_moe": True}, "callbacks": {"early_stopping": True},
                            "training": {"lr_schedule": "constant"}})
     off = inactive_keys(on)
     assert "model.top_k" not in off and "callbacks.early_stopping_patience" not in off
     assert off["model.bias_update_rate"] == "model.bias_balancing is false"
     assert off["training.min_lr_ratio"] == "training.lr_schedule is constant"
+    assert inactive_keys(Config())["model.d_model"] == "task regression does not use it"
+    # A user task may read any model or data key (or plan its own schedule): only the engine's rules.
+    custom = inactive_keys(Config(task="rt_helpers:OptionsTask", training=on.training))
+    assert not any(k.startswith(("model.", "data.")) for k in custom) and "training.min_lr_ratio" not in custom
+    assert custom["callbacks.profile_start_step"] == "callbacks.profile_steps is 0"
 
 
 @pytest.mark.timeout(90)

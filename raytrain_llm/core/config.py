@@ -306,25 +306,39 @@ def cross_field_errors(cfg: Config) -> list[str]:
 
 MOE_KEYS = ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim", "num_shared_experts",
             "capacity_factor", "aux_loss_coef", "z_loss_coef", "bias_balancing", "bias_update_rate", "moe_impl")
+# The built-in tasks' own keys: a user task may read any model/data key, under its own rules.
+REGRESSION_KEYS = ("model.input_dim", "model.hidden_dim", "data.noise_std")
+TRANSFORMER_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                         if f"model.{f.name}" not in REGRESSION_KEYS and f.name != "dropout")
+LM_DATA_KEYS = ("data.markov_concentration", "data.train_tokens", "data.val_tokens", "data.token_dtype",
+                "data.check_token_ids")
 
 
 def inactive_keys(cfg: Config) -> dict[str, str]:
     """Keys whose value cannot change this config's run, each with the setting that switches it
-    off: a sweep over one of them would train the same model in every trial."""
+    off: a sweep over one of them would train the same model in every trial. Model and data
+    keys (and the built-in LR schedule's) only for the built-in tasks."""
     off: dict[str, str] = {}
     m, t, c = cfg.model, cfg.training, cfg.callbacks
 
     def switched_off(keys, reason: str) -> None:
         off.update({k: reason for k in keys if k not in off})
 
-    if not m.use_moe:
-        switched_off([f"model.{k}" for k in MOE_KEYS], "model.use_moe is false")
-    elif not m.bias_balancing:
-        switched_off(["model.bias_update_rate"], "model.bias_balancing is false")
+    if cfg.task == "regression":
+        switched_off(TRANSFORMER_KEYS + LM_DATA_KEYS, "task regression does not use it")
+    elif cfg.task == "lm":
+        switched_off(REGRESSION_KEYS, "task lm does not use it")
+        if not m.use_moe:
+            switched_off([f"model.{k}" for k in MOE_KEYS], "model.use_moe is false")
+        elif not m.bias_balancing:
+            switched_off(["model.bias_update_rate"], "model.bias_balancing is false")
+        if cfg.data.train_tokens:
+            switched_off(["data.num_train_samples", "data.num_val_samples", "data.markov_concentration"],
+                         "data.train_tokens is set")
+    if cfg.task in ("regression", "lm") and t.lr_schedule == "constant":
+        switched_off(["training.min_lr_ratio"], "training.lr_schedule is constant")
     if not t.validate:
         switched_off(["training.val_every_n_steps", "training.limit_val_batches"], "training.validate is false")
-    if t.lr_schedule == "constant":
-        switched_off(["training.min_lr_ratio"], "training.lr_schedule is constant")
     if t.nan_policy == "stop":
         switched_off(["training.max_consecutive_skips"], "training.nan_policy is stop")
     if not c.early_stopping:
@@ -337,9 +351,6 @@ def inactive_keys(cfg: Config) -> dict[str, str]:
     if not cfg.checkpoint.enabled:
         switched_off([f"checkpoint.{k}" for k in ("every_n_steps", "keep_last", "keep_best")],
                      "checkpoint.enabled is false")
-    if cfg.data.train_tokens:
-        switched_off(["data.num_train_samples", "data.num_val_samples", "data.markov_concentration"],
-                     "data.train_tokens is set")
     return off
 
 

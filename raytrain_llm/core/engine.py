@@ -281,7 +281,7 @@ class TrainingEngine(EngineStateMixin):
     def _after_step(self, outputs: StepOutput) -> None:
         step = self.global_step
         self.callbacks.on_batch_end(self, step, outputs)
-        if step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps:
+        if self._logs_at(step):
             self._log_train()
         with self.monitor.paused():
             n = self.config.training.val_every_n_steps
@@ -299,6 +299,18 @@ class TrainingEngine(EngineStateMixin):
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
     # ------------------------------------------------------------------ logging
+    def _logs_at(self, step: int) -> bool:
+        """Every log_every_n_steps, and wherever a validation or a checkpoint follows (an epoch's
+        or the run's end, every_n_steps): the train record they see (ReduceLROnPlateau,
+        checkpoint.monitor, Ray reports) is then this step's, stamped with this epoch, and timed
+        before the pause that leaves their time out of throughput. From what every rank agrees
+        on (logging is collective): not should_stop, which is synced only after this."""
+        t, ck = self.config.training, self.config.checkpoint
+        return (step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps
+                or self.batch_in_epoch >= self._num_batches()
+                or bool(t.validate and t.val_every_n_steps and step % t.val_every_n_steps == 0)
+                or bool(ck.enabled and ck.every_n_steps and step % ck.every_n_steps == 0))
+
     def _log_train(self) -> None:
         window, self._window = self._window, {}
         if not window:
@@ -376,7 +388,7 @@ class TrainingEngine(EngineStateMixin):
         self.last_val_metrics = metrics
         if not self._monitor_checked:
             self._monitor_checked = True
-            check_monitor(self.config.checkpoint.monitor, metrics, self._checked_names)
+            check_monitor(self.config.checkpoint.monitor, metrics, self.last_train_record)
         self.callbacks.on_validation_end(self, metrics)
         # The epoch the validated weights trained in, as train records count it: an epoch-end
         # validation runs after the counter moved on to the next epoch.

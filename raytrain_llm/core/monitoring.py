@@ -56,6 +56,7 @@ class PerformanceMonitor:
         self._tokens = 0
         self._data_t0 = 0.0
         self._paused = 0.0
+        self._pause_start: Optional[float] = None  # inside paused(): when the pause (or its window) began
         self.peak_rss = 0
 
     # --- timing hooks called by the engine ---
@@ -73,16 +74,20 @@ class PerformanceMonitor:
     @contextlib.contextmanager
     def paused(self):
         """Time spent inside (validation, checkpoints) is not training time: it leaves the window."""
-        t0 = time.perf_counter()
+        self._pause_start = time.perf_counter()
         try:
             yield
         finally:
-            self._paused += time.perf_counter() - t0
+            self._paused += time.perf_counter() - self._pause_start
+            self._pause_start = None
 
     def reset_window(self) -> None:
-        self._window_start = time.perf_counter()
+        now = time.perf_counter()
+        self._window_start = now
         self._data_wait = self._paused = 0.0
         self._steps = self._samples = self._tokens = 0
+        if self._pause_start is not None:
+            self._pause_start = now  # a window that opens inside a pause loses only the rest of it
 
     def summary(self) -> dict[str, float]:
         """Averages over the steps since the last call; resets the window."""

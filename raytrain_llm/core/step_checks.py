@@ -70,15 +70,16 @@ def metric_float(name: str, value: Any, hook: str, sync: bool = True) -> float:
     raise UsageError(f"{hook}: metric {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not a number")
 
 
-def check_monitor(monitor: str, val_metrics: dict[str, float], seen_names: set[tuple]) -> None:
+def check_monitor(monitor: str, val_metrics: dict[str, float], train_record: dict[str, Any]) -> None:
     """checkpoint.monitor, at the first validation: a misspelt one would leave keep_best keeping
     nothing, summary.json without a best and ReduceLROnPlateau never stepping, all silently.
-    `seen_names`: the metric name sets the steps reported so far (validation's tagged "val").
-    The same on every rank: the metrics are reduced, the train names come from the same task."""
-    train_names = set(ENGINE_FIELDS).union(*(names for names in seen_names if names[:1] != ("val",)))
+    `train_record`: the train record of this step (the engine logs one before each validation),
+    so a name is accepted only if this run logs it (`mfu` is absent on CPU). The same on every
+    rank: both are reduced."""
+    train_names = {k for k, v in train_record.items() if isinstance(v, float)}
     if monitor in val_metrics or monitor in train_names:
         return
-    known = sorted(val_metrics) + sorted(train_names - {"split"})
+    known = sorted(val_metrics) + sorted(train_names)
     close = difflib.get_close_matches(monitor, known, n=1)
     raise raised_on_every_rank(UsageError(
         f"checkpoint.monitor: {monitor!r} is not a validation or train metric of this run"

@@ -87,6 +87,8 @@ def check_port_free(host: str, port: int) -> None:
     """A fixed distributed.master_port another process holds: rank 0's store would fail to bind
     (EADDRINUSE) only after the workers started."""
     with socket.socket() as s:
+        # As torch's TCPStore binds: a previous run's connections in TIME_WAIT do not hold the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

@@ -84,7 +84,7 @@ def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]
         if None not in reasons:
             errors.append(f"sweep {spec.source}: search_space.{key}: has no effect in any trial "
                           f"({'; '.join(sorted(reasons))}): trials that differ only in it would train the same "
-                          "model; sweep or set that too, or drop the key")
+                          "model; drop the key, or sweep or set what switches it on")
     return errors
 
 

@@ -37,8 +37,10 @@ class LRSchedulerCallback(Callback):
 
     def on_validation_end(self, engine, metrics) -> None:
         scheduler = engine.scheduler
-        # The monitor may be a train metric (checkpoint.monitor=loss): the latest train record's.
-        value = metrics.get(self.monitor, engine.last_train_record.get(self.monitor))
+        # The monitor may be a train metric (checkpoint.monitor=loss): this step's train record's
+        # (the engine logs one at every validation step; an older one would repeat a value).
+        record = engine.last_train_record
+        value = metrics.get(self.monitor, record.get(self.monitor) if record.get("step") == engine.global_step else None)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and value is not None:
             before = self._lrs(engine)
             scheduler.step(value)

@@ -88,16 +88,19 @@ class TensorBoardLogger(Callback):
         return self.events
 
     def on_train_start(self, engine) -> None:
-        # A run from step 0 into a folder holding an earlier run's events (a rerun without
-        # checkpoints): TensorBoard would draw both as one zig-zagging run. They become a run of
-        # their own, `earlier-<time>` (metrics.jsonl is moved aside the same way).
-        if engine.global_step and engine.dist.is_main:
+        # A run from step 0 (or from another run's checkpoint) into a folder holding an earlier
+        # run's events (a rerun without checkpoints): TensorBoard would draw both as one
+        # zig-zagging run. They become a run of their own, `earlier-<time>` (metrics.jsonl is
+        # moved aside the same way).
+        if not engine.dist.is_main:
+            return
+        if engine.global_step and not engine.resumed_from_elsewhere:
             # Resumed: metrics.jsonl is rewound to the checkpoint; the events after it are voided.
             events = self._open(engine)
             if events is not None:
                 events.restart_at(engine.global_step + 1)
             return
-        if engine.global_step or not engine.dist.is_main or not os.path.isdir(self.dir):
+        if not os.path.isdir(self.dir):
             return
         events = [n for n in os.listdir(self.dir) if n.startswith("events.out.tfevents.")]
         if events:
