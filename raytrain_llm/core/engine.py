@@ -25,9 +25,9 @@ from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.rng_state import seed_everything
-from raytrain_llm.core.step_checks import (check_loss, check_metric_names, check_metric_values, check_monitor,
-                                            metric_float)
-from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output
+from raytrain_llm.core.step_checks import check_loss, check_metric_names, check_metric_values, metric_float
+from raytrain_llm.core.validation import ValidationMixin
+from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output, samples_in_batch
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
@@ -40,7 +40,7 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-class TrainingEngine(EngineStateMixin):
+class TrainingEngine(EngineStateMixin, ValidationMixin):
     def __init__(self, config: Config, task: TrainingTask, data_module=None,
                  callbacks: Optional[list[Callback]] = None, dist: Optional[DistributedManager] = None,
                  logger: Optional[Logger] = None, resume_from: Optional[str] = None, check_data: bool = True):
@@ -209,7 +209,7 @@ class TrainingEngine(EngineStateMixin):
                 check_loss(out.loss)
                 self.precision.backward(out.loss / group)
             _accumulate(sums, *self._step_values(out))
-            samples += out.num_samples or _batch_len(batch)
+            samples += out.num_samples or samples_in_batch(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
         clip = self.config.training.grad_clip
@@ -338,64 +338,6 @@ class TrainingEngine(EngineStateMixin):
         self.last_train_record = record
         self.callbacks.on_log(self, record)
 
-    # ------------------------------------------------------------------ validation
-    def _validate_if_needed(self) -> None:
-        if not self.config.training.validate or self._val_step == self.global_step or self.global_step == 0:
-            return
-        # Validation must not consume training randomness, or validating more or less often
-        # (or at a resume point) would change the training run itself.
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            self._run_validation_epoch()
-
-    @torch.no_grad()
-    def _run_validation_epoch(self) -> dict[str, float]:
-        self._val_step = self.global_step
-        self.callbacks.on_validation_start(self)
-        self.raw_model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        limit = self.config.training.limit_val_batches
-        loader = self.data_module.val_batches(batch_size=self.config.training.batch_size, rank=self.dist.rank,
-                                              world_size=self.dist.world_size, pin_memory=self.non_blocking)
-        for i, batch in enumerate(loader):
-            if limit and i >= limit:
-                break
-            batch = to_device(batch, self.device, self.non_blocking)
-            with self.precision.autocast():
-                out = as_step_output(self.task.validation_step(self.eval_model, batch, self.criterion),
-                                     "validation_step")
-            if ("val", *out.metrics) not in self._checked_names:
-                check_metric_names(out.metrics, "validation_step", training=False)
-                self._checked_names.add(("val", *out.metrics))
-            check_metric_values({"loss": out.loss, **out.metrics}, "validation_step")
-            n = out.num_samples or _batch_len(batch)
-            for k, v in {"loss": out.loss, **out.metrics}.items():
-                v = torch.as_tensor(v, device=self.device).detach().float()
-                sums[k] = sums.get(k, 0.0) + v * n
-                counts[k] = counts.get(k, 0) + n
-        self.raw_model.train()
-        names = list(sums)
-        if self.dist.enabled:  # every rank must reduce the same vector, also one without batches
-            names = list(dict.fromkeys(k for rank_names in self.dist.gather_objects(names) for k in rank_names))
-        zero = torch.zeros((), device=self.device)
-        totals = self.dist.reduce_sum(torch.stack(
-            [sums.get(k, zero) for k in names] + [zero + counts.get(k, 0) for k in names]))
-        # Each metric averaged over the samples of the batches that reported it.
-        values = (totals[:len(names)] / totals[len(names):].clamp_min(1)).tolist()
-        metrics = {k: metric_float(k, v, "finalize_validation") for k, v in
-                   self.task.finalize_validation({f"val/{k}": v for k, v in zip(names, values)}).items()}
-        self.last_val_metrics = metrics
-        if not self._monitor_checked:
-            self._monitor_checked = True
-            check_monitor(self.config.checkpoint.monitor, metrics, self.last_train_record)
-        self.callbacks.on_validation_end(self, metrics)
-        # The epoch the validated weights trained in, as train records count it: an epoch-end
-        # validation runs after the counter moved on to the next epoch.
-        epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
-        self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": epoch, **metrics})
-        return metrics
-
 
 def _accumulate(sums: dict, keys: tuple, values: torch.Tensor, n: int = 1) -> None:
     """sums[keys] = [count, summed values] plus `values`, the sum of n observations of `keys`.
@@ -406,13 +348,3 @@ def _accumulate(sums: dict, keys: tuple, values: torch.Tensor, n: int = 1) -> No
     else:
         entry[0] += n
         entry[1] = entry[1] + values
-
-
-def _batch_len(batch) -> int:
-    if torch.is_tensor(batch):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    if isinstance(batch, (list, tuple)) and batch:
-        return _batch_len(batch[0])
-    return 1

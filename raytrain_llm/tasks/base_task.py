@@ -49,6 +49,18 @@ def as_step_output(result: StepResult, hook: str = "train_step") -> StepOutput:
     raise UsageError(f"{hook} returned {what}: return a StepOutput, a loss tensor, or (loss, metrics dict)")
 
 
+def samples_in_batch(batch: Any) -> int:
+    """What a step counts when it leaves StepOutput.num_samples unset: the leading dimension of
+    the batch's first tensor (through dicts, lists and tuples); 1 when there is none."""
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return samples_in_batch(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        return samples_in_batch(batch[0])
+    return 1
+
+
 class TrainingTask(ABC):
     """Subclass this; implement `build_model`, `build_data_module` and `train_step`.
 
