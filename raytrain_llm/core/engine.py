@@ -281,36 +281,29 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
     def _after_step(self, outputs: StepOutput) -> None:
         step = self.global_step
         self.callbacks.on_batch_end(self, step, outputs)
-        if self._logs_at(step):
+        t, ck = self.config.training, self.config.checkpoint
+        validates = bool(t.val_every_n_steps and step % t.val_every_n_steps == 0)
+        saves = bool(ck.every_n_steps and step % ck.every_n_steps == 0)
+        epoch_ends = self.batch_in_epoch >= self._num_batches()
+        # A train record also wherever a validation or a checkpoint follows (the epoch's or the
+        # run's end, every_n_steps): what they see (ReduceLROnPlateau, checkpoint.monitor, Ray
+        # reports) is then this step's, stamped with this epoch and timed before the pause that
+        # leaves their time out of throughput. (Logging is collective: from what every rank
+        # agrees on, not should_stop, which is synced only below.)
+        if (step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps or epoch_ends
+                or (validates and t.validate) or (saves and ck.enabled)):
             self._log_train()
         with self.monitor.paused():
-            n = self.config.training.val_every_n_steps
-            if n and step % n == 0:
+            if validates:
                 self._validate_if_needed()
-            n = self.config.checkpoint.every_n_steps
             # On an epoch's (or the run's) last step the save after the loop follows at once, with
             # the next epoch's position: one save there, not two (and one Ray/Tune report).
-            # (From what every rank agrees on: should_stop is not synced across ranks until below.)
-            max_steps = self.config.training.max_steps
-            if n and step % n == 0 and not (self.batch_in_epoch >= self._num_batches()
-                                            or (max_steps and step >= max_steps)):
+            if saves and not (epoch_ends or (t.max_steps and step >= t.max_steps)):
                 self._checkpoint_if_needed()
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
     # ------------------------------------------------------------------ logging
-    def _logs_at(self, step: int) -> bool:
-        """Every log_every_n_steps, and wherever a validation or a checkpoint follows (an epoch's
-        or the run's end, every_n_steps): the train record they see (ReduceLROnPlateau,
-        checkpoint.monitor, Ray reports) is then this step's, stamped with this epoch, and timed
-        before the pause that leaves their time out of throughput. From what every rank agrees
-        on (logging is collective): not should_stop, which is synced only after this."""
-        t, ck = self.config.training, self.config.checkpoint
-        return (step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps
-                or self.batch_in_epoch >= self._num_batches()
-                or bool(t.validate and t.val_every_n_steps and step % t.val_every_n_steps == 0)
-                or bool(ck.enabled and ck.every_n_steps and step % ck.every_n_steps == 0))
-
     def _log_train(self) -> None:
         window, self._window = self._window, {}
         if not window:

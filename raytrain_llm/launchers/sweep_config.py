@@ -300,14 +300,14 @@ def merge_base(cli_config: Config, base_file: Optional[str], cli_keys: Optional[
     if cli_keys is None:
         cli_keys = {f"{section}.{key}" for section in SECTIONS for key, value in cli[section].items()
                     if value != default[section][key]} | ({"task"} if cli["task"] != default["task"] else set())
-        cli_keys |= {f"task_options.{k}" for k in cli["task_options"]}
+        cli_keys |= {f"{TASK_OPTIONS}.{k}" for k in cli[TASK_OPTIONS]}
     for dotted in cli_keys:
         if dotted == "task":
             merged["task"] = cli["task"]
             continue
         section, _, key = dotted.partition(".")
-        if section == "task_options":
-            merged["task_options"][key] = cli["task_options"][key]
+        if section == TASK_OPTIONS:
+            merged[TASK_OPTIONS][key] = cli[TASK_OPTIONS][key]
         elif section in SECTIONS and key in cli[section]:
             merged[section][key] = cli[section][key]
     return Config.from_dict(merged)

@@ -55,16 +55,10 @@ class LanguageModelingTask(TrainingTask):
         return StepOutput(loss=aux["ce_loss"], num_tokens=batch["targets"].numel())
 
     def finalize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
-        # exp of the mean loss: a mean of per-batch exp(loss) would overstate it (Jensen).
-        if "val/loss" not in metrics:
-            return metrics
-        return {**metrics, "val/perplexity": math.exp(min(metrics["val/loss"], 700.0))}
+        return _with_perplexity(metrics, "val/loss", "val/perplexity")
 
     def finalize_train_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        # As for validation: exp of the window's mean cross-entropy.
-        if "ce_loss" not in metrics:
-            return metrics
-        return {**metrics, "perplexity": math.exp(min(metrics["ce_loss"], 700.0))}
+        return _with_perplexity(metrics, "ce_loss", "perplexity")
 
     @staticmethod
     def _metrics(ce: torch.Tensor, aux: dict) -> dict[str, torch.Tensor]:
@@ -102,3 +96,10 @@ class LanguageModelingTask(TrainingTask):
     def entropy_floor(self) -> float:
         """Best achievable validation CE (nats) for this config's data."""
         return MarkovTokenDataModule(self.config).entropy_floor()
+
+
+def _with_perplexity(metrics: dict[str, float], loss_key: str, key: str) -> dict[str, float]:
+    """exp of the mean cross-entropy (a mean of per-batch exp(loss) would overstate it: Jensen)."""
+    if loss_key not in metrics:
+        return metrics
+    return {**metrics, key: math.exp(min(metrics[loss_key], 700.0))}
