@@ -64,3 +64,14 @@ def test_gpu_benchmark_script_runs_on_cpu_with_the_tiny_preset(tmp_path):
     assert [b["moe"] for b in bench] == [False, True]
     for b in bench:
         assert b["hand"]["tokens_per_s"] > 0 and b["engine"]["tokens_per_s"] > 0 and b["ratio"] > 0
+
+
+@pytest.mark.timeout(200)
+def test_cross_entropy_benchmark_variants_compute_the_same_loss():
+    # The variants ce_bench times must be the model's loss, or its speed-ups mean nothing.
+    p = subprocess.run([sys.executable, "benchmarks/ce_bench.py", "--device", "cpu", "--tokens", "256", "--repeats", "1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout.splitlines()[-1])
+    assert set(result["ms"]) == {"torch", "logsumexp", "logsumexp_gather"}
+    assert all(0 <= d < 2e-3 for d in result["max_rel_diff"].values()), result["max_rel_diff"]

@@ -108,7 +108,7 @@ class DistributedConfig:
 @dataclass
 class OptimizationConfig:
     compile: bool = False
-    compile_mode: str = "default"  # default | reduce-overhead | max-autotune
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     amp: str = "none"  # none | bf16 | fp16
     tf32: bool = True
     fused_optimizer: bool = True  # fused AdamW where the device supports it
@@ -173,7 +173,7 @@ CHOICES = {
     "distributed.backend": ("auto", "gloo", "nccl"),
     "distributed.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "optimization.amp": ("none", "bf16", "fp16"),
-    "optimization.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "optimization.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "checkpoint.mode": ("min", "max"),
     "callbacks.mode": ("min", "max"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
