@@ -75,6 +75,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Checked here too (a typo is an error before Ray starts), and written out in full and
         # typed, so config.yaml records every option the run used.
         config.task_options = options_dict(parse_task_options(task_cls.Options, config.task_options, config.task))
+        from raytrain_llm.core.step_checks import check_monitor_settings
+        from raytrain_llm.tasks.base_task import declared_validation_metrics
+
+        # A misspelt val/ monitor is caught now, not at the first validation minutes later.
+        check_monitor_settings(config, declared_validation_metrics(task_cls, config), config.task,
+                               sweep=bool(args.tune))
         if args.print_config:
             sys.stdout.write(dump_yaml(config))
             return 0

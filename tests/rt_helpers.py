@@ -13,6 +13,7 @@ import torch
 
 from raytrain_llm.core.callbacks import Callback, EarlyStopping
 from raytrain_llm.core.errors import UsageError
+from raytrain_llm.tasks.base_task import StepOutput
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -177,3 +178,24 @@ class OptionsTask(RegressionTask):
         m = self.config.model
         return torch.nn.Sequential(torch.nn.Linear(m.input_dim, self.options.width), torch.nn.GELU(),
                                    torch.nn.Linear(self.options.width, 1))
+
+
+class TaggedMetricTask(OptionsTask):
+    """Declares its validation metrics, which depend on an option: val/mae only with tag 'mae'."""
+
+    @classmethod
+    def validation_metrics(cls, config):
+        tag = config.task_options.get("tag", "none")
+        return frozenset({"val/loss", "val/mae"} if tag == "mae" else {"val/loss"})
+
+    def validation_step(self, model, batch, criterion):
+        out = super().validation_step(model, batch, criterion)
+        return out if self.options.tag == "mae" else StepOutput(loss=out.loss)
+
+
+class CustomValTask(OptionsTask):
+    """Reports its own validation metric and declares nothing (validation_metrics inherited)."""
+
+    def validation_step(self, model, batch, criterion):
+        out = super().validation_step(model, batch, criterion)
+        return StepOutput(loss=out.loss, metrics={"acc": 1.0})

@@ -170,3 +170,18 @@ def test_print_config_with_a_sweep_prints_the_trials_base_config():
     assert printed["task"] == base["task"] == "lm" and printed["model"]["use_moe"] is True
     assert printed["model"]["d_model"] == base["model"]["d_model"]
     assert printed["training"]["lr"] == 0.02  # the command line wins over the base file
+
+
+@pytest.mark.timeout(120)
+def test_a_misspelt_validation_monitor_is_refused_before_the_run_starts(tmp_path):
+    run = tmp_path / "run"
+    p = run_cli(["--task", "lm", "--set", f"logging.dir={run}", "--set", "checkpoint.monitor=val/perplexty"])
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "error: checkpoint.monitor: 'val/perplexty' is not a validation metric of task 'lm' (did you mean "
+        "'val/perplexity'?) (validation: val/loss, val/perplexity)")
+    assert not run.exists()  # refused before anything was written
+    p = run_cli(["--set", f"logging.dir={run}", "--set", "callbacks.early_stopping=true",
+                 "--set", "callbacks.monitor=val/mea"])
+    assert p.returncode == 2 and "callbacks.monitor: 'val/mea' is not a validation metric of task 'regression' " \
+                                 "(did you mean 'val/mae'?)" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

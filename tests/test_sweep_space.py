@@ -69,6 +69,27 @@ def test_a_key_switched_off_in_every_trial_refuses_the_sweep(tmp_path):
     assert len(build_points(parse_sweep({"search_space": {"model.num_experts": [2, 4]}}, "s.yaml"), moe)) == 2
 
 
+@pytest.mark.timeout(30)
+def test_a_sweep_metric_the_task_does_not_report_refuses_the_sweep(tmp_path):
+    lm = base(tmp_path, task="lm")
+    lrs = {"training.lr": [1e-3, 1e-2]}
+    with pytest.raises(ConfigError) as info:
+        build_points(parse_sweep({"search_space": lrs, "metric": "val/perplexty"}, "s.yaml"), lm)
+    assert len(info.value.problems) == 1 and info.value.problems[0].endswith(
+        "s.yaml: metric: 'val/perplexty' is not a validation metric of task 'lm' (did you mean 'val/perplexity'?) "
+        "(validation: val/loss, val/perplexity)")
+    # Missing in some trials only: those trials would stop at their first validation.
+    declaring = base(tmp_path, task="rt_helpers:TaggedMetricTask")
+    with pytest.raises(ConfigError, match=r"'val/mae' is not a validation metric .* in 1 of 2 trials, e\.g\. "
+                                          r"\{task_options\.tag: 'none'\}"):
+        build_points(parse_sweep({"search_space": {"task_options.tag": ["mae", "none"]}, "metric": "val/mae"},
+                                 "s.yaml"), declaring)
+    # Train-record metrics, and tasks that declare nothing, are checked at the first validation.
+    assert len(build_points(parse_sweep({"search_space": lrs, "metric": "ce_loss"}, "s.yaml"), lm)) == 2
+    assert len(build_points(parse_sweep({"search_space": {"task_options.width": [4, 8]}, "metric": "val/acc"},
+                                        "s.yaml"), base(tmp_path, task="rt_helpers:CustomValTask"))) == 2
+
+
 def test_inactive_keys_follow_their_switches():
     off = inactive_keys(Config(task="lm"))
     assert off["model.top_k"] == "model.use_moe is false" and off["model.hidden_dim"] == "task lm does not use it"

@@ -16,7 +16,7 @@ from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.launchers.local import child_exception, run_spawn
-from raytrain_llm.tasks.base_task import StepOutput
+from raytrain_llm.tasks.base_task import StepOutput, declared_validation_metrics
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -77,6 +77,43 @@ def test_validation_mistakes_and_finalized_values(tmp_path):
         fit(tmp_path / "b", ValVectorMetric)
     result, _ = fit(tmp_path / "c", TensorAndNumpyFinal)
     assert type(result["val"]["val/err"]) is float and result["val"]["val/exp"] == 2.0
+
+
+class DeclaresWrongly(RegressionTask):
+    @classmethod
+    def validation_metrics(cls, config):
+        return frozenset({"val/loss", "val/r2"})
+
+
+class DeclaresItsOwn(TensorAndNumpyFinal):
+    @classmethod
+    def validation_metrics(cls, config):
+        return frozenset({"val/loss", "val/mae", "val/err", "val/exp"})
+
+
+def test_declared_validation_metrics_are_checked_against_what_validation_reports(tmp_path):
+    with pytest.raises(UsageError) as info:
+        fit(tmp_path / "wrong", DeclaresWrongly)
+    assert str(info.value) == ("DeclaresWrongly.validation_metrics() declares val/loss, val/r2 but validation "
+                               "reported val/loss, val/mae: make them agree, or return None")
+    result, _ = fit(tmp_path / "own", DeclaresItsOwn)
+    assert set(result["val"]) == DeclaresItsOwn.validation_metrics(None)
+    # A subclass that changes what validation reports without declaring it inherits no stale list.
+    assert declared_validation_metrics(TensorAndNumpyFinal, make_config(tmp_path)) is None
+    assert declared_validation_metrics(DeclaresItsOwn, make_config(tmp_path)) == {"val/loss", "val/mae", "val/err",
+                                                                                 "val/exp"}
+
+
+@pytest.mark.parametrize("task", ["regression", "lm"])
+def test_the_built_in_tasks_declare_what_their_validation_reports(tmp_path, task):
+    from raytrain_llm.tasks.registry import resolve_task
+    from rt_testing import train
+
+    overrides = {"model.vocab_size": 32, "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
+                 "model.seq_len": 8} if task == "lm" else {}
+    result, cfg = train(tmp_path, task=task, **{"training.max_steps": 2, **overrides})
+    declared = declared_validation_metrics(resolve_task(task), cfg)
+    assert declared is not None and set(result["val"]) == declared
 
 
 class NumpyState(StepCounter):

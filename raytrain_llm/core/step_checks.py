@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -85,3 +85,43 @@ def check_monitor(monitor: str, val_metrics: dict[str, float], train_record: dic
         f"checkpoint.monitor: {monitor!r} is not a validation or train metric of this run"
         + (f" (did you mean {close[0]!r}?)" if close else "")
         + f" (validation: {', '.join(sorted(val_metrics)) or 'none'})"))
+
+
+def check_named_metric(name: str, declared: Optional[frozenset], setting: str, task: str) -> None:
+    """A `val/` metric named by a setting (a monitor, a sweep's metric) against the names the
+    task declares (TrainingTask.validation_metrics), before anything starts. Train-record names
+    are left to check_monitor at the first validation: they depend on the run (mfu on CUDA)."""
+    problem = unknown_metric(name, declared, setting, task)
+    if problem:
+        raise UsageError(problem)
+
+
+def check_monitor_settings(config, declared: Optional[frozenset], task: str, sweep: bool = False) -> None:
+    """The monitors of a run that validates, before it starts (check_named_metric). A sweep
+    replaces checkpoint.monitor with its own metric (checked by the sweep's plan)."""
+    if not config.training.validate:
+        return
+    if not sweep:
+        check_named_metric(config.checkpoint.monitor, declared, "checkpoint.monitor", task)
+    if config.callbacks.early_stopping:
+        check_named_metric(config.callbacks.monitor, declared, "callbacks.monitor", task)
+
+
+def unknown_metric(name: str, declared: Optional[frozenset], setting: str, task: str) -> Optional[str]:
+    """check_named_metric's message, or None when the name is fine or cannot be checked yet."""
+    if declared is None or not name.startswith("val/") or name in declared:
+        return None
+    close = difflib.get_close_matches(name, sorted(declared), n=1)
+    return (f"{setting}: {name!r} is not a validation metric of task {task!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "") + f" (validation: {', '.join(sorted(declared))})")
+
+
+def check_declared_validation(reported: Iterable[str], declared: Optional[frozenset], task: str) -> None:
+    """At the first validation: a task's declaration must be what its validation reports, or the
+    checks made from it before the run would refuse good names or pass bad ones."""
+    reported = set(reported)
+    if declared is None or reported == set(declared):
+        return
+    raise raised_on_every_rank(UsageError(
+        f"{task}.validation_metrics() declares {', '.join(sorted(declared))} but validation reported "
+        f"{', '.join(sorted(reported)) or 'nothing'}: make them agree, or return None"))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from raytrain_llm.core.precision import to_device
-from raytrain_llm.core.step_checks import check_metric_names, check_metric_values, check_monitor, metric_float
-from raytrain_llm.tasks.base_task import as_step_output, samples_in_batch
+from raytrain_llm.core.step_checks import (check_declared_validation, check_metric_names, check_metric_values,
+                                           check_monitor, metric_float)
+from raytrain_llm.tasks.base_task import as_step_output, declared_validation_metrics, samples_in_batch
 
 
 class ValidationMixin:
@@ -63,6 +64,8 @@ class ValidationMixin:
         self.last_val_metrics = metrics
         if not self._monitor_checked:
             self._monitor_checked = True
+            check_declared_validation(metrics, declared_validation_metrics(type(self.task), self.config),
+                                      type(self.task).__name__)
             check_monitor(self.config.checkpoint.monitor, metrics, self.last_train_record)
         self.callbacks.on_validation_end(self, metrics)
         # The epoch the validated weights trained in, as train records count it: an epoch-end

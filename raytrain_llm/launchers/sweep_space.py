@@ -11,6 +11,8 @@ Rules for invalid points (a point is invalid when the base config with its value
 - task_options.<name> values are checked by the task's `Options` dataclass, like any other key;
 - a key that another setting switches off in every trial (model.num_experts without
   model.use_moe) rejects the sweep: its trials would all be the same;
+- a `val/` metric that the task declares it does not report (TrainingTask.validation_metrics)
+  rejects the sweep;
 - a random draw that is invalid is redrawn (`invalid_points: resample`, up to MAX_DRAWS draws;
   when none is valid the sweep is rejected) or dropped (`invalid_points: skip`).
 """
@@ -88,6 +90,27 @@ def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]
     return errors
 
 
+def metric_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -> list[str]:
+    """The sweep's metric, when it names a validation metric (`val/...`) and the task declares
+    its validation metrics (TrainingTask.validation_metrics): otherwise a misspelt metric only
+    surfaces at each trial's first validation, after Ray and every trial have started."""
+    from raytrain_llm.core.step_checks import unknown_metric
+    from raytrain_llm.tasks.base_task import declared_validation_metrics
+    from raytrain_llm.tasks.registry import resolve_task
+
+    task_cls = resolve_task(base.task)
+    setting = f"sweep {spec.source}: metric"
+    problems = [(p, unknown_metric(spec.metric, declared_validation_metrics(task_cls, apply_point(base, p)),
+                                   setting, base.task)) for p in points]
+    problems = [(p, msg) for p, msg in problems if msg]
+    if not problems:
+        return []
+    if len(problems) == len(points):
+        return [problems[0][1]]
+    point, msg = problems[0]
+    return [f"{msg}, in {len(problems)} of {len(points)} trials, e.g. {describe(point)}"]
+
+
 def describe(point: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in point.items() if k != POINT_ID) + "}"
 
@@ -137,7 +160,7 @@ def build_points(spec: SweepSpec, base: Config) -> list[dict[str, Any]]:
     if not points:
         raise ConfigError([f"sweep {spec.source}: every drawn point was invalid and skipped ({skipped}); "
                            "nothing to run"])
-    idle = no_effect_errors(spec, base, points)
+    idle = no_effect_errors(spec, base, points) + metric_errors(spec, base, points)
     if idle:
         raise ConfigError(idle)
     width = max(3, len(str(len(points) - 1)))

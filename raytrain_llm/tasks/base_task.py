@@ -61,6 +61,23 @@ def samples_in_batch(batch: Any) -> int:
     return 1
 
 
+# What decides the names validation reports (the base validation_step runs train_step).
+VALIDATION_HOOKS = ("validation_step", "finalize_validation", "train_step")
+
+
+def declared_validation_metrics(task_cls: type, config: Config) -> Optional[frozenset]:
+    """task_cls.validation_metrics(config), trusted only when no subclass below the class that
+    declares them overrides a hook that makes the metrics: a subclass of RegressionTask with its
+    own validation_step would otherwise inherit a stale list. None: unknown until validation."""
+    declarer = next(c for c in task_cls.__mro__ if "validation_metrics" in vars(c))
+    for c in task_cls.__mro__:
+        if c is declarer:
+            break
+        if any(hook in vars(c) for hook in VALIDATION_HOOKS):
+            return None
+    return task_cls.validation_metrics(config)
+
+
 class TrainingTask(ABC):
     """Subclass this; implement `build_model`, `build_data_module` and `train_step`.
 
@@ -86,6 +103,15 @@ class TrainingTask(ABC):
     def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult: ...
 
     # --- sensible defaults, override when needed ---
+    @classmethod
+    def validation_metrics(cls, config: Config) -> Optional[frozenset]:
+        """The names validation will report for this config (`val/loss`, `val/<metric>`, what
+        finalize_validation adds), when the task knows them in advance. Then a monitor or a
+        sweep metric naming a `val/` metric is checked before anything starts, not at the first
+        validation minutes (or a whole sweep) later; the engine checks the declaration against
+        what validation reports. None (the default): checked at the first validation only."""
+        return None
+
     def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
         return self.train_step(model, batch, criterion)
 

@@ -32,6 +32,10 @@ class LanguageModelingTask(TrainingTask):
         super().__init__(config)
         self._pending_counts: Optional[torch.Tensor] = None  # [L_moe, E] since the last optimizer step
 
+    @classmethod
+    def validation_metrics(cls, config) -> frozenset:
+        return frozenset({"val/loss", "val/perplexity"})  # validation_step, finalize_validation
+
     def build_model(self) -> nn.Module:
         return GPT(self.config.model, ce_chunk_rows=self.config.optimization.chunked_cross_entropy)
 

@@ -8,6 +8,10 @@ from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
 
 
 class RegressionTask(TrainingTask):
+    @classmethod
+    def validation_metrics(cls, config) -> frozenset:
+        return frozenset({"val/loss", "val/mae"})  # validation_step's loss and mae
+
     def build_model(self) -> nn.Module:
         m = self.config.model
         return nn.Sequential(
