@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PRESET=${PRESET:-gpt2-small}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$PRESET" = "gpt2-small" ]; then
   AMP="--amp bf16 --compile --data-workers 6"; STEPS="--steps 15 --warmup 6"
@@ -36,7 +37,7 @@ fi
 stage() { echo "== [${SECONDS}s] $*" >&2; }
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU";
   $PY -c "import torch,sys;print('torch',torch.__version__,'python',sys.version.split()[0])"; } | tee "$OUT/env.txt"
-touch "$OUT/gpu_checks.jsonl" "$OUT/gpu_bench.jsonl"
+: >"$OUT/gpu_checks.jsonl"; : >"$OUT/gpu_bench.jsonl"  # this call's lines only, also in a reused OUT
 if [ "${CHECKS:-1}" = "1" ]; then
   stage "correctness checks"
   timeout 240 $PY benchmarks/gpu_checks.py 2>>"$OUT/err.txt" | tee "$OUT/gpu_checks.jsonl"
@@ -44,6 +45,7 @@ fi
 n=0
 for spec in $RUNS; do
   IFS=: read -r model batch attention mode profile <<<"$spec"
+  if [ "$model" != "dense" ] && [ "$model" != "moe" ]; then echo "gpu.sh: RUNS: $spec: the model is dense or moe" >&2; exit 2; fi
   n=$((n + 1)); args=(--repeats "${REPEATS:-1}" --batch "$batch" --attention "${attention:-auto}" --compile-mode "${mode:-default}")
   if [ "$model" = "moe" ]; then args+=(--moe --experts 8 --top-k 2); fi
   if [ "${profile:-}" = "profile" ]; then args+=(--profile "$OUT/profile-$n"); fi

@@ -78,9 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from raytrain_llm.core.step_checks import check_monitor_settings
         from raytrain_llm.tasks.base_task import declared_validation_metrics
 
-        # A misspelt val/ monitor is caught now, not at the first validation minutes later.
-        check_monitor_settings(config, declared_validation_metrics(task_cls, config), config.task,
-                               sweep=bool(args.tune))
+        # A misspelt val/ monitor is caught now, not at the first validation minutes later (a
+        # sweep's trials differ: its plan checks each one).
+        if not args.tune:
+            check_monitor_settings(config, declared_validation_metrics(task_cls, config), config.task)
         if args.print_config:
             sys.stdout.write(dump_yaml(config))
             return 0

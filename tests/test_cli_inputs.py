@@ -185,3 +185,15 @@ def test_a_misspelt_validation_monitor_is_refused_before_the_run_starts(tmp_path
     assert p.returncode == 2 and "callbacks.monitor: 'val/mea' is not a validation metric of task 'regression' " \
                                  "(did you mean 'val/mae'?)" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+    # Early stopping follows validation metrics only: a name without val/ is checked too.
+    p = run_cli(["--set", f"logging.dir={run}", "--set", "callbacks.early_stopping=true",
+                 "--set", "callbacks.monitor=val_loss"])
+    assert p.returncode == 2 and "callbacks.monitor: 'val_loss' is not a validation metric of task 'regression' " \
+                                 "(did you mean 'val/loss'?)" in p.stderr
+    # A sweep's trials are checked one by one by its plan, not against the base config.
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"storage_path": str(tmp_path / "sweeps"),
+                                     "search_space": {"task_options.tag": ["mae"]}}))
+    p = run_cli(["--task", "rt_helpers:TaggedMetricTask", "--tune", str(sweep), "--print-config",
+                 "--set", "callbacks.early_stopping=true", "--set", "callbacks.monitor=val/mae"])
+    assert p.returncode == 0, p.stderr

@@ -84,6 +84,14 @@ def test_a_sweep_metric_the_task_does_not_report_refuses_the_sweep(tmp_path):
                                           r"\{task_options\.tag: 'none'\}"):
         build_points(parse_sweep({"search_space": {"task_options.tag": ["mae", "none"]}, "metric": "val/mae"},
                                  "s.yaml"), declaring)
+    # An early-stopping trial's callbacks.monitor too, per trial: what the trial's task declares.
+    with pytest.raises(ConfigError, match=r"s\.yaml: callbacks\.monitor: 'val/los' is not a validation metric of "
+                                          r"task 'lm' \(did you mean 'val/loss'\?\).* in 1 of 2 trials"):
+        build_points(parse_sweep({"search_space": {"callbacks.monitor": ["val/los", "val/loss"]}}, "s.yaml"),
+                     base(tmp_path, task="lm", callbacks={"early_stopping": True}))
+    stopping = base(tmp_path, task="rt_helpers:TaggedMetricTask",
+                    callbacks={"early_stopping": True, "monitor": "val/mae"})
+    assert len(build_points(parse_sweep({"search_space": {"task_options.tag": ["mae"]}}, "s.yaml"), stopping)) == 1
     # Train-record metrics, and tasks that declare nothing, are checked at the first validation.
     assert len(build_points(parse_sweep({"search_space": lrs, "metric": "ce_loss"}, "s.yaml"), lm)) == 2
     assert len(build_points(parse_sweep({"search_space": {"task_options.width": [4, 8]}, "metric": "val/acc"},

@@ -104,6 +104,38 @@ def test_declared_validation_metrics_are_checked_against_what_validation_reports
                                                                                  "val/exp"}
 
 
+def _declaring(returns=None, method=classmethod):
+    class Task(RegressionTask):
+        def validation_metrics(cls, config):
+            return returns
+    Task.validation_metrics = method(Task.validation_metrics)
+    return Task
+
+
+@pytest.mark.parametrize("task_cls, message", [
+    (_declaring(method=lambda f: f), r"^Task\.validation_metrics\(\) must be a classmethod"),
+    (_declaring("val/loss"), r"^Task\.validation_metrics\(\) returned 'val/loss': return None or a set"),
+    (_declaring({"loss", "mae"}), r"returned \{.*\}: return None or a set of the validation metric names, each "
+                                  r"'val/\.\.\.', val/loss among them"),
+    (_declaring({"val/mae"}), r"returned \{'val/mae'\}"),
+])
+def test_a_declaration_that_cannot_be_right_is_named_as_the_mistake(tmp_path, task_cls, message):
+    with pytest.raises(UsageError, match=message):
+        declared_validation_metrics(task_cls, make_config(tmp_path))
+    assert declared_validation_metrics(_declaring(None), make_config(tmp_path)) is None
+
+
+def test_a_subclass_changing_only_the_training_loss_keeps_the_declaration(tmp_path):
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
+
+    class CustomLoss(LanguageModelingTask):  # validation runs LanguageModelingTask.validation_step
+        def train_step(self, model, batch, criterion):
+            return super().train_step(model, batch, criterion)
+
+    declared = declared_validation_metrics(CustomLoss, make_config(tmp_path, task="lm"))
+    assert declared == {"val/loss", "val/perplexity"}
+
+
 @pytest.mark.parametrize("task", ["regression", "lm"])
 def test_the_built_in_tasks_declare_what_their_validation_reports(tmp_path, task):
     from raytrain_llm.tasks.registry import resolve_task

@@ -96,20 +96,23 @@ def check_named_metric(name: str, declared: Optional[frozenset], setting: str, t
         raise UsageError(problem)
 
 
-def check_monitor_settings(config, declared: Optional[frozenset], task: str, sweep: bool = False) -> None:
-    """The monitors of a run that validates, before it starts (check_named_metric). A sweep
-    replaces checkpoint.monitor with its own metric (checked by the sweep's plan)."""
+def check_monitor_settings(config, declared: Optional[frozenset], task: str) -> None:
+    """The monitors of a run that validates, before it starts (check_named_metric). Early
+    stopping follows validation metrics only, so any name of callbacks.monitor is checked."""
     if not config.training.validate:
         return
-    if not sweep:
-        check_named_metric(config.checkpoint.monitor, declared, "checkpoint.monitor", task)
+    check_named_metric(config.checkpoint.monitor, declared, "checkpoint.monitor", task)
     if config.callbacks.early_stopping:
-        check_named_metric(config.callbacks.monitor, declared, "callbacks.monitor", task)
+        problem = unknown_metric(config.callbacks.monitor, declared, "callbacks.monitor", task, any_name=True)
+        if problem:
+            raise UsageError(problem)
 
 
-def unknown_metric(name: str, declared: Optional[frozenset], setting: str, task: str) -> Optional[str]:
-    """check_named_metric's message, or None when the name is fine or cannot be checked yet."""
-    if declared is None or not name.startswith("val/") or name in declared:
+def unknown_metric(name: str, declared: Optional[frozenset], setting: str, task: str,
+                   any_name: bool = False) -> Optional[str]:
+    """check_named_metric's message, or None when the name is fine or cannot be checked yet.
+    any_name: the setting takes validation metrics only, so a name without `val/` is checked too."""
+    if declared is None or (not any_name and not name.startswith("val/")) or name in declared:
         return None
     close = difflib.get_close_matches(name, sorted(declared), n=1)
     return (f"{setting}: {name!r} is not a validation metric of task {task!r}"

@@ -91,24 +91,30 @@ def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]
 
 
 def metric_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -> list[str]:
-    """The sweep's metric, when it names a validation metric (`val/...`) and the task declares
-    its validation metrics (TrainingTask.validation_metrics): otherwise a misspelt metric only
-    surfaces at each trial's first validation, after Ray and every trial have started."""
+    """The sweep's metric when it names a validation metric (`val/...`), and an early-stopping
+    trial's callbacks.monitor, against what each trial's task declares it validates
+    (TrainingTask.validation_metrics): otherwise a misspelt name only surfaces at each trial's
+    first validation, after Ray and every trial have started."""
     from raytrain_llm.core.step_checks import unknown_metric
     from raytrain_llm.tasks.base_task import declared_validation_metrics
     from raytrain_llm.tasks.registry import resolve_task
 
     task_cls = resolve_task(base.task)
-    setting = f"sweep {spec.source}: metric"
-    problems = [(p, unknown_metric(spec.metric, declared_validation_metrics(task_cls, apply_point(base, p)),
-                                   setting, base.task)) for p in points]
-    problems = [(p, msg) for p, msg in problems if msg]
-    if not problems:
-        return []
-    if len(problems) == len(points):
-        return [problems[0][1]]
-    point, msg = problems[0]
-    return [f"{msg}, in {len(problems)} of {len(points)} trials, e.g. {describe(point)}"]
+    found: dict[str, list[dict[str, Any]]] = {}  # message -> the points it applies to
+    for point in points:
+        cfg = apply_point(base, point)
+        if not cfg.training.validate:
+            continue
+        declared = declared_validation_metrics(task_cls, cfg)
+        where = f"sweep {spec.source}: "
+        problems = [unknown_metric(spec.metric, declared, where + "metric", base.task)]
+        if cfg.callbacks.early_stopping:
+            problems.append(unknown_metric(cfg.callbacks.monitor, declared, where + "callbacks.monitor", base.task,
+                                           any_name=True))
+        for msg in filter(None, problems):
+            found.setdefault(msg, []).append(point)
+    return [msg if len(bad) == len(points) else f"{msg}, in {len(bad)} of {len(points)} trials, e.g. {describe(bad[0])}"
+            for msg, bad in found.items()]
 
 
 def describe(point: dict[str, Any]) -> str:

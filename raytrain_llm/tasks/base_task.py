@@ -61,21 +61,34 @@ def samples_in_batch(batch: Any) -> int:
     return 1
 
 
-# What decides the names validation reports (the base validation_step runs train_step).
-VALIDATION_HOOKS = ("validation_step", "finalize_validation", "train_step")
+# What decides the names validation reports (TrainingTask.validation_step runs train_step).
+VALIDATION_HOOKS = ("validation_step", "finalize_validation")
 
 
 def declared_validation_metrics(task_cls: type, config: Config) -> Optional[frozenset]:
     """task_cls.validation_metrics(config), trusted only when no subclass below the class that
     declares them overrides a hook that makes the metrics: a subclass of RegressionTask with its
-    own validation_step would otherwise inherit a stale list. None: unknown until validation."""
+    own validation_step would otherwise inherit a stale list. None: unknown until validation.
+    A declaration that cannot be right (not a set of `val/` names with val/loss) is a usage
+    error naming it, rather than a refusal of the user's monitor."""
     declarer = next(c for c in task_cls.__mro__ if "validation_metrics" in vars(c))
+    hooks = VALIDATION_HOOKS + (("train_step",) if task_cls.validation_step is TrainingTask.validation_step else ())
     for c in task_cls.__mro__:
         if c is declarer:
             break
-        if any(hook in vars(c) for hook in VALIDATION_HOOKS):
+        if any(hook in vars(c) for hook in hooks):
             return None
-    return task_cls.validation_metrics(config)
+    where = f"{task_cls.__name__}.validation_metrics()"
+    if not isinstance(vars(declarer)["validation_metrics"], (classmethod, staticmethod)):
+        raise UsageError(f"{where} must be a classmethod (it is called before the task is built)")
+    names = task_cls.validation_metrics(config)
+    if names is None:
+        return None
+    if (isinstance(names, (str, bytes)) or not isinstance(names, (set, frozenset, list, tuple))
+            or not all(isinstance(n, str) and n.startswith("val/") for n in names) or "val/loss" not in names):
+        raise UsageError(f"{where} returned {names!r}: return None or a set of the validation metric names, "
+                         "each 'val/...', val/loss among them")
+    return frozenset(names)
 
 
 class TrainingTask(ABC):
