@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def torch_ce(h, w, t):
     """What the model computes (GPT.forward)."""
     return F.cross_entropy(F.linear(h, w).float(), t)

@@ -87,31 +87,26 @@ def check_monitor(monitor: str, val_metrics: dict[str, float], train_record: dic
         + f" (validation: {', '.join(sorted(val_metrics)) or 'none'})"))
 
 
-def check_named_metric(name: str, declared: Optional[frozenset], setting: str, task: str) -> None:
-    """A `val/` metric named by a setting (a monitor, a sweep's metric) against the names the
-    task declares (TrainingTask.validation_metrics), before anything starts. Train-record names
-    are left to check_monitor at the first validation: they depend on the run (mfu on CUDA)."""
-    problem = unknown_metric(name, declared, setting, task)
+def check_monitor_settings(config, declared: Optional[frozenset], task: str) -> None:
+    """The monitors of a run that validates, against the names the task declares
+    (TrainingTask.validation_metrics), before it starts. checkpoint.monitor may also name a
+    train-record field, which depends on the run (mfu on CUDA): only its `val/` names are
+    checked here, the rest at the first validation (check_monitor). Early stopping follows
+    validation metrics only, so any name of callbacks.monitor is checked."""
+    if not config.training.validate:
+        return
+    problem = unknown_metric(config.checkpoint.monitor, declared, "checkpoint.monitor", task)
+    if not problem and config.callbacks.early_stopping:
+        problem = unknown_metric(config.callbacks.monitor, declared, "callbacks.monitor", task, any_name=True)
     if problem:
         raise UsageError(problem)
 
 
-def check_monitor_settings(config, declared: Optional[frozenset], task: str) -> None:
-    """The monitors of a run that validates, before it starts (check_named_metric). Early
-    stopping follows validation metrics only, so any name of callbacks.monitor is checked."""
-    if not config.training.validate:
-        return
-    check_named_metric(config.checkpoint.monitor, declared, "checkpoint.monitor", task)
-    if config.callbacks.early_stopping:
-        problem = unknown_metric(config.callbacks.monitor, declared, "callbacks.monitor", task, any_name=True)
-        if problem:
-            raise UsageError(problem)
-
-
 def unknown_metric(name: str, declared: Optional[frozenset], setting: str, task: str,
                    any_name: bool = False) -> Optional[str]:
-    """check_named_metric's message, or None when the name is fine or cannot be checked yet.
-    any_name: the setting takes validation metrics only, so a name without `val/` is checked too."""
+    """Why a setting's metric name is not among the declared validation metrics, or None when it
+    is, or cannot be checked yet (nothing declared; a name without `val/` unless any_name: the
+    setting takes validation metrics only)."""
     if declared is None or (not any_name and not name.startswith("val/")) or name in declared:
         return None
     close = difflib.get_close_matches(name, sorted(declared), n=1)

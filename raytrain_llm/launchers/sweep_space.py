@@ -76,10 +76,10 @@ def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
     return options_errors(cfg) if any(k.startswith(TASK_OPTIONS + ".") for k in point) else []
 
 
-def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -> list[str]:
+def no_effect_errors(spec: SweepSpec, configs: list[Config]) -> list[str]:
     """Swept keys that another setting switches off in every trial (model.num_experts without
     model.use_moe): trials that differ only in such a key would be copies of each other."""
-    off_per_point = [inactive_keys(apply_point(base, p)) for p in points]
+    off_per_point = [inactive_keys(cfg) for cfg in configs]
     errors = []
     for key in spec.keys:
         reasons = {off.get(key) for off in off_per_point}
@@ -90,7 +90,7 @@ def no_effect_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]
     return errors
 
 
-def metric_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -> list[str]:
+def metric_errors(spec: SweepSpec, points: list[dict[str, Any]], configs: list[Config]) -> list[str]:
     """The sweep's metric when it names a validation metric (`val/...`), and an early-stopping
     trial's callbacks.monitor, against what each trial's task declares it validates
     (TrainingTask.validation_metrics): otherwise a misspelt name only surfaces at each trial's
@@ -99,17 +99,16 @@ def metric_errors(spec: SweepSpec, base: Config, points: list[dict[str, Any]]) -
     from raytrain_llm.tasks.base_task import declared_validation_metrics
     from raytrain_llm.tasks.registry import resolve_task
 
-    task_cls = resolve_task(base.task)
+    task = configs[0].task  # a sweep cannot sweep the task
+    task_cls, where = resolve_task(task), f"sweep {spec.source}: "
     found: dict[str, list[dict[str, Any]]] = {}  # message -> the points it applies to
-    for point in points:
-        cfg = apply_point(base, point)
+    for point, cfg in zip(points, configs):
         if not cfg.training.validate:
             continue
         declared = declared_validation_metrics(task_cls, cfg)
-        where = f"sweep {spec.source}: "
-        problems = [unknown_metric(spec.metric, declared, where + "metric", base.task)]
+        problems = [unknown_metric(spec.metric, declared, where + "metric", task)]
         if cfg.callbacks.early_stopping:
-            problems.append(unknown_metric(cfg.callbacks.monitor, declared, where + "callbacks.monitor", base.task,
+            problems.append(unknown_metric(cfg.callbacks.monitor, declared, where + "callbacks.monitor", task,
                                            any_name=True))
         for msg in filter(None, problems):
             found.setdefault(msg, []).append(point)
@@ -166,7 +165,8 @@ def build_points(spec: SweepSpec, base: Config) -> list[dict[str, Any]]:
     if not points:
         raise ConfigError([f"sweep {spec.source}: every drawn point was invalid and skipped ({skipped}); "
                            "nothing to run"])
-    idle = no_effect_errors(spec, base, points) + metric_errors(spec, base, points)
+    configs = [apply_point(base, p) for p in points]  # valid: point_errors checked them
+    idle = no_effect_errors(spec, configs) + metric_errors(spec, points, configs)
     if idle:
         raise ConfigError(idle)
     width = max(3, len(str(len(points) - 1)))

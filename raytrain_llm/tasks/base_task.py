@@ -84,7 +84,7 @@ def declared_validation_metrics(task_cls: type, config: Config) -> Optional[froz
     names = task_cls.validation_metrics(config)
     if names is None:
         return None
-    if (isinstance(names, (str, bytes)) or not isinstance(names, (set, frozenset, list, tuple))
+    if (not isinstance(names, (set, frozenset, list, tuple))
             or not all(isinstance(n, str) and n.startswith("val/") for n in names) or "val/loss" not in names):
         raise UsageError(f"{where} returned {names!r}: return None or a set of the validation metric names, "
                          "each 'val/...', val/loss among them")
