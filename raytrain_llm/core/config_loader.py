@@ -37,14 +37,17 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def _field_types(section_cls) -> dict[str, Any]:
+def field_types(section_cls) -> dict[str, Any]:
+    """Field name -> declared type (annotations resolved) of a dataclass: a config section or a
+    task's `Options`."""
     hints = typing.get_type_hints(section_cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
-def _type_name(tp) -> str:
+def type_name(tp) -> str:
+    """A declared type as an error message says it: "an integer", "a number or null"."""
     if typing.get_origin(tp) is typing.Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
             tuple: "a list", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -102,7 +105,7 @@ class _Builder:
         self.task: Optional[str] = None
         self.errors: list[str] = []
         self.sources: dict[str, str] = {}  # dotted key -> where its value came from, for messages
-        self.types = {name: _field_types(cls) for name, cls in SECTIONS.items()}
+        self.types = {name: field_types(cls) for name, cls in SECTIONS.items()}
 
     def _lookup(self, key: str, source: str):
         parts = key.split(".")
@@ -112,12 +115,12 @@ class _Builder:
             return None
         section, name = parts
         if section not in SECTIONS:
-            close = _suggest(section, SECTIONS)
+            close = suggest(section, SECTIONS)
             self.errors.append(f"{key}: unknown section {section!r}{source}"
                                + (close or f" (sections: {', '.join(SECTIONS)})"))
             return None
         if name not in self.types[section]:
-            self.errors.append(f"{key}: unknown key{source}{_suggest(name, self.types[section])}")
+            self.errors.append(f"{key}: unknown key{source}{suggest(name, self.types[section])}")
             return None
         return section, name
 
@@ -147,7 +150,7 @@ class _Builder:
             # `progress_bar: off` is a bool in YAML 1.1; the fix is not obvious from the type alone.
             hint = (" (YAML reads unquoted on/off/yes/no as booleans: quote it)"
                     if isinstance(value, bool) and str in (tp, *typing.get_args(tp)) else "")
-            self.errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}{source}")
+            self.errors.append(f"{key}: expected {type_name(tp)}, got {value!r}{hint}{source}")
 
     def merge_mapping(self, data: Any, source: str) -> None:
         if not isinstance(data, Mapping):
@@ -162,7 +165,7 @@ class _Builder:
                     self.errors.append(f"task: expected a task name{source}, got {body!r}")
                 continue
             if section not in SECTIONS and section != "task_options":
-                self.errors.append(f"{section}: unknown section{source}{_suggest(str(section), [*SECTIONS, 'task_options'])}")
+                self.errors.append(f"{section}: unknown section{source}{suggest(str(section), [*SECTIONS, 'task_options'])}")
                 continue
             if body is None:
                 continue
@@ -180,7 +183,8 @@ class _Builder:
         return cfg
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
+def suggest(name: str, known: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" for the closest of `known`, or "" when none is close."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from raytrain_llm.core.config import SECTIONS, Config, value_errors
-from raytrain_llm.core.config_loader import _field_types, _suggest, _type_name, coerce, read_yaml
+from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, read_yaml
 from raytrain_llm.core.errors import ConfigError
 
 TOP_KEYS = ("name", "storage_path", "base_config", "search_space", "metric", "mode", "num_samples",
@@ -86,7 +86,7 @@ def _field_type(key: str):
     section, _, name = key.partition(".")
     if section == TASK_OPTIONS:
         return None
-    return _field_types(SECTIONS[section])[name]
+    return field_types(SECTIONS[section])[name]
 
 
 def _check_key(key: Any, errors: list[str]) -> bool:
@@ -101,11 +101,11 @@ def _check_key(key: Any, errors: list[str]) -> bool:
             return False
         return True
     if section not in SECTIONS:
-        errors.append(f"{where}: unknown config section {section!r}{_suggest(section, SECTIONS)}")
+        errors.append(f"{where}: unknown config section {section!r}{suggest(section, SECTIONS)}")
         return False
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in fields:
-        errors.append(f"{where}: not a key of Config{_suggest(name, fields)}")
+        errors.append(f"{where}: not a key of Config{suggest(name, fields)}")
         return False
     if key in RESERVED_KEYS:
         errors.append(f"{where}: set per trial by the sweep, cannot be swept")
@@ -120,7 +120,7 @@ def _typed(key: str, value: Any, what: str, errors: list[str]):
     try:
         value = coerce(value, tp)
     except (TypeError, StopIteration):
-        errors.append(f"search_space.{key}: {what} {value!r}: expected {_type_name(tp)}")
+        errors.append(f"search_space.{key}: {what} {value!r}: expected {type_name(tp)}")
         return None
     errors.extend(f"search_space.{e}" for e in value_errors(key, value))
     return value
@@ -137,7 +137,7 @@ def parse_dimension(key: Any, spec: Any, errors: list[str]) -> Optional[Dimensio
         return None
     (kind, values), = spec.items()
     if kind not in DISTRIBUTIONS:
-        errors.append(f"{where}: unknown distribution {kind!r}{_suggest(str(kind), DISTRIBUTIONS)} "
+        errors.append(f"{where}: unknown distribution {kind!r}{suggest(str(kind), DISTRIBUTIONS)} "
                       f"(known: {', '.join(DISTRIBUTIONS)})")
         return None
     if not isinstance(values, list) or not values:
@@ -156,10 +156,10 @@ def parse_dimension(key: Any, spec: Any, errors: list[str]) -> Optional[Dimensio
     if kind == "randint":
         if tp not in (int, None) or not all(_is_int(v) for v in values):
             errors.append(f"{where}: randint needs an integer key and integer bounds"
-                          + (f" (key is {_type_name(tp)})" if tp is not None else f" (got {values!r})"))
+                          + (f" (key is {type_name(tp)})" if tp is not None else f" (got {values!r})"))
             return None
     elif tp not in (float, None):
-        errors.append(f"{where}: {kind} needs a number key; {key} is {_type_name(tp)} (use grid, choice or randint)")
+        errors.append(f"{where}: {kind} needs a number key; {key} is {type_name(tp)} (use grid, choice or randint)")
         return None
     low, high = values
     ordered = low <= high if kind == "randint" else low < high
@@ -185,7 +185,7 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
         return spec
     for key, value in raw.items():
         if key not in SCHEDULER_KEYS:
-            errors.append(f"scheduler.{key}: unknown key{_suggest(str(key), SCHEDULER_KEYS)} "
+            errors.append(f"scheduler.{key}: unknown key{suggest(str(key), SCHEDULER_KEYS)} "
                           f"(known: {', '.join(SCHEDULER_KEYS)})")
         elif key == "type":
             if value not in ("asha", "none", None):
@@ -196,7 +196,7 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
                 # A typo would leave ASHA waiting on a value no report carries: it never stops a trial.
                 # A metric (val/loss) is no clock: ASHA compares trials at equal amounts of training.
                 errors.append(f"scheduler.time_attr: expected one of {', '.join(COUNTERS)}, a value every report "
-                              f"carries that grows with training (got {value!r}){_suggest(str(value), COUNTERS)}")
+                              f"carries that grows with training (got {value!r}){suggest(str(value), COUNTERS)}")
             else:
                 spec.time_attr = TIME_ATTRS.get(value, value)
         elif key == "reduction_factor":
@@ -228,7 +228,7 @@ def parse_sweep(data: Any, sweep_path: str = "<sweep>") -> SweepSpec:
     errors: list[str] = []
     for key in data:
         if key not in TOP_KEYS:
-            errors.append(f"{key}: unknown sweep key{_suggest(str(key), TOP_KEYS)} (known: {', '.join(TOP_KEYS)})")
+            errors.append(f"{key}: unknown sweep key{suggest(str(key), TOP_KEYS)} (known: {', '.join(TOP_KEYS)})")
 
     def get(key, check, message, default):
         if data.get(key) is None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from raytrain_llm.core.config_loader import _field_types, _suggest, _type_name, coerce, parse_text
+from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, parse_text
 from raytrain_llm.core.errors import ConfigError
 
 _SCALARS = (int, float, bool, str)
@@ -27,11 +27,11 @@ def parse_task_options(options_cls: Optional[type], raw: Mapping[str, Any], task
             raise ConfigError([f"task_options.{name}: task {task} takes no options (declare them as a "
                                "dataclass `Options` on the task)" for name in raw])
         return None
-    types = _field_types(options_cls)
+    types = field_types(options_cls)
     values, errors = {}, []
     for name, value in raw.items():
         if name not in types:
-            errors.append(f"task_options.{name}: unknown option of task {task}{_suggest(str(name), types)}"
+            errors.append(f"task_options.{name}: unknown option of task {task}{suggest(str(name), types)}"
                           f" (options: {', '.join(types) or 'none'})")
             continue
         tp = types[name]
@@ -114,7 +114,7 @@ def _describe(tp: Any) -> str:
             else f"a list of {len(args)}" if args else "a list"
     if origin is typing.Union:
         return " or ".join(_describe(a) for a in args)
-    return _type_name(tp)
+    return type_name(tp)
 
 
 def options_dict(options: Any) -> dict[str, Any]:
