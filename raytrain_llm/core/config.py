@@ -2,8 +2,10 @@
 
 Sources, lowest precedence first: dataclass defaults < YAML file < environment
 (`RAYTRAIN_<SECTION>__<FIELD>`) < `--set section.field=value`. Loading and strict
-validation live in `config_loader.py`; this module only declares the schema and the
-cross-field rules, so a reader finds every knob in one place.
+validation live in `config_loader.py`; this module declares the schema and the cross-field
+rules. Each field is declared once, with `setting(...)`: its default, a one-line doc, and its
+allowed values or range; the README's config reference is generated from these
+(`python -m raytrain_llm.core.config_reference`).
 """
 from __future__ import annotations
 
@@ -11,141 +13,169 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple = (),
+            ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with everything about it in one place: `default` (or `default_factory`), a
+    one-line `doc` (the README's reference), and the simple rules `value_errors` checks: `choices`
+    (allowed values), a lower bound `ge` (>=) or `gt` (>), an upper bound `le` (<=). Rules that
+    involve two fields stay in `cross_field_errors`."""
+    if not doc or "\n" in doc:
+        raise ValueError("a config field needs a one-line doc")
+    if ge is not None and gt is not None:
+        raise ValueError("give ge or gt, not both")
+    meta = {"doc": doc, "choices": tuple(choices), "ge": ge, "gt": gt, "le": le}
+    return field(default=default, default_factory=default_factory, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
     # Regression MLP (the `regression` task).
-    input_dim: int = 16
-    hidden_dim: int = 64
+    input_dim: int = setting(16, "regression MLP: input features", ge=1)
+    hidden_dim: int = setting(64, "regression MLP: hidden width", ge=1)
     # Decoder-only transformer (the `lm` task).
-    vocab_size: int = 64
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    seq_len: int = 64
-    dropout: float = 0.0
-    mlp_type: str = "gelu"  # gelu | swiglu
-    mlp_ratio: float = 4.0
-    position: str = "rope"  # rope | learned
-    norm: str = "rmsnorm"  # rmsnorm | layernorm
-    tie_embeddings: bool = True
-    activation_checkpointing: bool = False
-    attention_backend: str = "auto"  # auto | flash | cudnn | efficient | math: SDPA kernel tried first
+    vocab_size: int = setting(64, "token ids are 0 .. vocab_size - 1", ge=2)
+    d_model: int = setting(64, "residual stream width (a multiple of n_heads)", ge=1)
+    n_layers: int = setting(2, "transformer blocks", ge=1)
+    n_heads: int = setting(4, "attention heads per block", ge=1)
+    seq_len: int = setting(64, "tokens per sample (the context length)", ge=1)
+    dropout: float = setting(0.0, "dropout probability", ge=0, le=1.0)
+    mlp_type: str = setting("gelu", "the dense MLP of a block", choices=("gelu", "swiglu"))
+    mlp_ratio: float = setting(4.0, "dense MLP hidden width / d_model", gt=0)
+    position: str = setting("rope", "position encoding", choices=("rope", "learned"))
+    norm: str = setting("rmsnorm", "normalisation layer", choices=("rmsnorm", "layernorm"))
+    tie_embeddings: bool = setting(True, "the output projection shares the token embedding's weights")
+    activation_checkpointing: bool = setting(False, "recompute each block's activations in backward "
+                                                    "(less memory, more compute)")
+    attention_backend: str = setting("auto", "SDPA kernel tried first on CUDA, torch's others after it; "
+                                             "math forces the reference kernel everywhere",
+                                     choices=("auto", "flash", "cudnn", "efficient", "math"))
     # Mixture of Experts.
-    use_moe: bool = False
-    num_experts: int = 4
-    top_k: int = 2
-    moe_every_n_layers: int = 1  # 1: every block is MoE; 2: every second block, ...
-    expert_hidden_dim: int = 0  # 0: same width as the dense MLP
-    num_shared_experts: int = 0
-    capacity_factor: float = 0.0  # 0: dropless
-    aux_loss_coef: float = 0.01
-    z_loss_coef: float = 0.001
-    bias_balancing: bool = False  # DeepSeek-V3 aux-loss-free balancing
-    bias_update_rate: float = 0.001
-    moe_impl: str = "auto"  # auto | grouped | split | padded | loop (see models/moe.py)
+    use_moe: bool = setting(False, "Mixture-of-Experts MLPs (the MoE keys below apply)")
+    num_experts: int = setting(4, "routed experts per MoE block", ge=1)
+    top_k: int = setting(2, "experts each token is routed to (<= num_experts)", ge=1)
+    moe_every_n_layers: int = setting(1, "1: every block is MoE; 2: every second block, ...", ge=1)
+    expert_hidden_dim: int = setting(0, "an expert's hidden width; 0: the dense MLP's", ge=0)
+    num_shared_experts: int = setting(0, "experts every token goes through besides its top_k", ge=0)
+    capacity_factor: float = setting(0.0, "tokens an expert takes, as a multiple of an even share; "
+                                          "0: dropless", ge=0)
+    aux_loss_coef: float = setting(0.01, "weight of the load-balancing loss", ge=0)
+    z_loss_coef: float = setting(0.001, "weight of the router z-loss", ge=0)
+    bias_balancing: bool = setting(False, "DeepSeek-V3 aux-loss-free balancing (a per-expert routing bias)")
+    bias_update_rate: float = setting(0.001, "bias_balancing: the bias's step per update", ge=0)
+    moe_impl: str = setting("auto", "expert dispatch (see models/moe.py)",
+                            choices=("auto", "grouped", "split", "padded", "loop"))
 
 
 @dataclass
 class TrainingConfig:
-    seed: int = 42
-    epochs: int = 3
-    max_steps: int = 0  # optimizer steps; 0: no limit beyond `epochs`
-    batch_size: int = 32  # per worker, per micro-batch
-    grad_accum_steps: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.95)
-    grad_clip: float = 1.0  # max grad norm; 0 disables clipping
-    lr_schedule: str = "cosine"  # constant | cosine | linear
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1
-    validate: bool = True  # false: no validation at all (benchmarks, pure throughput runs)
-    val_every_n_steps: int = 0  # 0: validate at the end of every epoch only
-    limit_val_batches: int = 0  # 0: the whole validation set
-    nan_policy: str = "stop"  # stop | skip
-    max_consecutive_skips: int = 20  # nan_policy=skip: this many skipped steps in a row end the run (exit 1)
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = setting(42, "the training seed (initial weights, dropout, data order)")
+    epochs: int = setting(3, "passes over the training data", ge=1)
+    max_steps: int = setting(0, "optimizer steps; 0: no limit beyond epochs", ge=0)
+    batch_size: int = setting(32, "samples per worker, per micro-batch", ge=1)
+    grad_accum_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
+    lr: float = setting(1e-3, "peak learning rate", gt=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    betas: tuple = setting((0.9, 0.95), "AdamW betas: two numbers in [0, 1)")
+    grad_clip: float = setting(1.0, "max gradient norm; 0: no clipping", ge=0)
+    lr_schedule: str = setting("cosine", "the LR after warm-up", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = setting(0, "optimizer steps of linear warm-up", ge=0)
+    min_lr_ratio: float = setting(0.1, "cosine/linear: the final LR as a fraction of lr", ge=0, le=1.0)
+    validate: bool = setting(True, "false: no validation at all (benchmarks, pure throughput runs)")
+    val_every_n_steps: int = setting(0, "validate every N optimizer steps; 0: at each epoch end only", ge=0)
+    limit_val_batches: int = setting(0, "batches per validation; 0: the whole validation set", ge=0)
+    nan_policy: str = setting("stop", "a non-finite loss or gradient stops the run (exit 1) or skips the step",
+                              choices=("stop", "skip"))
+    max_consecutive_skips: int = setting(20, "nan_policy=skip: this many skipped steps in a row end the run "
+                                             "(exit 1)", ge=1)
+    device: str = setting("auto", "auto: CUDA where there is one, else CPU", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass
 class DataConfig:
-    num_train_samples: int = 2048
-    num_val_samples: int = 512
-    noise_std: float = 0.1  # regression label noise
-    seed: int = 1234  # the data's own seed, apart from the training seed
-    num_workers: int = 0  # DataLoader worker processes
-    pin_memory: bool = True  # only has an effect on CUDA
-    markov_concentration: float = 0.1  # lm data: lower is more predictable
+    num_train_samples: int = setting(2048, "synthetic data: training samples", ge=1)
+    num_val_samples: int = setting(512, "synthetic data: validation samples", ge=1)
+    noise_std: float = setting(0.1, "regression label noise", ge=0)
+    seed: int = setting(1234, "the data's own seed, apart from the training seed")
+    num_workers: int = setting(0, "DataLoader worker processes", ge=0)
+    pin_memory: bool = setting(True, "pinned host memory for batches (has an effect on CUDA only)")
+    markov_concentration: float = setting(0.1, "synthetic lm data: lower is more predictable", gt=0)
     # lm data from files instead: flat token ids (.npy, or raw .bin of token_dtype, as nanoGPT's
     # prepare scripts write). Every window of seq_len + 1 tokens is a sample; num_*_samples unused.
-    train_tokens: str = ""
-    val_tokens: str = ""
-    token_dtype: str = "uint16"  # for raw .bin files
-    check_token_ids: bool = True  # one pass over the files at start (~0.3 s/GB cached) for ids >= vocab_size
+    train_tokens: str = setting("", "lm: training token file (.npy, or raw .bin of token_dtype); empty: synthetic")
+    val_tokens: str = setting("", "lm: validation token file (needed with train_tokens when validating)")
+    token_dtype: str = setting("uint16", "element type of raw .bin token files",
+                               choices=("uint8", "uint16", "uint32", "int32", "int64"))
+    check_token_ids: bool = setting(True, "one pass over the token files at start (~0.3 s/GB cached) "
+                                          "for ids >= vocab_size")
 
 
 @dataclass
 class DistributedConfig:
-    launcher: str = "ray"  # ray | local | spawn
-    num_workers: int = 1
-    cpus_per_worker: float = 0.5
-    gpus_per_worker: float = 0.0
-    use_gpu: bool = False
-    backend: str = "auto"  # auto | gloo | nccl
-    master_addr: str = "127.0.0.1"
-    master_port: int = 0  # 0: a free port, picked per run (spawn launcher)
-    address: str = ""  # Ray cluster address; empty: RAY_ADDRESS or a new local cluster
-    storage_path: str = ""  # empty: <logging.dir>/ray
-    run_name: str = ""  # empty: derived from the task and time
-    max_failures: int = 0
-    find_unused_parameters: bool = False
-    placement_strategy: str = "PACK"
+    launcher: str = setting("ray", "ray: Ray Train; local: in-process, no Ray; spawn: torch.multiprocessing",
+                            choices=("ray", "local", "spawn"))
+    num_workers: int = setting(1, "training processes (ranks)", ge=1)
+    cpus_per_worker: float = setting(0.5, "Ray: CPUs reserved per worker", gt=0)
+    gpus_per_worker: float = setting(0.0, "Ray: GPUs reserved per worker (needs use_gpu)", ge=0)
+    use_gpu: bool = setting(False, "train on GPUs")
+    backend: str = setting("auto", "torch.distributed backend; auto: nccl on GPU, gloo on CPU",
+                           choices=("auto", "gloo", "nccl"))
+    master_addr: str = setting("127.0.0.1", "spawn: the rendezvous address")
+    master_port: int = setting(0, "spawn: the rendezvous port; 0: a free port, picked per run", ge=0, le=65535)
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS or a new local cluster")
+    storage_path: str = setting("", "Ray Train's storage; empty: <logging.dir>/ray")
+    run_name: str = setting("", "Ray Train's run name; empty: derived from the task and time")
+    max_failures: int = setting(0, "Ray: worker-group restarts before the run fails; -1: no limit", ge=-1)
+    find_unused_parameters: bool = setting(False, "DDP: allow parameters that get no gradient in a step")
+    placement_strategy: str = setting("PACK", "Ray: how the workers are placed on nodes",
+                                      choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
 
 
 @dataclass
 class OptimizationConfig:
-    compile: bool = False
-    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    amp: str = "none"  # none | bf16 | fp16
-    tf32: bool = True
-    fused_optimizer: bool = True  # fused AdamW where the device supports it
-    chunked_cross_entropy: int = 0  # rows per chunk; 0 computes the logits at once
-    keep_host_memory: bool = True  # CPU training: glibc keeps freed memory (no per-step page faults)
+    compile: bool = setting(False, "torch.compile the model")
+    compile_mode: str = setting("default", "torch.compile's mode",
+                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    amp: str = setting("none", "mixed precision (fp16 needs CUDA)", choices=("none", "bf16", "fp16"))
+    tf32: bool = setting(True, "TF32 matmuls on GPUs that have them")
+    fused_optimizer: bool = setting(True, "fused AdamW where the device supports it")
+    chunked_cross_entropy: int = setting(0, "rows per chunk of the LM loss; 0: the logits at once", ge=0)
+    keep_host_memory: bool = setting(True, "CPU training: glibc keeps freed memory (no per-step page faults)")
 
 
 @dataclass
 class CheckpointConfig:
-    enabled: bool = True
-    dir: str = ""  # empty: <logging.dir>/checkpoints
-    resume: str = "none"  # none | auto | <path to a checkpoint directory>
-    every_n_steps: int = 0  # 0: at the end of every epoch only
-    keep_last: int = 2
-    keep_best: int = 1
-    monitor: str = "val/loss"
-    mode: str = "min"  # min | max
+    enabled: bool = setting(True, "save checkpoints")
+    dir: str = setting("", "empty: <logging.dir>/checkpoints")
+    resume: str = setting("none", "none, auto (this folder's newest valid checkpoint) or a checkpoint's path")
+    every_n_steps: int = setting(0, "save every N optimizer steps; 0: at each epoch end only", ge=0)
+    keep_last: int = setting(2, "newest checkpoints kept; 0: all", ge=0)
+    keep_best: int = setting(1, "best checkpoints kept, ranked by monitor", ge=0)
+    monitor: str = setting("val/loss", "what ranks checkpoints: a validation metric or a train record's field")
+    mode: str = setting("min", "whether a lower or a higher monitor is better", choices=("min", "max"))
 
 
 @dataclass
 class LoggingConfig:
-    level: str = "INFO"
-    dir: str = "runs/default"
-    log_every_n_steps: int = 10
-    tensorboard: bool = True
-    progress_bar: str = "auto"  # auto | on | off
+    level: str = setting("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    dir: str = setting("runs/default", "the run's folder: logs, metrics, config.yaml, checkpoints")
+    log_every_n_steps: int = setting(10, "a train record every N optimizer steps", ge=1)
+    tensorboard: bool = setting(True, "TensorBoard scalars in <logging.dir>/tensorboard")
+    progress_bar: str = setting("auto", "auto: a bar on a terminal, lines otherwise", choices=("auto", "on", "off"))
 
 
 @dataclass
 class CallbacksConfig:
-    early_stopping: bool = False
-    early_stopping_patience: int = 3
-    early_stopping_min_delta: float = 0.0
-    monitor: str = "val/loss"
-    mode: str = "min"
-    profile_steps: int = 0  # optimizer steps traced by torch.profiler; 0 = off
-    profile_start_step: int = 5  # the first of them (after compile/warm-up)
+    early_stopping: bool = setting(False, "stop when callbacks.monitor stops improving")
+    early_stopping_patience: int = setting(3, "validations without improvement before stopping", ge=1)
+    early_stopping_min_delta: float = setting(0.0, "the smallest change that counts as an improvement", ge=0)
+    monitor: str = setting("val/loss", "the metric early stopping watches")
+    mode: str = setting("min", "whether a lower or a higher monitor is better", choices=("min", "max"))
+    profile_steps: int = setting(0, "optimizer steps traced by torch.profiler; 0: off", ge=0)
+    profile_start_step: int = setting(5, "the first traced step (after compile and warm-up)", ge=1)
 
 
 SECTIONS = {
@@ -159,61 +189,27 @@ SECTIONS = {
     "callbacks": CallbacksConfig,
 }
 
-CHOICES = {
-    "model.mlp_type": ("gelu", "swiglu"),
-    "model.position": ("rope", "learned"),
-    "model.norm": ("rmsnorm", "layernorm"),
-    "model.moe_impl": ("auto", "grouped", "split", "padded", "loop"),
-    "model.attention_backend": ("auto", "flash", "cudnn", "efficient", "math"),
-    "training.lr_schedule": ("constant", "cosine", "linear"),
-    "training.nan_policy": ("stop", "skip"),
-    "data.token_dtype": ("uint8", "uint16", "uint32", "int32", "int64"),
-    "training.device": ("auto", "cpu", "cuda"),
-    "distributed.launcher": ("ray", "local", "spawn"),
-    "distributed.backend": ("auto", "gloo", "nccl"),
-    "distributed.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-    "optimization.amp": ("none", "bf16", "fp16"),
-    "optimization.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "checkpoint.mode": ("min", "max"),
-    "callbacks.mode": ("min", "max"),
-    "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-    "logging.progress_bar": ("auto", "on", "off"),
-}
 
-# (dotted key, lower bound, inclusive?) for numeric fields.
-MINIMUMS = {
-    "model.input_dim": (1, True), "model.hidden_dim": (1, True),
-    "model.vocab_size": (2, True), "model.d_model": (1, True), "model.n_layers": (1, True),
-    "model.n_heads": (1, True), "model.seq_len": (1, True), "model.dropout": (0, True),
-    "model.mlp_ratio": (0, False), "model.num_experts": (1, True), "model.top_k": (1, True),
-    "model.moe_every_n_layers": (1, True), "model.expert_hidden_dim": (0, True),
-    "model.num_shared_experts": (0, True), "model.capacity_factor": (0, True),
-    "model.aux_loss_coef": (0, True), "model.z_loss_coef": (0, True),
-    "model.bias_update_rate": (0, True),
-    "training.epochs": (1, True), "training.max_steps": (0, True),
-    "training.batch_size": (1, True), "training.grad_accum_steps": (1, True),
-    "training.lr": (0, False), "training.weight_decay": (0, True), "training.grad_clip": (0, True),
-    "training.warmup_steps": (0, True), "training.min_lr_ratio": (0, True),
-    "training.max_consecutive_skips": (1, True), "training.val_every_n_steps": (0, True), "training.limit_val_batches": (0, True),
-    "data.num_train_samples": (1, True), "data.num_val_samples": (1, True),
-    "data.noise_std": (0, True), "data.num_workers": (0, True),
-    "data.markov_concentration": (0, False),
-    "distributed.num_workers": (1, True), "distributed.cpus_per_worker": (0, False),
-    "distributed.gpus_per_worker": (0, True), "distributed.master_port": (0, True),
-    "distributed.max_failures": (-1, True),
-    "optimization.chunked_cross_entropy": (0, True),
-    "checkpoint.every_n_steps": (0, True), "checkpoint.keep_last": (0, True),
-    "checkpoint.keep_best": (0, True),
-    "logging.log_every_n_steps": (1, True),
-    "callbacks.early_stopping_patience": (1, True), "callbacks.early_stopping_min_delta": (0, True),
-    "callbacks.profile_steps": (0, True), "callbacks.profile_start_step": (1, True),
-}
-MAXIMUMS = {"model.dropout": 1.0, "training.min_lr_ratio": 1.0, "distributed.master_port": 65535}
+def section_fields() -> Iterator[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every section field, in declaration order."""
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield f"{name}.{f.name}", f
+
+
+# The simple rules, read from the fields' `setting(...)`: what `value_errors` checks.
+CHOICES = {key: f.metadata["choices"] for key, f in section_fields() if f.metadata.get("choices")}
+# (lower bound, inclusive?) and the upper bounds (inclusive), for numeric fields.
+MINIMUMS = {key: (f.metadata["ge"], True) if f.metadata["ge"] is not None else (f.metadata["gt"], False)
+            for key, f in section_fields()
+            if f.metadata.get("ge") is not None or f.metadata.get("gt") is not None}
+MAXIMUMS = {key: f.metadata["le"] for key, f in section_fields() if f.metadata.get("le") is not None}
 
 
 @dataclass
 class Config:
-    task: str = "regression"
+    task: str = setting("regression", "a registered task (regression, lm) or package.module:ClassName, "
+                                      "which imports and runs that module")
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -222,8 +218,9 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    # A user task's own settings, checked against its `Options` dataclass (tasks/task_options.py).
-    task_options: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = setting(
+        doc="a user task's own settings, checked against its Options dataclass (tasks/task_options.py)",
+        default_factory=dict)
 
     # --- plain-dict round trip (the config travels to Ray workers and into checkpoints) ---
     def to_dict(self) -> dict[str, Any]:
