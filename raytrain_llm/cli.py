@@ -99,12 +99,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, details in a file
-        if os.environ.get("RAYTRAIN_DEBUG"):
+        if _debug():
             traceback.print_exc()
         where = _save_traceback(config)
         print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
               + (f" (traceback in {where})" if where else ""), file=sys.stderr)
         return 1
+
+
+def _debug() -> bool:
+    """RAYTRAIN_DEBUG (checked with the config: a bad value has already exited 2)."""
+    from raytrain_llm.core.env_settings import env_setting
+
+    try:
+        return bool(env_setting("RAYTRAIN_DEBUG"))
+    except RaytrainError:
+        return False
 
 
 def _save_traceback(config) -> Optional[str]:

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
+from raytrain_llm.core.errors import quote
+
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple = (),
             ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
@@ -250,16 +252,16 @@ class Config:
 def value_errors(key: str, value: Any) -> list[str]:
     errors = []
     if isinstance(value, float) and not math.isfinite(value):
-        return [f"{key}: must be a finite number (got {value!r})"]
+        return [f"{key}: must be a finite number (got {quote(value)})"]
     if key in CHOICES and value not in CHOICES[key]:
-        errors.append(f"{key}: must be one of {', '.join(CHOICES[key])} (got {value!r})")
+        errors.append(f"{key}: must be one of {', '.join(CHOICES[key])} (got {quote(value)})")
     if key in MINIMUMS and isinstance(value, (int, float)) and not isinstance(value, bool):
         low, inclusive = MINIMUMS[key]
         if value < low or (value == low and not inclusive):
             op = ">=" if inclusive else ">"
-            errors.append(f"{key}: must be {op} {low} (got {value!r})")
+            errors.append(f"{key}: must be {op} {low} (got {quote(value)})")
     if key in MAXIMUMS and isinstance(value, (int, float)) and value > MAXIMUMS[key]:
-        errors.append(f"{key}: must be <= {MAXIMUMS[key]} (got {value!r})")
+        errors.append(f"{key}: must be <= {MAXIMUMS[key]} (got {quote(value)})")
     return errors
 
 
@@ -284,7 +286,7 @@ def cross_field_errors(cfg: Config) -> list[str]:
     elif m.position == "rope" and (m.d_model // m.n_heads) % 2:
         errors.append("model.position: rope needs an even head size (model.d_model / model.n_heads)")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        errors.append(f"training.betas: must be two numbers in [0, 1) (got {list(t.betas)!r})")
+        errors.append(f"training.betas: must be two numbers in [0, 1) (got {quote(list(t.betas))})")
     if o.amp == "fp16" and t.device == "cpu":
         errors.append("optimization.amp: fp16 needs a CUDA device (use bf16 on CPU)")
     if d.backend == "nccl" and not d.use_gpu and d.launcher != "local":
@@ -359,8 +361,8 @@ def folder_errors(cfg: Config) -> list[str]:
     for key, path in (("logging.dir", cfg.logging.dir), ("checkpoint.dir", cfg.checkpoint.dir)):
         blocker = _blocking_file(path) if path.strip() else None
         if blocker is not None:
-            what = "is a file" if os.path.abspath(path) == blocker else f"is inside {blocker!r}, a file"
-            errors.append(f"{key}: {path!r} {what}, not a folder")
+            what = "is a file" if os.path.abspath(path) == blocker else f"is inside {quote(blocker)}, a file"
+            errors.append(f"{key}: {quote(path)} {what}, not a folder")
     return errors
 
 

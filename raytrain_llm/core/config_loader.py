@@ -14,17 +14,20 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
+from raytrain_llm.core.bounded_yaml import MAX_BYTES, BoundedLoader, load_text
 from raytrain_llm.core.config import SECTIONS, Config
-from raytrain_llm.core.errors import ConfigError
+from raytrain_llm.core.env_settings import ENV_SETTINGS, env_setting_errors
+from raytrain_llm.core.errors import ConfigError, clip, quote
 
 ENV_PREFIX = "RAYTRAIN_"
-# Variables the project reads itself that are not config fields (cli.py, launchers/ray_report.py,
-# core/monitoring.py): every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
-ENV_NOT_FIELDS = frozenset({"RAYTRAIN_DEBUG", "RAYTRAIN_FAULT_INJECT", "RAYTRAIN_PEAK_TFLOPS"})
+# Variables the project reads itself that are not config fields (core/env_settings.py checks their
+# values; launchers/ray_report.py reads the test-only fault hook): every other RAYTRAIN_ variable
+# must name a field, or a typo goes unnoticed.
+ENV_NOT_FIELDS = frozenset({*ENV_SETTINGS, "RAYTRAIN_FAULT_INJECT"})
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float, as YAML 1.2 and every user does: PyYAML's YAML 1.1
+class _YamlLoader(BoundedLoader):
+    """SafeLoader (with bounds on depth and aliases, core/bounded_yaml.py) that reads 1e-3 as a float, as YAML 1.2 and every user does: PyYAML's YAML 1.1
     rules want a dot (1.0e-3) and would make it a string. Quoted '1e-3' stays a string."""
 
 
@@ -71,7 +74,7 @@ def parse_text(text: str, tp) -> Any:
     if tp is float:
         return float(s)
     if tp is tuple:
-        loaded = yaml.safe_load(s) if s.startswith("[") else [p for p in s.split(",") if p.strip()]
+        loaded = load_text(s) if s.startswith("[") else [p for p in s.split(",") if p.strip()]
         return tuple(float(v) for v in loaded)
     return text
 
@@ -150,19 +153,20 @@ class _Builder:
             # `progress_bar: off` is a bool in YAML 1.1; the fix is not obvious from the type alone.
             hint = (" (YAML reads unquoted on/off/yes/no as booleans: quote it)"
                     if isinstance(value, bool) and str in (tp, *typing.get_args(tp)) else "")
-            self.errors.append(f"{key}: expected {type_name(tp)}, got {value!r}{hint}{source}")
+            self.errors.append(f"{key}: expected {type_name(tp)}, got {quote(value)}{hint}{source}")
 
     def merge_mapping(self, data: Any, source: str) -> None:
         if not isinstance(data, Mapping):
             self.errors.append(f"<root>: expected a mapping of sections{source}, got {type(data).__name__}")
             return
         for section, body in data.items():
+            section = clip(str(section))
             if section == "task":
                 if isinstance(body, str) and body:
                     self.task = body
                     self.sources["task"] = source
                 else:
-                    self.errors.append(f"task: expected a task name{source}, got {body!r}")
+                    self.errors.append(f"task: expected a task name{source}, got {quote(body)}")
                 continue
             if section not in SECTIONS and section != "task_options":
                 self.errors.append(f"{section}: unknown section{source}{suggest(str(section), [*SECTIONS, 'task_options'])}")
@@ -170,10 +174,10 @@ class _Builder:
             if body is None:
                 continue
             if not isinstance(body, Mapping):
-                self.errors.append(f"{section}: expected a mapping{source}, got {body!r}")
+                self.errors.append(f"{section}: expected a mapping{source}, got {quote(body)}")
                 continue
             for name, value in body.items():
-                self.set_typed(f"{section}.{name}", value, source)
+                self.set_typed(f"{section}.{clip(str(name))}", value, source)
 
     def build(self) -> Config:
         sections = {name: cls(**self.values[name]) for name, cls in SECTIONS.items()}
@@ -197,7 +201,10 @@ def read_yaml(path: str) -> Any:
         raise ConfigError([f"--config: file not found: {path}"])
     try:
         with open(path, encoding="utf-8") as fh:
-            data = _load(fh, path)
+            text = fh.read(MAX_BYTES + 1)
+        if len(text) > MAX_BYTES:  # characters >= bytes: a file this long is no config
+            raise ConfigError([f"--config: {path}: longer than {MAX_BYTES} characters (a config is a few KB)"])
+        data = _load(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -209,7 +216,7 @@ def read_yaml(path: str) -> Any:
     return {} if data is None else data
 
 
-def _load(stream, path: str) -> Any:
+def _load(stream: str, path: str) -> Any:
     # _YamlLoader is a SafeLoader with one more float rule: plain data only, no objects.
     loader = _YamlLoader(stream)
     try:
@@ -255,7 +262,7 @@ def env_errors(environ: Mapping[str, str]) -> list[str]:
     """A RAYTRAIN_ variable that cannot name a field (RAYTRAIN_TRAINING_LR: one underscore)
     would otherwise be ignored without a word, and the run would train with the default."""
     return [f"${var}: not a config field (expected {ENV_PREFIX}<SECTION>__<FIELD>, two underscores)"
-            f"{_suggest_env(var)}" for var, key, _ in _env_vars(environ) if not key]
+            f"{_suggest_env(var)}" for var, key, _ in _env_vars(environ) if not key] + env_setting_errors(environ)
 
 
 def _env_vars(environ: Mapping[str, str]):

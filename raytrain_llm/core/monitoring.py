@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from raytrain_llm.core.env_settings import env_setting
+
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), matched by substring of the device name.
 PEAK_BF16_TFLOPS = (
     ("H200", 989.0), ("H100 SXM", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
@@ -25,9 +27,9 @@ PEAK_BF16_TFLOPS = (
 def peak_tflops(device: torch.device) -> Optional[float]:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    override = os.environ.get("RAYTRAIN_PEAK_TFLOPS")
-    if override:
-        return float(override)
+    override = env_setting("RAYTRAIN_PEAK_TFLOPS")  # a bad value is a ConfigError (exit 2)
+    if override is not None:
+        return override
     name = torch.cuda.get_device_name(device)
     for key, value in PEAK_BF16_TFLOPS:
         if key in name:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from raytrain_llm.core.config import SECTIONS, Config, value_errors
 from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, read_yaml
-from raytrain_llm.core.errors import ConfigError
+from raytrain_llm.core.errors import ConfigError, clip, quote
 
 TOP_KEYS = ("name", "storage_path", "base_config", "search_space", "metric", "mode", "num_samples",
             "max_concurrent_trials", "scheduler", "seed", "invalid_points")
@@ -90,7 +90,7 @@ def _field_type(key: str):
 
 
 def _check_key(key: Any, errors: list[str]) -> bool:
-    where = f"search_space.{key}"
+    where = f"search_space.{clip(str(key))}"
     if not isinstance(key, str) or key.count(".") != 1:
         errors.append(f"{where}: expected a dotted config key section.field (e.g. model.top_k)")
         return False
@@ -101,7 +101,7 @@ def _check_key(key: Any, errors: list[str]) -> bool:
             return False
         return True
     if section not in SECTIONS:
-        errors.append(f"{where}: unknown config section {section!r}{suggest(section, SECTIONS)}")
+        errors.append(f"{where}: unknown config section {quote(section)}{suggest(section, SECTIONS)}")
         return False
     fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in fields:
@@ -120,7 +120,7 @@ def _typed(key: str, value: Any, what: str, errors: list[str]):
     try:
         value = coerce(value, tp)
     except (TypeError, StopIteration):
-        errors.append(f"search_space.{key}: {what} {value!r}: expected {type_name(tp)}")
+        errors.append(f"search_space.{key}: {what} {quote(value)}: expected {type_name(tp)}")
         return None
     errors.extend(f"search_space.{e}" for e in value_errors(key, value))
     return value
@@ -133,30 +133,30 @@ def parse_dimension(key: Any, spec: Any, errors: list[str]) -> Optional[Dimensio
     if isinstance(spec, list):  # shorthand: a bare list is a grid
         spec = {"grid": spec}
     if not isinstance(spec, dict) or len(spec) != 1:
-        errors.append(f"{where}: expected one of {{{': [...]}, {'.join(DISTRIBUTIONS)}: [...]}} (got {spec!r})")
+        errors.append(f"{where}: expected one of {{{': [...]}, {'.join(DISTRIBUTIONS)}: [...]}} (got {quote(spec)})")
         return None
     (kind, values), = spec.items()
     if kind not in DISTRIBUTIONS:
-        errors.append(f"{where}: unknown distribution {kind!r}{suggest(str(kind), DISTRIBUTIONS)} "
+        errors.append(f"{where}: unknown distribution {quote(kind)}{suggest(str(kind), DISTRIBUTIONS)} "
                       f"(known: {', '.join(DISTRIBUTIONS)})")
         return None
     if not isinstance(values, list) or not values:
-        errors.append(f"{where}: {kind} expects a non-empty list (got {values!r})")
+        errors.append(f"{where}: {kind} expects a non-empty list (got {quote(values)})")
         return None
     n_before = len(errors)
     if kind in ("grid", "choice"):
         typed = [_typed(key, v, f"{kind} value", errors) for v in values]
         if len(errors) == n_before and len({repr(v) for v in typed}) != len(typed):
-            errors.append(f"{where}: {kind} has repeated values {values!r}")
+            errors.append(f"{where}: {kind} has repeated values {quote(values)}")
         return Dimension(key, kind, typed) if len(errors) == n_before else None
     if len(values) != 2 or not all(_is_num(v) for v in values):
-        errors.append(f"{where}: {kind} expects [low, high] numbers (got {values!r})")
+        errors.append(f"{where}: {kind} expects [low, high] numbers (got {quote(values)})")
         return None
     tp = _field_type(key)
     if kind == "randint":
         if tp not in (int, None) or not all(_is_int(v) for v in values):
             errors.append(f"{where}: randint needs an integer key and integer bounds"
-                          + (f" (key is {type_name(tp)})" if tp is not None else f" (got {values!r})"))
+                          + (f" (key is {type_name(tp)})" if tp is not None else f" (got {quote(values)})"))
             return None
     elif tp not in (float, None):
         errors.append(f"{where}: {kind} needs a number key; {key} is {type_name(tp)} (use grid, choice or randint)")
@@ -164,9 +164,9 @@ def parse_dimension(key: Any, spec: Any, errors: list[str]) -> Optional[Dimensio
     low, high = values
     ordered = low <= high if kind == "randint" else low < high
     if not ordered:
-        errors.append(f"{where}: {kind} needs low < high (got {values!r})")
+        errors.append(f"{where}: {kind} needs low < high (got {quote(values)})")
     if kind == "loguniform" and low <= 0:
-        errors.append(f"{where}: loguniform needs low > 0 (got {low!r})")
+        errors.append(f"{where}: loguniform needs low > 0 (got {quote(low)})")
     for bound in values:
         errors.extend(f"search_space.{e} ({kind} bound)" for e in value_errors(key, bound))
     if len(errors) != n_before:
@@ -181,7 +181,7 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
     if isinstance(raw, str):
         raw = {"type": raw}
     if not isinstance(raw, dict):
-        errors.append(f"scheduler: expected asha, none or a mapping (got {raw!r})")
+        errors.append(f"scheduler: expected asha, none or a mapping (got {quote(raw)})")
         return spec
     for key, value in raw.items():
         if key not in SCHEDULER_KEYS:
@@ -189,23 +189,23 @@ def parse_scheduler(raw: Any, errors: list[str]) -> SchedulerSpec:
                           f"(known: {', '.join(SCHEDULER_KEYS)})")
         elif key == "type":
             if value not in ("asha", "none", None):
-                errors.append(f"scheduler.type: must be asha or none (got {value!r})")
+                errors.append(f"scheduler.type: must be asha or none (got {quote(value)})")
             spec.type = value or "none"
         elif key == "time_attr":
             if value not in COUNTERS:
                 # A typo would leave ASHA waiting on a value no report carries: it never stops a trial.
                 # A metric (val/loss) is no clock: ASHA compares trials at equal amounts of training.
                 errors.append(f"scheduler.time_attr: expected one of {', '.join(COUNTERS)}, a value every report "
-                              f"carries that grows with training (got {value!r}){suggest(str(value), COUNTERS)}")
+                              f"carries that grows with training (got {quote(value)}){suggest(str(value), COUNTERS)}")
             else:
                 spec.time_attr = TIME_ATTRS.get(value, value)
         elif key == "reduction_factor":
             if not _is_num(value) or value <= 1:
-                errors.append(f"scheduler.reduction_factor: must be a number > 1 (got {value!r})")
+                errors.append(f"scheduler.reduction_factor: must be a number > 1 (got {quote(value)})")
             else:
                 spec.reduction_factor = float(value)
         elif not _is_int(value) or value < 1:
-            errors.append(f"scheduler.{key}: must be an integer >= 1 (got {value!r})")
+            errors.append(f"scheduler.{key}: must be an integer >= 1 (got {quote(value)})")
         else:
             setattr(spec, key, value)
     if spec.grace_period > spec.max_t:
@@ -228,14 +228,14 @@ def parse_sweep(data: Any, sweep_path: str = "<sweep>") -> SweepSpec:
     errors: list[str] = []
     for key in data:
         if key not in TOP_KEYS:
-            errors.append(f"{key}: unknown sweep key{suggest(str(key), TOP_KEYS)} (known: {', '.join(TOP_KEYS)})")
+            errors.append(f"{clip(str(key))}: unknown sweep key{suggest(str(key), TOP_KEYS)} (known: {', '.join(TOP_KEYS)})")
 
     def get(key, check, message, default):
         if data.get(key) is None:
             return default
         value = data[key]
         if not check(value):
-            errors.append(f"{key}: {message} (got {value!r})")
+            errors.append(f"{key}: {message} (got {quote(value)})")
             return default
         return value
 

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, parse_text
-from raytrain_llm.core.errors import ConfigError
+from raytrain_llm.core.bounded_yaml import load_text
+from raytrain_llm.core.errors import ConfigError, clip, quote
 
 _SCALARS = (int, float, bool, str)
 
@@ -31,14 +32,14 @@ def parse_task_options(options_cls: Optional[type], raw: Mapping[str, Any], task
     values, errors = {}, []
     for name, value in raw.items():
         if name not in types:
-            errors.append(f"task_options.{name}: unknown option of task {task}{suggest(str(name), types)}"
+            errors.append(f"task_options.{clip(str(name))}: unknown option of task {task}{suggest(str(name), types)}"
                           f" (options: {', '.join(types) or 'none'})")
             continue
         tp = types[name]
         try:
             values[name] = convert(value, tp)
         except (ValueError, TypeError, StopIteration, yaml.YAMLError):
-            errors.append(f"task_options.{name}: expected {_describe(tp)}, got {value!r}")
+            errors.append(f"task_options.{name}: expected {_describe(tp)}, got {quote(value)}")
     missing = [f.name for f in dataclasses.fields(options_cls)
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -86,7 +87,7 @@ def convert(value: Any, tp: Any) -> Any:
         return tuple(out) if (origin or tp) is tuple else out
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = load_text(value)
         if not isinstance(value, Mapping):
             raise TypeError(value)
         return dict(value)
@@ -99,7 +100,7 @@ def _sequence(value: Any) -> list:
     """A YAML list, or text: `[8, 16]` or `8,16`."""
     if isinstance(value, str):
         text = value.strip()
-        value = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+        value = load_text(text if text.startswith("[") else f"[{text}]")
     if not isinstance(value, (list, tuple)):
         raise TypeError(value)
     return list(value)
