@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from raytrain_llm.core.config import SECTIONS, Config, value_errors
-from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, read_yaml
+from raytrain_llm.core.config_loader import coerce, field_types, read_yaml, suggest, type_name
 from raytrain_llm.core.errors import ConfigError, clip, quote
 
 TOP_KEYS = ("name", "storage_path", "base_config", "search_space", "metric", "mode", "num_samples",

@@ -13,8 +13,8 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from raytrain_llm.core.config_loader import field_types, suggest, type_name, coerce, parse_text
 from raytrain_llm.core.bounded_yaml import load_text
+from raytrain_llm.core.config_loader import coerce, field_types, parse_text, suggest, type_name
 from raytrain_llm.core.errors import ConfigError, clip, quote
 
 _SCALARS = (int, float, bool, str)
