@@ -75,6 +75,8 @@ def test_a_hostile_sweep_file_exits_2(tmp_path):
     (["--task", "rt_helpers:OptionsTask", "--set", "task_options.width=" + "[" * 5000],
      "task_options.width: expected an integer, got '[[["),
     (["--set", "optimization.amp=" + "x" * 100_000], "optimization.amp: must be one of none, bf16, fp16 (got 'xxx"),
+    (["--task", "x" * 100_000], "--task: unknown task 'xxx"),
+    (["--set", "checkpoint.monitor=val/" + "x" * 100_000], "checkpoint.monitor: 'val/xxx"),
 ])
 def test_hostile_values_on_the_command_line_give_one_bounded_line(argv, needle):
     line = _one_line(run_limited(argv)[0])

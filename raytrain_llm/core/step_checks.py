@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from raytrain_llm.core.errors import UsageError, raised_on_every_rank
+from raytrain_llm.core.errors import UsageError, quote, raised_on_every_rank
 
 # Fields of the engine's train records (monitoring.PerformanceMonitor.summary included): a task
 # metric of the same name would be averaged into, or overwrite, the engine's value.
@@ -82,7 +82,7 @@ def check_monitor(monitor: str, val_metrics: dict[str, float], train_record: dic
     known = sorted(val_metrics) + sorted(train_names)
     close = difflib.get_close_matches(monitor, known, n=1)
     raise raised_on_every_rank(UsageError(
-        f"checkpoint.monitor: {monitor!r} is not a validation or train metric of this run"
+        f"checkpoint.monitor: {quote(monitor)} is not a validation or train metric of this run"
         + (f" (did you mean {close[0]!r}?)" if close else "")
         + f" (validation: {', '.join(sorted(val_metrics)) or 'none'})"))
 
@@ -110,7 +110,7 @@ def unknown_metric(name: str, declared: Optional[frozenset], setting: str, task:
     if declared is None or (not any_name and not name.startswith("val/")) or name in declared:
         return None
     close = difflib.get_close_matches(name, sorted(declared), n=1)
-    return (f"{setting}: {name!r} is not a validation metric of task {task!r}"
+    return (f"{setting}: {quote(name)} is not a validation metric of task {quote(task)}"
             + (f" (did you mean {close[0]!r}?)" if close else "") + f" (validation: {', '.join(sorted(declared))})")
 
 

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Optional
 
-from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.errors import UsageError, clip, quote
 from raytrain_llm.tasks.base_task import TrainingTask
 
 AVAILABLE_TASKS: dict[str, str] = {
@@ -27,19 +27,19 @@ def register_task(name: str, target: str) -> None:
 def resolve_task(name: str) -> type[TrainingTask]:
     target = AVAILABLE_TASKS.get(name, name)
     if ":" not in target:
-        raise UsageError(f"--task: unknown task {name!r} (known: {', '.join(sorted(AVAILABLE_TASKS))}, "
+        raise UsageError(f"--task: unknown task {quote(name)} (known: {', '.join(sorted(AVAILABLE_TASKS))}, "
                          "or package.module:ClassName)")
     module_name, _, class_name = target.partition(":")
     try:
         module = _import(module_name)
     except (ImportError, ValueError, TypeError) as exc:  # also ":Cls" (empty) and ".mod:Cls" (relative)
-        raise UsageError(f"--task: cannot import {module_name!r} for task {name!r}: {exc}") from None
+        raise UsageError(f"--task: cannot import {quote(module_name)} for task {quote(name)}: {clip(str(exc))}") from None
     except Exception as exc:  # noqa: BLE001 - the user's module itself fails (SyntaxError, NameError, ...)
-        raise UsageError(f"--task: importing {module_name!r} for task {name!r} failed: "
+        raise UsageError(f"--task: importing {quote(module_name)} for task {quote(name)} failed: "
                          f"{type(exc).__name__}: {exc}{_where(exc)}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise UsageError(f"--task: {module_name!r} has no class {class_name!r}{_shadowed(module)}")
+        raise UsageError(f"--task: {quote(module_name)} has no class {quote(class_name)}{_shadowed(module)}")
     if not (isinstance(cls, type) and issubclass(cls, TrainingTask)):
         raise UsageError(f"--task: {target} is not a TrainingTask subclass")
     if inspect.isabstract(cls):  # else a TypeError deep in the launcher, on every worker
