@@ -27,8 +27,9 @@ ENV_NOT_FIELDS = frozenset({*ENV_SETTINGS, "RAYTRAIN_FAULT_INJECT"})
 
 
 class _YamlLoader(BoundedLoader):
-    """SafeLoader (with bounds on depth and aliases, core/bounded_yaml.py) that reads 1e-3 as a float, as YAML 1.2 and every user does: PyYAML's YAML 1.1
-    rules want a dot (1.0e-3) and would make it a string. Quoted '1e-3' stays a string."""
+    """SafeLoader, bounded (core/bounded_yaml.py), that reads 1e-3 as a float, as YAML 1.2 and every
+    user does: PyYAML's YAML 1.1 rules want a dot (1.0e-3) and would make it a string. Quoted
+    '1e-3' stays a string."""
 
 
 _YamlLoader.add_implicit_resolver(
