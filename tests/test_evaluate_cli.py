@@ -9,15 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rt_inference import synthetic_moe_run, text_run
 from rt_testing import read_json
 
 from raytrain_llm.evaluate import cli
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return text_run(tmp_path_factory.mktemp("text"))
+@pytest.fixture
+def text(text_lm_run):
+    return text_lm_run
 
 
 def evaluate(args, capsys) -> tuple[int, dict, str]:
@@ -38,8 +37,8 @@ def test_a_token_file_gives_the_runs_last_validation(text, capsys):
     assert other["loss"] == pytest.approx(report["loss"], rel=1e-5)
 
 
-def test_the_runs_own_validation_split_of_a_moe_run(tmp_path, capsys):
-    run, result = synthetic_moe_run(tmp_path / "moe", **{"data.num_val_samples": 40})
+def test_the_runs_own_validation_split_of_a_moe_run(moe_lm_run, capsys):
+    run, result = moe_lm_run
     code, report, _ = evaluate(["--checkpoint", run], capsys)
     assert code == 0
     assert report["loss"] == pytest.approx(result["val"]["val/loss"], rel=1e-6, abs=0)
@@ -67,9 +66,9 @@ def test_a_text_file_goes_through_the_tokenizer(text, tmp_path, capsys):
     assert report["tokens"] == windows[:, 1:].numel()
 
 
-def test_user_mistakes_are_one_line_and_exit_2(text, tmp_path, capsys):
+def test_user_mistakes_are_one_line_and_exit_2(text, moe_lm_run, tmp_path, capsys):
     run, _, _ = text
-    moe, _ = synthetic_moe_run(tmp_path / "moe")
+    moe, _ = moe_lm_run
     bad = tmp_path / "bad.npy"
     np.save(bad, np.array([1, 2, 5000] * 40))
     short = tmp_path / "short.npy"

@@ -11,7 +11,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from rt_inference import text_run  # noqa: E402
 from test_generation import peaked_model  # noqa: E402
 
 from raytrain_llm.core.config import Config  # noqa: E402
@@ -22,10 +21,9 @@ from raytrain_llm.inference.text_codec import TokenIdCodec  # noqa: E402
 from raytrain_llm.models.generation import SamplingConfig, generate  # noqa: E402
 
 ARCHS = {  # name: (model config, HF class)
-    "gpt2-tied": ({"position": "learned", "norm": "layernorm", "mlp_type": "gelu"}, "GPT2LMHeadModel"),
-    "gpt2-untied": ({"position": "learned", "norm": "layernorm", "tie_embeddings": False}, "GPT2LMHeadModel"),
-    "llama-swiglu": ({"mlp_type": "swiglu"}, "LlamaForCausalLM"),
-    "llama-gelu-untied": ({"mlp_type": "gelu", "tie_embeddings": False}, "LlamaForCausalLM"),
+    "gpt2": ({"position": "learned", "norm": "layernorm", "mlp_type": "gelu"}, "GPT2LMHeadModel"),
+    "llama-swiglu-untied": ({"mlp_type": "swiglu", "tie_embeddings": False}, "LlamaForCausalLM"),
+    "llama-gelu": ({"mlp_type": "gelu"}, "LlamaForCausalLM"),
     "mixtral": ({"mlp_type": "swiglu", "use_moe": True, "num_experts": 4, "top_k": 2}, "MixtralForCausalLM"),
     "qwen2moe-shared-top1-every2": ({"mlp_type": "swiglu", "use_moe": True, "num_experts": 4, "top_k": 1,
                                      "num_shared_experts": 2, "moe_every_n_layers": 2}, "Qwen2MoeForCausalLM"),
@@ -95,8 +93,8 @@ def test_what_no_architecture_expresses_is_refused_by_key(key, tmp_path, capsys)
     assert not (tmp_path / "export").exists()  # not even the parent folder
 
 
-def test_a_run_exports_with_its_tokenizer(tmp_path, capsys):
-    run, tok, _ = text_run(tmp_path / "text")
+def test_a_run_exports_with_its_tokenizer(text_lm_run, tmp_path, capsys):
+    run, tok, _ = text_lm_run
     out = tmp_path / "hf"
     assert cli(["--checkpoint", str(run), "--out", str(out)]) == 0
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)

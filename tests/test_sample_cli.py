@@ -8,20 +8,19 @@ import sys
 
 import pytest
 
-from rt_inference import synthetic_moe_run, text_run
 from rt_testing import REPO, checkpoints, cli_env
 
 from raytrain_llm.sample import cli
 
 
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return text_run(tmp_path_factory.mktemp("text"))
+@pytest.fixture
+def text(text_lm_run):
+    return text_lm_run
 
 
-@pytest.fixture(scope="module")
-def moe(tmp_path_factory):
-    return synthetic_moe_run(tmp_path_factory.mktemp("moe") / "run")[0]
+@pytest.fixture
+def moe(moe_lm_run):
+    return moe_lm_run[0]
 
 
 def sample(args, capsys) -> tuple[int, str, str]:
