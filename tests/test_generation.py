@@ -89,3 +89,16 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert kept(filter_logits(logits, 0, 0.81)) == [0, 1, 2]
     assert kept(filter_logits(logits, 0, 0.01)) == [0]
     assert kept(filter_logits(logits, 3, 0.6)) == [0, 1]
+
+
+@pytest.mark.parametrize("kw", [{"top_k": 2, "mlp_type": "swiglu"}, {"top_k": 1, "num_shared_experts": 1},
+                                {"top_k": 2, "bias_balancing": True}])
+def test_moe_decode_path_equals_the_layer_forward(kw):
+    from raytrain_llm.models import MoE
+
+    torch.manual_seed(0)
+    layer = MoE(32, 48, num_experts=4, **kw).eval()
+    layer.router.bias.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0]))
+    x = torch.randn(5, 1, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.decode(x), layer(x)[0], atol=1e-6, rtol=1e-5)

@@ -69,8 +69,10 @@ class TransformerBlock(nn.Module):
     def forward_cached(self, x: torch.Tensor, cache, layer: int, positions: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn.forward_cached(self.norm1(x), cache, layer, positions, mask)
-        y = self.ffn(self.norm2(x))
-        return x + (y[0] if self.is_moe else y)
+        if self.is_moe:  # a decoding step: the few-token path; a prompt: the layer's forward
+            y = self.ffn.decode(self.norm2(x)) if x.shape[1] == 1 else self.ffn(self.norm2(x))[0]
+            return x + y
+        return x + self.ffn(self.norm2(x))
 
 
 class GPT(nn.Module):
