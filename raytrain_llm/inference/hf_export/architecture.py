@@ -10,7 +10,7 @@
   the same with shared experts, dense blocks between MoE ones (moe_every_n_layers) or top-1
                                                             -> Qwen2-MoE (Qwen2MoeForCausalLM)
 Facts relied on (ours: models/; theirs: transformers/models/{gpt2,llama,mixtral,qwen2_moe}):
-  - our Linear layers have no bias: GPT-2's biases are written as zeros, Qwen2-MoE's qkv_bias off;
+  - our Linear layers have no bias: GPT-2's and Qwen2-MoE's q/k/v biases are written as zeros;
   - norms: nn.LayerNorm(eps=1e-5, with bias) = GPT-2's ln (layer_norm_epsilon 1e-5); nn.RMSNorm
     eps 1e-5 = rms_norm_eps 1e-5; pre-norm blocks and a final norm in all of them;
   - GELU is exact erf GELU (activation_function "gelu", not GPT-2's default tanh "gelu_new");

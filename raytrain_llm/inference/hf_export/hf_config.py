@@ -37,8 +37,9 @@ def hf_config(cfg: ModelConfig, arch: str, eod_id: Optional[int]):
         return transformers.MixtralConfig(intermediate_size=expert_hidden(cfg), num_local_experts=cfg.num_experts,
                                           num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
                                           head_dim=cfg.d_model // cfg.n_heads, sliding_window=None, **common)
+    # qkv_bias with zero biases (weights.py): transformers 4 has no switch, its Qwen2-MoE always has them.
     return transformers.Qwen2MoeConfig(
         intermediate_size=dense, moe_intermediate_size=expert_hidden(cfg), num_experts=cfg.num_experts,
         num_experts_per_tok=cfg.top_k, norm_topk_prob=cfg.top_k > 1, decoder_sparse_step=cfg.moe_every_n_layers,
-        mlp_only_layers=[], shared_expert_intermediate_size=shared_width(cfg), qkv_bias=False,
+        mlp_only_layers=[], shared_expert_intermediate_size=shared_width(cfg), qkv_bias=True,
         use_sliding_window=False, **common)

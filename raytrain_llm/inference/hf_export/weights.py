@@ -39,6 +39,8 @@ def llama_family(cfg: ModelConfig, w: Weights, arch: str) -> Weights:
                     dst + "self_attn.v_proj.weight": v, dst + "self_attn.o_proj.weight": w[src + "attn.proj.weight"],
                     dst + "input_layernorm.weight": w[src + "norm1.weight"],
                     dst + "post_attention_layernorm.weight": w[src + "norm2.weight"]})
+        if arch == "qwen2_moe":  # it has q/k/v biases (see hf_config.py); ours are none, i.e. zero
+            out.update({f"{dst}self_attn.{p}_proj.bias": torch.zeros(d, dtype=q.dtype) for p in "qkv"})
         if not is_moe_layer(cfg, i) and cfg.mlp_type == "gelu":
             out.update(_gelu_as_gated(w[src + "ffn.fc.weight"], w[src + "ffn.proj.weight"], dst + "mlp."))
         elif not is_moe_layer(cfg, i):
