@@ -90,17 +90,19 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
     def forward_cached(self, x: torch.Tensor, cache, layer: int, positions: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
+                       mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Decoding (eval only): x [B, T, C] are the tokens after the cache's filled slots, at
-        `positions` [B, T]; mask [B, 1, T, S] (see KVCache.step_inputs). The training forward
-        above stays as it is."""
+        `positions` [B, T]; mask [B, 1, T, S], or None for causal attention over every filled
+        slot (see KVCache.step_inputs). The training forward above stays as it is."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         if self.rotary is not None:
             q, k = self.rotary.at(q, k, positions)
         k, v = cache.update(layer, k, v)  # [B, H, S, hd]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # No mask: T new queries after S - T cached slots. is_causal aligns top-left, which is right
+        # for the first step (S = T) and not needed for a one-token step (it sees every slot).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

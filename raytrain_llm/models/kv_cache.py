@@ -7,6 +7,8 @@ itself only (a query that sees nothing would make NaNs that reach the next layer
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -17,15 +19,20 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, H, T_max, hd]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pad = pad.to(device)  # [B] left-padding slots of each row
+        self.padded = bool(pad.any())
         self.max_len = max_len
         self.length = 0  # slots filled so far (the same for every row)
 
-    def step_inputs(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_inputs(self, T: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Position ids [B, T] of the next T slots and the attention mask [B, 1, T, length + T]
-        (True: the query at that slot may attend to that key slot)."""
+        (True: the query at that slot may attend to that key slot). Without padding the mask is
+        None: the first step is plain causal attention, a one-token step sees every slot."""
         if self.length + T > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} slots; {self.length} used, {T} more asked for")
         device = self.pad.device
+        if not self.padded and (self.length == 0 or T == 1):
+            positions = torch.arange(self.length, self.length + T, device=device)
+            return positions.expand(len(self.pad), T), None
         q_slot = torch.arange(self.length, self.length + T, device=device)  # [T]
         k_slot = torch.arange(self.length + T, device=device)  # [S]
         positions = (q_slot[None, :] - self.pad[:, None]).clamp_min(0)  # [B, T]

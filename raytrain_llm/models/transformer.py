@@ -66,8 +66,8 @@ class TransformerBlock(nn.Module):
             return x + y, stats
         return x + self.ffn(self.norm2(x)), None
 
-    def forward_cached(self, x: torch.Tensor, cache, layer: int, positions: torch.Tensor,
-                       mask: torch.Tensor) -> torch.Tensor:
+    def forward_cached(self, x: torch.Tensor, cache: KVCache, layer: int, positions: torch.Tensor,
+                       mask: Optional[torch.Tensor]) -> torch.Tensor:
         x = x + self.attn.forward_cached(self.norm1(x), cache, layer, positions, mask)
         if self.is_moe:  # a decoding step: the few-token path; a prompt: the layer's forward
             y = self.ffn.decode(self.norm2(x)) if x.shape[1] == 1 else self.ffn(self.norm2(x))[0]
@@ -135,7 +135,7 @@ class GPT(nn.Module):
         """Decoding step (eval mode): input_ids [B, T] fill the cache's next T slots; returns the
         logits of the last of them [B, V]. Positions and masking come from the cache (KVCache)."""
         T = input_ids.shape[1]
-        positions, mask = cache.step_inputs(T)  # [B, T], [B, 1, T, S]
+        positions, mask = cache.step_inputs(T)  # [B, T], [B, 1, T, S] or None
         x = self.tok_emb(input_ids)  # [B, T, d]
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
