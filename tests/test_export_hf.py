@@ -122,3 +122,35 @@ def test_safetensors_export_loads_back_into_our_model(tmp_path):
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         assert torch.equal(again(ids)[0], model(ids)[0])
+    # The commands take the folder as they take a checkpoint.
+    from raytrain_llm.inference.checkpoint_source import load_trained_model
+
+    loaded = load_trained_model(str(tmp_path / "st")).model
+    with torch.no_grad():
+        assert torch.equal(loaded(ids)[0], model(ids)[0])
+
+
+def test_a_byte_level_model_from_a_compiled_ddp_checkpoint(tmp_path, capsys):
+    """vocab 256 on token files: prompts are UTF-8 bytes, and the export carries a byte tokenizer.
+    The state dict has the `module._orig_mod.` prefixes of a compiled model under DDP."""
+    from raytrain_llm.core.checkpointing import CheckpointManager
+    from raytrain_llm.sample import cli as sample_cli
+
+    torch.manual_seed(0)
+    model = peaked_model(**ARCHS["llama-gelu"][0])
+    model = type(model)(type(model.cfg)(**{**vars(model.cfg), "vocab_size": 256})).eval()
+    cfg = Config(task="lm", model=model.cfg)
+    cfg.data.train_tokens, cfg.data.val_tokens = "train.bin", "val.bin"  # as the run had them (need not exist now)
+    state = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    CheckpointManager(str(tmp_path / "run" / "checkpoints")).save(
+        {"model": state, "optimizer": {}, "progress": {}, "config": cfg.to_dict()}, step=3, epoch=0, metrics={})
+    assert sample_cli(["--checkpoint", str(tmp_path / "run"), "--prompt", "héllo", "--temperature", "0",
+                       "--max-new-tokens", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    prompt = list("héllo".encode())
+    want = generate(model, [prompt], SamplingConfig(8, temperature=0))[0]
+    assert lines[1:] == bytes(prompt + want).decode("utf-8", errors="replace").splitlines()
+    assert cli(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok("héllo wörld €")["input_ids"] == list("héllo wörld €".encode())
+    assert tok.decode(list("wörld".encode())) == "wörld"

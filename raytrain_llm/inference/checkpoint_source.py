@@ -1,5 +1,6 @@
-"""A trained model from what a user points at: a run folder (its best checkpoint, else the latest)
-or one checkpoint folder, written by any launcher, compiled or not.
+"""A trained model from what a user points at: a run folder (its best checkpoint, else the latest),
+one checkpoint folder, written by any launcher, compiled or not, or a folder that
+`export --format safetensors` wrote (model.safetensors + config.yaml).
 
 `read_checkpoint` is the one place that turns a checkpoint folder into (config, model state
 dict) on one process; a sharded layout (FSDP / expert-parallel) adds its reassembly there.
@@ -20,6 +21,8 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.models import GPT
 
+SAFETENSORS_FILE = "model.safetensors"
+
 
 @dataclass
 class TrainedModel:
@@ -35,7 +38,7 @@ def resolve_checkpoint(path: str) -> str:
     its summary.json, else the newest under <path>/checkpoints."""
     if not os.path.exists(path):
         raise UsageError(f"--checkpoint: {path} does not exist")
-    if os.path.isfile(os.path.join(path, STATE_FILE)):
+    if os.path.isfile(os.path.join(path, STATE_FILE)) or _is_safetensors_export(path):
         return path
     if not os.path.isdir(path):
         raise UsageError(f"--checkpoint: {path} is not a folder (give a run folder or a checkpoint folder)")
@@ -55,8 +58,14 @@ def resolve_checkpoint(path: str) -> str:
     return latest
 
 
+def _is_safetensors_export(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, f)) for f in (SAFETENSORS_FILE, "config.yaml"))
+
+
 def read_checkpoint(checkpoint_dir: str) -> tuple[Config, dict[str, torch.Tensor]]:
     """The run's config and the model's full state dict (no `module.`/`_orig_mod.` prefixes), on CPU."""
+    if not os.path.isfile(os.path.join(checkpoint_dir, STATE_FILE)) and _is_safetensors_export(checkpoint_dir):
+        return _read_safetensors_export(checkpoint_dir)
     try:
         state = CheckpointManager.load(checkpoint_dir, map_location="cpu")
     except CheckpointError as exc:
@@ -64,6 +73,19 @@ def read_checkpoint(checkpoint_dir: str) -> tuple[Config, dict[str, torch.Tensor
     if not isinstance(state.get("config"), dict):
         raise UsageError(f"checkpoint {checkpoint_dir} holds no config")
     return Config.from_dict(state["config"]), clean_state_dict(state["model"])
+
+
+def _read_safetensors_export(folder: str) -> tuple[Config, dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from raytrain_llm.core.config_loader import load_config
+
+    config = load_config(os.path.join(folder, "config.yaml"), environ={})
+    try:
+        return config, load_file(os.path.join(folder, SAFETENSORS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise UsageError(f"{folder}/{SAFETENSORS_FILE} is corrupt or unreadable: {str(exc)[:200]}") from None
 
 
 def run_dir_of(checkpoint_dir: str, config: Config) -> Optional[str]:

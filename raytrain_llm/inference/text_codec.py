@@ -50,6 +50,35 @@ class ByteCodec:
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
+    @staticmethod
+    def as_tokenizer():
+        """The same encoding as a `tokenizers` Tokenizer (for export): byte-level BPE with the 256
+        single bytes as its vocabulary, id = byte value, and no merges."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        # ByteLevel maps each byte to a printable stand-in (GPT-2's table); the vocabulary maps it back.
+        tok = Tokenizer(models.BPE(vocab={_BYTE_TO_UNICODE[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which the ByteLevel pre-tokenizer applies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_UNICODE = _bytes_to_unicode()
+
 
 class TokenizerCodec:
     """A Hugging Face `tokenizers` tokenizer; a prompt it cannot represent is refused by name

@@ -18,7 +18,7 @@ from raytrain_llm.core.atomic_io import atomic_write_json
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.inference.checkpoint_source import TrainedModel
 from raytrain_llm.inference.hf_export import architecture, hf_config, weights
-from raytrain_llm.inference.text_codec import TOKENIZER_FILE, TokenizerCodec
+from raytrain_llm.inference.text_codec import TOKENIZER_FILE, ByteCodec, TokenizerCodec
 
 FORMATS = ("hf", "safetensors")
 
@@ -88,14 +88,17 @@ def _write_hf(trained: TrainedModel, codec, state: dict, arch: str, tmp: str) ->
                                                pad_token_id=codec.eod_id, max_length=cfg.seq_len)
     generation.save_pretrained(tmp)
     if isinstance(codec, TokenizerCodec):
-        _write_tokenizer(codec, cfg.seq_len, tmp)
+        shutil.copy(codec.path, os.path.join(tmp, TOKENIZER_FILE))
+        eod = codec.tokenizer.id_to_token(codec.eod_id) if codec.eod_id is not None else None
+        _write_tokenizer_config(eod, cfg.seq_len, tmp)
+    elif isinstance(codec, ByteCodec):  # bytes as a tokenizers BPE with no merges: id = byte value
+        codec.as_tokenizer().save(os.path.join(tmp, TOKENIZER_FILE))
+        _write_tokenizer_config(None, cfg.seq_len, tmp)
 
 
-def _write_tokenizer(codec: TokenizerCodec, max_length: int, tmp: str) -> None:
-    """tokenizer.json as trained, and a tokenizer_config.json naming PreTrainedTokenizerFast, the
-    class every transformers version (and vLLM) loads a bare tokenizer.json with."""
-    shutil.copy(codec.path, os.path.join(tmp, TOKENIZER_FILE))
-    eod = codec.tokenizer.id_to_token(codec.eod_id) if codec.eod_id is not None else None
+def _write_tokenizer_config(eod, max_length: int, tmp: str) -> None:
+    """A tokenizer_config.json naming PreTrainedTokenizerFast, the class every transformers
+    version (and vLLM) loads a bare tokenizer.json with."""
     special = {name: eod for name in ("bos_token", "eos_token", "pad_token")} if eod is not None else {}
     atomic_write_json(os.path.join(tmp, "tokenizer_config.json"),
                       {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
