@@ -1,7 +1,7 @@
 """`python -m raytrain_llm.sample --checkpoint PATH --prompt TEXT`: text from a trained model.
 
 PATH is a run folder (its best checkpoint, else the latest) or a checkpoint folder. Prompts
-go through the model's tokenizer (see inference/text_codec.py); each prompt is sampled
+go through the model's tokenizer (see data/text_codec.py); each prompt is sampled
 --num-samples times, all of them in one KV-cached batch.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from raytrain_llm.inference.checkpoint_source import load_trained_model
-    from raytrain_llm.inference.text_codec import codec_for
+    from raytrain_llm.data.text_codec import codec_for
     from raytrain_llm.models.generation import SamplingConfig, generate, max_new_tokens
 
     trained = load_trained_model(args.checkpoint, args.device)
