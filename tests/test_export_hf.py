@@ -4,7 +4,6 @@ no architecture expresses is refused (exit 2, one line, nothing written)."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch

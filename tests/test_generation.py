@@ -83,7 +83,10 @@ def test_stops_at_end_of_document_and_at_the_model_length():
 
 def test_top_k_and_top_p_keep_the_right_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()
+
+    def kept(out):
+        return torch.isfinite(out[0]).nonzero().flatten().tolist()
+
     assert kept(filter_logits(logits, 2, 1.0)) == [0, 1]
     assert kept(filter_logits(logits, 0, 0.79)) == [0, 1]  # 0.5 + 0.3 reaches 0.79
     assert kept(filter_logits(logits, 0, 0.81)) == [0, 1, 2]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import nn
 
 from raytrain_llm.core.checkpointing import STATE_FILE, CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
@@ -127,8 +126,5 @@ def load_trained_model(path: str, device: str = "cpu") -> TrainedModel:
         first = str(exc).strip().splitlines()
         raise UsageError(f"checkpoint {checkpoint_dir}: its weights do not fit its config's model "
                          f"({' '.join(first[1:2] or first[:1]).strip()[:200]})") from None
-    return TrainedModel(_to(model, pick_device(device)), config, checkpoint_dir, run_dir_of(checkpoint_dir, config), task)
-
-
-def _to(model: nn.Module, device: torch.device) -> GPT:
-    return model.to(device).eval()
+    model = model.to(pick_device(device)).eval()
+    return TrainedModel(model, config, checkpoint_dir, run_dir_of(checkpoint_dir, config), task)

@@ -19,7 +19,8 @@ def gpt2(cfg: ModelConfig, w: Weights) -> Weights:
     for i in range(cfg.n_layers):
         src, dst = f"blocks.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[dst + theirs + ".weight"], out[dst + theirs + ".bias"] = w[src + ours + ".weight"], w[src + ours + ".bias"]
+            for part in ("weight", "bias"):
+                out[f"{dst}{theirs}.{part}"] = w[f"{src}{ours}.{part}"]
         for ours, theirs, width in (("attn.qkv", "attn.c_attn", 3 * d), ("attn.proj", "attn.c_proj", d),
                                     ("ffn.fc", "mlp.c_fc", h), ("ffn.proj", "mlp.c_proj", d)):
             out[dst + theirs + ".weight"] = w[src + ours + ".weight"].t()
