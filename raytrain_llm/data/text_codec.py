@@ -95,6 +95,8 @@ class TokenizerCodec:
             raise UsageError(f"{path} is not a tokenizers JSON file ({str(exc).splitlines()[0][:200]})") from None
         self.path = path
         self.eod_id = eod_id if eod_id is not None else self._eod_from_vocab()
+        unk = json.loads(self.tokenizer.to_str()).get("model", {}).get("unk_token")
+        self.unk_id = self.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
 
     def _eod_from_vocab(self) -> Optional[int]:
         for name in EOD_NAMES:
@@ -105,7 +107,7 @@ class TokenizerCodec:
 
     def encode(self, text: str) -> list[int]:
         enc = self.tokenizer.encode(text, add_special_tokens=False)
-        unk = self._unk_id()
+        unk = self.unk_id
         covered = [False] * len(text)
         for i, (start, end) in zip(enc.ids, enc.offsets):
             if unk is not None and i == unk:
@@ -117,11 +119,6 @@ class TokenizerCodec:
             raise UsageError(f"the prompt's character {text[missing]!r} (position {missing}) cannot be encoded by "
                              "the model's tokenizer (it has no byte fallback)")
         return enc.ids
-
-    def _unk_id(self) -> Optional[int]:
-        model = json.loads(self.tokenizer.to_str()).get("model", {})
-        unk = model.get("unk_token")
-        return self.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
