@@ -39,6 +39,9 @@ def test_sampling_through_the_tokenizer_is_reproducible(text, capsys):
     assert sample(args[:-1] + [6], capsys)[1] != first
     blocks = first.split("--- sample ")[1:]
     assert len(blocks) == 4 and blocks[0].split("\n", 1)[1].startswith("def main(")
+    # Characters outside the training text go through the byte-level BPE as bytes.
+    code, out, _ = sample(["--checkpoint", run, "--prompt", "héllo € 日本", "--max-new-tokens", 3], capsys)
+    assert code == 0 and out.splitlines()[1].startswith("héllo € 日本")
     # A checkpoint folder works as the run folder does (this run's best is its latest).
     assert sample(["--checkpoint", checkpoints(run)[-1], *args[2:]], capsys)[1] == first
 
