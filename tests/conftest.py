@@ -5,6 +5,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = str(Path(__file__).resolve().parent)
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
+
+
+@pytest.fixture(scope="session")
+def text_lm_run(tmp_path_factory):
+    """(run folder, tokenizer, result) of a tiny lm trained on BPE-tokenized text, shared by the
+    sample/evaluate/export tests, which only read it."""
+    from rt_inference import text_run
+
+    return text_run(tmp_path_factory.mktemp("text-lm"))
+
+
+@pytest.fixture(scope="session")
+def moe_lm_run(tmp_path_factory):
+    """(run folder, result) of a tiny MoE lm on synthetic data (no tokenizer), read-only."""
+    from rt_inference import synthetic_moe_run
+
+    return synthetic_moe_run(tmp_path_factory.mktemp("moe-lm") / "run", **{"data.num_val_samples": 40})

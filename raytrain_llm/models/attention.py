@@ -50,6 +50,11 @@ class Rotary(nn.Module):
         cos, sin = self.cos[:T].to(q.dtype), self.sin[:T].to(q.dtype)  # [T, hd/2]
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
+    def at(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As forward, at explicit per-row positions [B, T] (decoding with a KV cache)."""
+        cos, sin = self.cos[positions][:, None].to(q.dtype), self.sin[positions][:, None].to(q.dtype)  # [B, 1, T, hd/2]
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)  # each [B, H, T, hd/2]
@@ -83,6 +88,22 @@ class CausalSelfAttention(nn.Module):
                 y = self._attend(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return self.resid_drop(self.proj(y))
+
+    def forward_cached(self, x: torch.Tensor, cache, layer: int, positions: torch.Tensor,
+                       mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Decoding (eval only): x [B, T, C] are the tokens after the cache's filled slots, at
+        `positions` [B, T]; mask [B, 1, T, S], or None for causal attention over every filled
+        slot (see KVCache.step_inputs). The training forward above stays as it is."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
+        if self.rotary is not None:
+            q, k = self.rotary.at(q, k, positions)
+        k, v = cache.update(layer, k, v)  # [B, H, S, hd]
+        # No mask: T new queries after S - T cached slots. is_causal aligns top-left, which is right
+        # for the first step (S = T) and not needed for a one-token step (it sees every slot).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True,

@@ -243,5 +243,25 @@ class MoE(nn.Module):
             y.index_add_(0, tok, h.float() * r.weights[tok, slot, None])
         return y.to(x.dtype)
 
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on a few tokens (a decoding step, x [B, 1, d]): the router's choice as in
+        forward, then each token's k experts gathered and applied with one bmm each way, and
+        no balancing statistics. The sorted dispatch above is for many tokens; for one a row
+        its sort, layout and host syncs cost more than the experts. With a capacity limit the
+        forward's drop rule applies, so forward is used."""
+        if self.router.capacity_factor > 0:
+            return self.forward(x)[0]
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, d]
+        experts, weights = self.router.choose(x)  # [N, k], [N, k] fp32
+        N, k = experts.shape
+        h = torch.bmm(x.repeat_interleave(k, 0)[:, None], self.w_in[experts.flatten()])  # [N*k, 1, up]
+        out = torch.bmm(activate(h, self.swiglu), self.w_out[experts.flatten()])[:, 0]  # [N*k, d]
+        y = (out.float().view(N, k, -1) * weights[..., None]).sum(1).to(x.dtype)  # [N, d]
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return y.view(shape)
+
     def update_router_bias(self, counts: torch.Tensor, rate: float) -> None:
         self.router.update_bias(counts, rate)

@@ -64,6 +64,19 @@ class Router(nn.Module):
         stats = self.stats(logits, probs, counts, kept)
         return Routing(experts, weights, order, counts, stats)
 
+    @torch.no_grad()
+    def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: forward's experts [N, k] and combine weights [N, k] (fp32), without the
+        sort, capacity and statistics (the same operations, so the same choice)."""
+        with torch.autocast(x.device.type, enabled=False):
+            probs = F.linear(x.float(), self.weight.float()).softmax(dim=-1)  # [N, E]
+        scores = probs + self.bias if self.bias_balancing else probs
+        experts = scores.topk(self.top_k, dim=-1).indices
+        weights = probs.gather(1, experts)
+        if self.top_k > 1:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return experts, weights
+
     def _drop_over_capacity(self, weights, flat, order, counts, N):
         """Zero the combine weight of assignments past an expert's capacity.
 

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from raytrain_llm.core.config import ModelConfig
 from raytrain_llm.models.attention import CausalSelfAttention
+from raytrain_llm.models.kv_cache import KVCache
 from raytrain_llm.models.mlp import MLP, hidden_width
 from raytrain_llm.models.moe import MoE
 
@@ -64,6 +65,14 @@ class TransformerBlock(nn.Module):
             y, stats = self.ffn(self.norm2(x))
             return x + y, stats
         return x + self.ffn(self.norm2(x)), None
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache, layer: int, positions: torch.Tensor,
+                       mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.norm1(x), cache, layer, positions, mask)
+        if self.is_moe:  # a decoding step: the few-token path; a prompt: the layer's forward
+            y = self.ffn.decode(self.norm2(x)) if x.shape[1] == 1 else self.ffn(self.norm2(x))[0]
+            return x + y
+        return x + self.ffn(self.norm2(x))
 
 
 class GPT(nn.Module):
@@ -120,6 +129,25 @@ class GPT(nn.Module):
         logits = self.head(x)  # [B, T, V]
         aux["ce_loss"] = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, aux
+
+    @torch.no_grad()
+    def forward_cached(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Decoding step (eval mode): input_ids [B, T] fill the cache's next T slots; returns the
+        logits of the last of them [B, V]. Positions and masking come from the cache (KVCache)."""
+        T = input_ids.shape[1]
+        positions, mask = cache.step_inputs(T)  # [B, T], [B, 1, T, S] or None
+        x = self.tok_emb(input_ids)  # [B, T, d]
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        for i, block in enumerate(self.blocks):
+            x = block.forward_cached(x, cache, i, positions, mask)
+        cache.advance(T)
+        return self.head(self.norm(x[:, -1]))  # [B, V]
+
+    def new_cache(self, pad: torch.Tensor, max_len: int) -> KVCache:
+        """An empty KVCache for len(pad) rows of up to max_len slots, in the model's dtype."""
+        c, w = self.cfg, self.tok_emb.weight
+        return KVCache(c.n_layers, len(pad), c.n_heads, max_len, c.d_model // c.n_heads, pad, w.dtype, w.device)
 
     @staticmethod
     def _collect(layer_stats: list[dict], x: torch.Tensor) -> dict:

@@ -7,12 +7,14 @@ the data's entropy floor (`MarkovTokenDataModule.entropy_floor()`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 from raytrain_llm.data.token_data import MarkovTokenDataModule
 from raytrain_llm.data.token_file import TokenFileDataModule
 from raytrain_llm.models import GPT, flops_per_token
@@ -27,7 +29,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+@dataclass
+class LanguageModelingOptions:
+    sample_prompts: list[str] = field(default_factory=list)  # continued at each validation into the log and TensorBoard
+    sample_max_new_tokens: int = 32  # tokens per sample
+    sample_temperature: float = 0.0  # 0: greedy
+
+
 class LanguageModelingTask(TrainingTask):
+    Options = LanguageModelingOptions
+
     def __init__(self, config):
         super().__init__(config)
         self._pending_counts: Optional[torch.Tensor] = None  # [L_moe, E] since the last optimizer step
@@ -81,6 +92,18 @@ class LanguageModelingTask(TrainingTask):
         for i, v in enumerate(aux["moe_max_load"].detach()):
             out[f"moe_max_load_l{i}"] = v
         return out
+
+    def configure_callbacks(self) -> list:
+        o = self.options
+        if not o.sample_prompts:
+            return []
+        if o.sample_max_new_tokens < 1 or o.sample_temperature < 0:
+            raise raised_on_every_rank(UsageError(
+                "task_options.sample_max_new_tokens must be >= 1 and task_options.sample_temperature >= 0 "
+                f"(got {o.sample_max_new_tokens}, {o.sample_temperature})"))
+        from raytrain_llm.tasks.lm_samples import SampleWriter
+
+        return [SampleWriter(o.sample_prompts, o.sample_max_new_tokens, o.sample_temperature)]
 
     def on_optimizer_step(self, model: nn.Module) -> None:
         counts, self._pending_counts = self._pending_counts, None
