@@ -269,6 +269,7 @@ def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(tmp_path):
     first = run_cli(["--task", "regression", *set_args(s)], timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     before = sorted(p.name for p in checkpoints(tmp_path))
+    assert before and read_json(tmp_path / "summary.json")["global_step"] == 16  # TINY: 16 steps, saved
     again = run_cli(["--task", "regression", *set_args(s)], timeout=120)
     assert again.returncode == 2
     last = again.stderr.strip().splitlines()[-1]
@@ -281,6 +282,7 @@ def test_resume_with_another_model_names_the_changed_key_and_keeps_the_checkpoin
     s = settings(tmp_path, **{"training.epochs": 1})
     assert run_cli(["--task", "regression", *set_args(s)], timeout=120).returncode == 0
     before = {p.name: (p / "state.pt").read_bytes() for p in checkpoints(tmp_path)}
+    assert before and max(ckpt_step(c) for c in checkpoints(tmp_path)) == 16
     changed = {**s, "model.hidden_dim": "32", "checkpoint.resume": "auto"}
     p = run_cli(["--task", "regression", *set_args(changed)], timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
