@@ -1,10 +1,24 @@
 """Core tests: tests/ goes on sys.path so `rt_testing` (helpers) and `rt_helpers` (test tasks,
-used as `--task rt_helpers:Name`) import the same way in-process and in the CLI subprocesses."""
+used as `--task rt_helpers:Name`) import the same way in-process and in the CLI subprocesses.
+Tests marked `gpu` are skipped where no CUDA device is present, and run wherever one is."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = str(Path(__file__).resolve().parent)
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
