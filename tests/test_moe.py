@@ -111,6 +111,7 @@ def test_every_expert_gets_a_gradient_even_when_unused(impl):
     moe = make_moe(4, 1, d=4, impl=impl)
     one_hot_router(moe)
     y, stats = moe(torch.eye(4)[[0] * 8])  # only expert 0 is ever chosen
+    assert stats["counts"].tolist() == [8, 0, 0, 0]
     (y.sum() + stats["aux_loss"]).backward()
     for name, p in moe.named_parameters():
         assert p.grad is not None, name
