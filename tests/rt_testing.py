@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from raytrain_llm.core.callbacks import Callback
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 # Small enough that a run takes a fraction of a second on 2 CPU cores.
@@ -47,8 +49,8 @@ def make_config(tmp_path, task: str = "regression", **overrides):
     return load_config(None, [f"{k}={v}" for k, v in s.items()], environ={}, task=task)
 
 
-def train(tmp_path, task: str = "regression", **overrides):
-    """One in-process run; returns (result, config)."""
+def train(tmp_path, task: str = "regression", extra_callbacks=None, **overrides):
+    """One in-process run (the config's callbacks plus `extra_callbacks`); returns (result, config)."""
     from raytrain_llm.core.worker import train_worker
 
     cfg = make_config(tmp_path, task, **overrides)
@@ -57,7 +59,7 @@ def train(tmp_path, task: str = "regression", **overrides):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_worker(cfg), cfg
+        return train_worker(cfg, extra_callbacks=extra_callbacks), cfg
     finally:
         torch.set_num_threads(threads)
 
@@ -120,3 +122,34 @@ def write_token_files_with_a_bad_id(folder) -> tuple[str, str]:
     write_tokens(train, tokens)
     write_tokens(val, np.arange(200) % 50)
     return train, val
+
+
+class ManualClock:
+    """A clock that moves only when told (seconds): timing rules checked without the machine's speed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tick(Callback):
+    """Moves `clock` on by `per_batch` s at each micro-batch, and by `per_pause` s in each validation
+    and save; with `monitor=True` the engine's PerformanceMonitor reads `clock`."""
+
+    def __init__(self, clock, per_batch=0.0, per_pause=0.0, monitor=False):
+        self.clock, self.per_batch, self.per_pause, self.monitor = clock, per_batch, per_pause, monitor
+
+    def on_train_start(self, engine):
+        if self.monitor:
+            engine.monitor.clock = self.clock
+
+    def on_batch_start(self, engine, batch_idx):
+        self.clock.now += self.per_batch
+
+    def on_validation_start(self, engine):
+        self.clock.now += self.per_pause
+
+    def on_save_checkpoint(self, engine, path, metrics):
+        self.clock.now += self.per_pause

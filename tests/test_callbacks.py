@@ -2,6 +2,7 @@
 EarlyStopping (unit and end-to-end) and LRSchedulerCallback."""
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -11,8 +12,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rt_testing import checkpoints, ckpt_step, final_state, load_state, read_json, read_jsonl, train
-from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback
+from rt_testing import ManualClock, Tick, checkpoints, ckpt_step, final_state, load_state, read_json, read_jsonl, train
+from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback, ProgressBar
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.base_task import LRSchedule
 
@@ -274,18 +275,34 @@ def test_a_cut_off_metrics_line_does_not_block_resume_and_a_fresh_run_starts_its
 
 
 def test_throughput_leaves_out_validation_and_checkpoint_time():
-    import time
-
     from raytrain_llm.core.monitoring import PerformanceMonitor
 
-    monitor = PerformanceMonitor(torch.device("cpu"))
+    clock = ManualClock()
+    monitor = PerformanceMonitor(torch.device("cpu"), clock=clock)
     monitor.reset_window()
+    monitor.data_start()
+    clock.now += 0.02  # waiting for the batch
+    monitor.data_end()
+    clock.now += 0.08
     monitor.step_done(16, 1024)
     with monitor.paused():
-        time.sleep(0.3)  # a validation pass between two logged steps
+        clock.now += 5.0  # a validation pass between two logged steps
+    clock.now += 0.1
     monitor.step_done(16, 1024)
     out = monitor.summary()
-    assert out["step_time"] < 0.1 and out["tokens_per_s"] > 2048 / 0.2
+    assert out["step_time"] == pytest.approx(0.1) and out["data_wait"] == pytest.approx(0.01)
+    assert out["tokens_per_s"] == pytest.approx(2048 / 0.2) and out["samples_per_s"] == pytest.approx(32 / 0.2)
+    assert out["data_wait_share"] == pytest.approx(0.02 / 0.2)
+    # A window that opens inside a pause (a record logged inside a validation) loses only the
+    # rest of that pause, never more than it holds.
+    with monitor.paused():
+        clock.now += 3.0
+        monitor.reset_window()
+        clock.now += 2.0
+    clock.now += 0.5
+    monitor.step_done(16, None)
+    out = monitor.summary()
+    assert out["step_time"] == pytest.approx(0.5) and "tokens_per_s" not in out
 
 
 # ----------------------------------------------------------------------------- a task's own callbacks
@@ -339,18 +356,38 @@ def test_resuming_another_runs_checkpoint_moves_this_folders_metrics_aside(tmp_p
     assert len(aside) == 1 and len([r for r in read_jsonl(aside[0]) if r["split"] == "train"]) == 16
 
 
+def _progress_lines(run_dir) -> list[str]:
+    return [line.split("] ", 1)[1] for line in (run_dir / "logs" / "rank0.log").read_text().splitlines()
+            if "] step " in line]
+
+
 def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
-    # progress_bar=auto and no TTY (pytest captures stderr): lines in the log instead of a bar,
-    # the first train record, the last one and each validation (the 30 s interval skips the rest).
-    train(tmp_path, **{"logging.progress_bar": "auto", "training.epochs": 2})
-    lines = [line.split("] ", 1)[1] for line in (tmp_path / "logs" / "rank0.log").read_text().splitlines()
-             if "] step " in line]
-    assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and " eta " in lines[0]
+    # progress_bar=auto and no TTY (pytest captures stderr): lines in the log instead of a bar.
+    train(tmp_path / "auto", **{"logging.progress_bar": "auto", "training.max_steps": 2})
+    assert _progress_lines(tmp_path / "auto")[0].startswith("step 1/2 epoch 0 loss ")
+    train(tmp_path / "off", **{"logging.progress_bar": "off"})
+    assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()
+    # The same bar (no terminal, left to decide) on a clock that does not move: no 30 s interval
+    # passes, so the first train record, the last one and each validation.
+    bar = ProgressBar(stream=io.StringIO(), clock=ManualClock())
+    train(tmp_path / "still", extra_callbacks=[bar], **{"logging.progress_bar": "off", "training.epochs": 2})
+    lines = _progress_lines(tmp_path / "still")
+    assert bar.log_lines and bar.stream.getvalue() == ""  # lines in the log, nothing drawn
+    assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and lines[0].endswith(" eta 0:00:00")
     assert [line.split(" val/loss")[0] for line in lines if "val/loss" in line] == \
         ["step 16/32 epoch 0", "step 32/32 epoch 1"]  # the epoch that ended, as train records count
     assert lines[-2].startswith("step 32/32 epoch 1 loss ") and len(lines) == 4
-    train(tmp_path / "off", **{"logging.progress_bar": "off"})
-    assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()
+
+
+def test_progress_lines_come_every_30_seconds_with_the_eta_of_the_pace_so_far(tmp_path):
+    clock = ManualClock()  # 10 s per step: a line every third step, and at the last
+    train(tmp_path, extra_callbacks=[Tick(clock, per_batch=10.0), ProgressBar(stream=io.StringIO(), clock=clock)],
+          **{"logging.progress_bar": "off", "training.epochs": 2, "training.validate": False})
+    lines = _progress_lines(tmp_path)
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == [*range(1, 32, 3), 32]
+    assert lines[0].endswith(" eta 0:05:10")  # 10 s for 1 step, 31 to go
+    assert lines[1].startswith("step 4/32 ") and lines[1].endswith(" eta 0:04:40")  # 40 s for 4, 28 to go
+    assert " eta " not in lines[-1]  # nothing left
 
 
 def test_a_rerun_without_checkpoints_moves_the_earlier_runs_events_aside(tmp_path):

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from rt_testing import (checkpoints, ckpt_step, load_state, read_json, read_jsonl, run_cli, set_args, settings,
-                        train)
+from rt_testing import (ManualClock, Tick, checkpoints, ckpt_step, load_state, read_json, read_jsonl, run_cli,
+                        set_args, settings, train)
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import CheckpointError, UsageError
@@ -230,7 +230,9 @@ def test_epoch_end_checkpoint_has_val_metrics_when_every_n_steps_lands_on_it(tmp
     assert set(metas) == {8, 16, 24, 32} and "val/loss" not in metas[24]["metrics"]
     assert metas[32]["epoch"] == 2 and "val/loss" in metas[32]["metrics"]
     assert metas[16]["epoch"] == 1 and "val/loss" in metas[16]["metrics"]
-    assert read_json(tmp_path / "summary.json")["best_checkpoint"] is not None
+    scored = {step: meta["metrics"]["val/loss"] for step, meta in metas.items() if "val/loss" in meta["metrics"]}
+    best = read_json(tmp_path / "summary.json")["best_checkpoint"]
+    assert ckpt_step(best) == min(scored, key=scored.get)  # the lowest val/loss among the saved
 
 
 def test_checkpoint_contents_load_with_weights_only(tmp_path):
@@ -269,6 +271,7 @@ def test_fresh_run_refuses_a_folder_with_earlier_checkpoints(tmp_path):
     first = run_cli(["--task", "regression", *set_args(s)], timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     before = sorted(p.name for p in checkpoints(tmp_path))
+    assert before and read_json(tmp_path / "summary.json")["global_step"] == 16  # TINY: 16 steps, saved
     again = run_cli(["--task", "regression", *set_args(s)], timeout=120)
     assert again.returncode == 2
     last = again.stderr.strip().splitlines()[-1]
@@ -281,6 +284,7 @@ def test_resume_with_another_model_names_the_changed_key_and_keeps_the_checkpoin
     s = settings(tmp_path, **{"training.epochs": 1})
     assert run_cli(["--task", "regression", *set_args(s)], timeout=120).returncode == 0
     before = {p.name: (p / "state.pt").read_bytes() for p in checkpoints(tmp_path)}
+    assert before and max(ckpt_step(c) for c in checkpoints(tmp_path)) == 16
     changed = {**s, "model.hidden_dim": "32", "checkpoint.resume": "auto"}
     p = run_cli(["--task", "regression", *set_args(changed)], timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr
@@ -381,15 +385,19 @@ def test_a_checkpoint_between_two_logs_carries_the_train_metrics_of_its_own_step
 
 
 def test_train_records_at_validations_epoch_ends_and_saves_keep_throughput_and_epoch_right(tmp_path):
-    # A slow validation (a large val set) at steps that also log or save: its time stays out of
-    # every window (a window opened inside the pause once went negative: step_time 2e-10 s), and
-    # the record at an epoch's last step is stamped with that epoch, before its val record.
-    train(tmp_path, **{"training.epochs": 2, "logging.log_every_n_steps": 10, "training.val_every_n_steps": 5,
-                       "checkpoint.every_n_steps": 5, "data.num_val_samples": 20000})
+    # Validations and saves at steps that also log: their time stays out of every window, and the
+    # record at an epoch's last step is stamped with that epoch, before its val record. The monitor
+    # reads a clock that moves 1 s per micro-batch and 1000 s per validation or save, so a window
+    # holding any part of a pause, or an empty one, shows as a step_time other than 1 s.
+    clock = ManualClock()
+    train(tmp_path, extra_callbacks=[Tick(clock, per_batch=1.0, per_pause=1000.0, monitor=True)],
+          **{"training.epochs": 2, "logging.log_every_n_steps": 10, "training.val_every_n_steps": 5,
+             "checkpoint.every_n_steps": 5})
     records = read_jsonl(tmp_path / "metrics.jsonl")
     trains = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in trains] == [5, 10, 15, 16, 20, 25, 30, 32]
-    times = [r["step_time"] for r in trains]
-    assert max(times) < 10 * min(times), times  # no window holds a validation, none is empty
+    assert clock.now == 32 + 1000 * 16  # 32 micro-batches; a validation and a save at each record's step
+    for r in trains:  # no window holds a validation or a save, none is empty
+        assert (r["step_time"], r["data_wait"], r["samples_per_s"]) == (1.0, 0.0, 16.0), r
     at_16 = [(r["split"], r["epoch"]) for r in records if r["step"] == 16]
     assert at_16 == [("train", 0), ("val", 0)]

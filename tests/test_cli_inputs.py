@@ -83,6 +83,9 @@ def test_moe_settings_are_ignored_without_moe():
     p = run_cli(["--task", "regression", "--set", "model.num_experts=1", "--print-config"], env=cli_env(),
                 timeout=60)
     assert p.returncode == 0, p.stderr
+    printed = yaml.safe_load(p.stdout)
+    assert printed["task"] == "regression" and printed["model"]["use_moe"] is False
+    assert (printed["model"]["num_experts"], printed["model"]["top_k"]) == (1, Config().model.top_k)  # kept as given
     with pytest.raises(ConfigError, match="model.top_k"):
         load_config(None, ["model.use_moe=true", "model.num_experts=1"], environ={})
 
@@ -197,3 +200,6 @@ def test_a_misspelt_validation_monitor_is_refused_before_the_run_starts(tmp_path
     p = run_cli(["--task", "rt_helpers:TaggedMetricTask", "--tune", str(sweep), "--print-config",
                  "--set", "callbacks.early_stopping=true", "--set", "callbacks.monitor=val/mae"])
     assert p.returncode == 0, p.stderr
+    printed = yaml.safe_load(p.stdout)  # the trials' base config, the monitor as given
+    assert printed["task"] == "rt_helpers:TaggedMetricTask" and printed["callbacks"]["monitor"] == "val/mae"
+    assert printed["callbacks"]["early_stopping"] is True and not (tmp_path / "sweeps").exists()

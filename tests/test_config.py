@@ -363,8 +363,13 @@ def test_bad_input_exits_2_with_one_line(bad_results, case_id):
     assert p.stdout == ""
 
 
-def test_bad_input_table_is_large():
-    assert len(_ids()) >= 20
+def test_bad_input_table_rows_are_distinct_and_each_expects_a_message(tmp_path):
+    # The results are keyed by id: a repeated id would silently replace an earlier row's run.
+    cases = _bad_cases(tmp_path)
+    ids = [case[0] for case in cases]
+    assert len(ids) == len(set(ids)) >= 20, [i for i in ids if ids.count(i) > 1]
+    for case_id, argv, env, needle in cases:
+        assert needle.strip() and (argv or env), case_id  # each row checks a message of its own
 
 
 @pytest.mark.timeout(60)

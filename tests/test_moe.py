@@ -111,6 +111,7 @@ def test_every_expert_gets_a_gradient_even_when_unused(impl):
     moe = make_moe(4, 1, d=4, impl=impl)
     one_hot_router(moe)
     y, stats = moe(torch.eye(4)[[0] * 8])  # only expert 0 is ever chosen
+    assert stats["counts"].tolist() == [8, 0, 0, 0]
     (y.sum() + stats["aux_loss"]).backward()
     for name, p in moe.named_parameters():
         assert p.grad is not None, name
@@ -146,17 +147,39 @@ def test_bias_balancing_evens_out_a_skewed_router():
 
 
 def test_task_updates_router_biases_after_optimizer_step():
+    # The sign rule per MoE layer, from the assignments counted since the last optimizer step:
+    # an expert above its layer's mean load loses `rate` of bias, one below gains it.
+    import numpy as np
+
     cfg = Config(task="lm")
     cfg.model.use_moe, cfg.model.bias_balancing, cfg.model.bias_update_rate = True, True, 0.01
     task = LanguageModelingTask(cfg)
     model = task.build_model()
-    batch = {k: torch.from_numpy(v) for k, v in task.build_data_module().train_dataset.rows(
-        __import__("numpy").arange(4)).items()}
-    task.train_step(model, batch, None).loss.backward()
-    task.on_optimizer_step(model)
-    biases = torch.stack([m.router.bias for m in model.moe_layers])
-    assert biases.abs().sum() > 0
-    assert torch.allclose(biases.abs(), torch.full_like(biases, 0.01)) or (biases == 0).any()
+    rows = task.build_data_module().train_dataset.rows
+    biases = lambda: torch.stack([m.router.bias for m in model.moe_layers]).clone()  # noqa: E731
+    assert len(model.moe_layers) >= 1 and not biases().any()
+    expected = torch.zeros_like(biases())
+    for step in range(2):
+        for micro in range(2):  # counts add up over a step's micro-batches; nothing moves before the step
+            first = 4 * (2 * step + micro)
+            batch = {k: torch.from_numpy(v) for k, v in rows(np.arange(first, first + 4)).items()}
+            task.train_step(model, batch, None).loss.backward()
+            assert torch.equal(biases(), expected)
+        counts = task._pending_counts.clone()  # [L_moe, E] over both micro-batches
+        assert counts.shape == expected.shape
+        assert (counts.sum(-1) == 2 * 4 * cfg.model.seq_len * cfg.model.top_k).all()
+        mean = counts.mean(-1, keepdim=True)
+        over, under = counts > mean, counts < mean
+        assert over.any() and under.any()  # both directions are exercised
+        before = biases()
+        task.on_optimizer_step(model)
+        moved = biases() - before
+        torch.testing.assert_close(moved[over], torch.full_like(moved[over], -0.01))  # overloaded: down
+        torch.testing.assert_close(moved[under], torch.full_like(moved[under], 0.01))  # underloaded: up
+        assert not moved[~over & ~under].any()  # exactly at the mean: unchanged
+        expected = biases()
+    task.on_optimizer_step(model)  # no step ran since the last update: nothing to apply
+    assert torch.equal(biases(), expected)
 
 
 def test_shared_experts_add_a_dense_path():

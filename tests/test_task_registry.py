@@ -2,10 +2,12 @@
 and handed on to Ray workers started on this machine."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from rt_testing import REPO, TINY, cli_env, make_config, set_args
 from raytrain_llm.tasks.registry import import_root, resolve_task
@@ -40,7 +42,10 @@ def test_a_user_task_is_found_in_the_current_folder_and_its_root_reported(user_f
 
 
 def test_built_in_tasks_need_no_import_root():
-    resolve_task("lm")
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
+    from raytrain_llm.tasks.regression_task import RegressionTask
+
+    assert resolve_task("lm") is LanguageModelingTask and resolve_task("regression") is RegressionTask
     assert import_root("lm") is None and import_root("regression") is None
 
 
@@ -61,7 +66,9 @@ def test_train_py_run_from_the_task_folder_finds_the_task(tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "train.py"), "--task", "rt_user_module:UserTask", *set_args(s)],
                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=100)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert (tmp_path / "run" / "summary.json").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["global_step"] == 16 and summary["final"]["val"]["step"] == 16  # TINY: 256 samples / 16
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["task"] == "rt_user_module:UserTask"
 
 
 def test_default_ray_run_names_have_no_colon(tmp_path):

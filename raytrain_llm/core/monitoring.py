@@ -9,7 +9,7 @@ import contextlib
 import os
 import resource
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -47,11 +47,13 @@ def rss_bytes() -> int:
 
 
 class PerformanceMonitor:
-    def __init__(self, device: torch.device, flops_per_token: Optional[float] = None):
+    def __init__(self, device: torch.device, flops_per_token: Optional[float] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.device = device
         self.flops_per_token = flops_per_token
         self.peak = peak_tflops(device)
-        self._window_start = time.perf_counter()
+        self.clock = clock  # seconds, monotonic; every time below is read from it
+        self._window_start = self.clock()
         self._data_wait = 0.0
         self._steps = 0
         self._samples = 0
@@ -63,10 +65,10 @@ class PerformanceMonitor:
 
     # --- timing hooks called by the engine ---
     def data_start(self) -> None:
-        self._data_t0 = time.perf_counter()
+        self._data_t0 = self.clock()
 
     def data_end(self) -> None:
-        self._data_wait += time.perf_counter() - self._data_t0
+        self._data_wait += self.clock() - self._data_t0
 
     def step_done(self, samples: int, tokens: Optional[int]) -> None:
         self._steps += 1
@@ -76,15 +78,15 @@ class PerformanceMonitor:
     @contextlib.contextmanager
     def paused(self):
         """Time spent inside (validation, checkpoints) is not training time: it leaves the window."""
-        self._pause_start = time.perf_counter()
+        self._pause_start = self.clock()
         try:
             yield
         finally:
-            self._paused += time.perf_counter() - self._pause_start
+            self._paused += self.clock() - self._pause_start
             self._pause_start = None
 
     def reset_window(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         self._window_start = now
         self._data_wait = self._paused = 0.0
         self._steps = self._samples = self._tokens = 0
@@ -93,7 +95,7 @@ class PerformanceMonitor:
 
     def summary(self) -> dict[str, float]:
         """Averages over the steps since the last call; resets the window."""
-        elapsed = max(time.perf_counter() - self._window_start - self._paused, 1e-9)
+        elapsed = max(self.clock() - self._window_start - self._paused, 1e-9)
         steps = max(self._steps, 1)
         out = {
             "step_time": elapsed / steps,

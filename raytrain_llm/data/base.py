@@ -19,20 +19,35 @@ from raytrain_llm.core.errors import UsageError
 
 
 class IndexedDataset(Dataset):
-    """A dataset whose rows are generated from their indices, a batch at a time."""
+    """A dataset whose rows are generated from their indices, a batch at a time.
+
+    A subclass calls `super().__init__(num_samples, seed)` and implements `rows`. The loaders
+    (torch's DataLoader here, Ray Data in the Ray layer) call `columns(ids)` once per batch, in
+    worker processes too: the dataset must be picklable and hold no open handles it cannot
+    reopen. A batch reaches `TrainingTask.train_step` as a dict of tensors, one row per id.
+    """
 
     def __init__(self, num_samples: int, seed: int):
+        """`num_samples`: rows 0..num_samples-1 exist; `seed`: what the rows may be drawn from."""
         self.num_samples, self.seed = num_samples, seed
 
     @abstractmethod
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Columns for the rows `ids` (int64 array): the same ids always give the same values."""
+        """Columns for the rows `ids`.
+
+        Receives a 1-D int64 array of row indices in [0, num_samples), in batch order (not
+        sorted; possibly a single id). Returns a dict of column name -> numeric array (or CPU
+        tensor) with one row per id, in the order of `ids`; the same ids always give the same
+        values (a resume rebuilds a batch from its ids alone). May raise `UsageError` for data
+        that cannot be read; returning anything else is a UsageError naming this method.
+        """
 
     def __len__(self) -> int:
         return self.num_samples
 
     def columns(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """`rows(ids)`, checked: a dict of arrays with one row per id (CPU tensors are taken too)."""
+        """`rows(ids)`, checked: a dict of numpy arrays with one row per id (CPU tensors are taken
+        too and converted). Raises UsageError naming the column that is not one."""
         out = self.rows(ids)
         where = f"{type(self).__name__}.rows"
         if not isinstance(out, dict):
@@ -99,22 +114,31 @@ class ResumableBatchSampler(Sampler[list[int]]):
 class DataModule(ABC):
     """Turns a config into train and validation batches for one rank.
 
-    Subclasses provide the datasets; the loaders below are shared. The Ray layer
-    overrides `train_batches`/`val_batches` to read Ray Data shards instead.
+    Subclasses call `super().__init__(config)` and provide the two datasets; the loaders below
+    are shared. `TrainingTask.build_data_module` returns one, on every rank (and in the
+    launcher, which may call `check_data` before any worker starts). The Ray layer wraps it and
+    replaces `train_batches`/`val_batches` with Ray Data shards of the same datasets, so
+    anything else a task reads from its data module (sizes, vocabularies) stays as defined here.
     """
 
-    shuffle_train = True
+    shuffle_train = True  # False: every epoch reads the training set in index order
 
     def __init__(self, config: Config):
+        """`config`: the run's whole Config (data.seed, data.num_workers, data.pin_memory are read here)."""
         self.config = config
         self._train: IndexedDataset | None = None
         self._val: IndexedDataset | None = None
 
     @abstractmethod
-    def build_train_dataset(self) -> IndexedDataset: ...
+    def build_train_dataset(self) -> IndexedDataset:
+        """The training set, built on first use of `train_dataset` and kept. Returns an
+        IndexedDataset (anything else is a UsageError naming this method); may raise UsageError
+        for a missing or unreadable source."""
 
     @abstractmethod
-    def build_val_dataset(self) -> IndexedDataset: ...
+    def build_val_dataset(self) -> IndexedDataset:
+        """The validation set, built on first use of `val_dataset` and kept; returns and raises
+        as `build_train_dataset`."""
 
     @property
     def train_dataset(self) -> IndexedDataset:
@@ -143,11 +167,15 @@ class DataModule(ABC):
         return dataset
 
     def num_train_batches(self, batch_size: int, world_size: int) -> int:
+        """Full micro-batches per epoch for each of `world_size` ranks at `batch_size` per rank
+        (the remainder is dropped); the engine plans steps and epochs from it."""
         return len(self.train_dataset) // (batch_size * world_size)
 
     def check_data(self) -> None:
-        """A usage error for data that cannot train this model, found before training starts
-        (the engine calls it on rank 0). E.g. token ids outside the vocabulary in a token file."""
+        """Raises UsageError for data that cannot train this model, found before training starts
+        (e.g. token ids outside the vocabulary in a token file); returns None. Called once per
+        run: by the launcher before workers start, or else by the engine on rank 0. The default
+        checks nothing."""
 
     def require_a_batch(self, batch_size: int, world_size: int) -> None:
         """A usage error when the training set holds no full batch for `world_size` workers."""
@@ -166,6 +194,9 @@ class DataModule(ABC):
 
     def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int,
                       world_size: int, pin_memory: bool = False) -> Iterable[Any]:
+        """This rank's micro-batches of `epoch` from micro-batch `start_batch` on (a resume starts
+        mid-epoch): dicts of tensors of `batch_size` rows, the order a function of (data.seed,
+        epoch) only, so every rank and every resume agree (see ResumableBatchSampler)."""
         sampler = ResumableBatchSampler(len(self.train_dataset), batch_size, rank=rank, world_size=world_size,
                                         seed=self.config.data.seed, epoch=epoch, start_batch=start_batch,
                                         shuffle=self.shuffle_train)
@@ -173,6 +204,8 @@ class DataModule(ABC):
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,
                     pin_memory: bool = False) -> Iterable[Any]:
+        """This rank's share of the whole validation set in index order, the last batch possibly
+        short (or none for some ranks); the engine averages metrics over samples and ranks."""
         sampler = ResumableBatchSampler(len(self.val_dataset), batch_size, rank=rank, world_size=world_size,
                                         shuffle=False, drop_last=False)
         return self._loader(self.val_dataset, sampler, pin_memory, seed=self.config.data.seed)

@@ -1,9 +1,18 @@
 """`Callback`: hooks the engine calls around the loop; every hook is a no-op by default.
 
-Hooks receive the engine, so a callback can read `engine.global_step`, `engine.config`,
-`engine.optimizer`, ... and ask the loop to stop with `engine.should_stop = True`.
-A callback with state to survive a resume returns it from `state_dict` (plain Python
-values only: checkpoints load with `weights_only=True`).
+Every hook receives the engine first, so a callback can read `engine.global_step`,
+`engine.epoch`, `engine.config`, `engine.optimizer`, `engine.dist` (rank, world size),
+`engine.logger`, ... Hooks run on every rank, in the order the callbacks were given (the
+config's defaults, then the launcher's, then `TrainingTask.configure_callbacks`). To end the
+run after the current step, call `engine.request_stop(reason)`; the engine agrees on it across
+ranks. Hooks return nothing.
+
+An exception raised by a hook ends the run: `on_exception` is called on every callback and
+the exception propagates to the launcher. Raise `UsageError` (exit 2, one line) for a user's
+mistake; from `on_load_checkpoint` and `on_train_start` it stops every rank alike, before any
+step. A callback with state to survive a resume returns it from `state_dict` (plain Python
+values, tensors or NumPy numbers only: checkpoints load with `weights_only=True`, and
+anything else is a UsageError at the save naming the callback).
 """
 from __future__ import annotations
 
@@ -13,29 +22,62 @@ from raytrain_llm.core.errors import UsageError
 
 
 class Callback:
-    def on_train_start(self, engine) -> None: ...
-    def on_train_end(self, engine) -> None: ...
-    def on_epoch_start(self, engine, epoch: int) -> None: ...
-    def on_epoch_end(self, engine, epoch: int) -> None: ...
-    def on_batch_start(self, engine, batch_idx: int) -> None: ...
+    def on_train_start(self, engine) -> None:
+        """Once, before the first step: after a resume (progress, model and callback state are
+        the checkpoint's) and before the first epoch starts."""
+
+    def on_train_end(self, engine) -> None:
+        """Once, after the last step and the final validation and save; not after an exception."""
+
+    def on_epoch_start(self, engine, epoch: int) -> None:
+        """Before the epoch's first batch; `epoch` counts from 0 (a resumed epoch starts mid-way,
+        at `engine.batch_in_epoch`)."""
+
+    def on_epoch_end(self, engine, epoch: int) -> None:
+        """After an epoch ran to its end (not one cut short by `max_steps` or a stop), before its
+        validation and save."""
+
+    def on_batch_start(self, engine, batch_idx: int) -> None:
+        """Before each micro-batch is fetched; `batch_idx` is its index in the epoch (with
+        gradient accumulation, several per optimizer step)."""
+
     def on_batch_end(self, engine, step: int, outputs) -> None:
-        """After each optimizer step; `outputs` is the last micro-batch's StepOutput."""
+        """After each optimizer step (also one skipped for a non-finite loss); `step` is
+        `engine.global_step` (from 1), `outputs` the last micro-batch's StepOutput."""
+
     def on_log(self, engine, record: dict[str, Any]) -> None:
-        """A logged record of floats: train records every `log_every_n_steps`, and each validation."""
-    def on_validation_start(self, engine) -> None: ...
-    def on_validation_end(self, engine, metrics: dict[str, float]) -> None: ...
+        """A logged record: `split` ("train" or "val"), `step`, `epoch` and float metrics. Train
+        records (window averages, throughput) come every `log_every_n_steps`, at an epoch's and
+        the run's last step and before each validation or save; val records (`val/...` keys)
+        after each validation."""
+
+    def on_validation_start(self, engine) -> None:
+        """Before a validation pass (the model is switched to eval mode right after)."""
+
+    def on_validation_end(self, engine, metrics: dict[str, float]) -> None:
+        """After a validation pass; `metrics` are averaged over samples and ranks, `val/...` keys."""
+
     def on_save_checkpoint(self, engine, path: Optional[str], metrics: dict[str, float]) -> None:
-        """On every rank after a save; `path` is None on ranks that did not write."""
-    def on_load_checkpoint(self, engine, state: dict[str, Any]) -> None: ...
-    def on_exception(self, engine, exc: BaseException) -> None: ...
+        """On every rank after a save; `path` is the checkpoint folder, None on ranks that did not
+        write; `metrics` are the ones the checkpoint is ranked by (this step's train/val values)."""
+
+    def on_load_checkpoint(self, engine, state: dict[str, Any]) -> None:
+        """After a resume restored the engine and every callback's `load_state_dict`; `state` is
+        the whole checkpoint (model, optimizer, progress, config, callbacks, ...)."""
+
+    def on_exception(self, engine, exc: BaseException) -> None:
+        """When the run ends with `exc` (also KeyboardInterrupt); the engine re-raises it after."""
 
     def state_dict(self) -> Optional[dict[str, Any]]:
+        """What to save in each checkpoint under `state_key`; None saves nothing."""
         return None
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """At a resume, with what `state_dict` returned when the checkpoint was saved."""
 
     @property
     def state_key(self) -> str:
+        """The checkpoint slot: the class name (a second callback of a class gets "#2", ...)."""
         return type(self).__name__
 
 

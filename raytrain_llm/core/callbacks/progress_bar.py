@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
 
 from raytrain_llm.core.callbacks.base import Callback
 
 
 class ProgressBar(Callback):
-    def __init__(self, enabled: bool | None = None, stream=None, width: int = 30, log_every_s: float = 30.0):
+    def __init__(self, enabled: bool | None = None, stream=None, width: int = 30, log_every_s: float = 30.0,
+                 clock: Callable[[], float] = time.perf_counter):
         self.stream = stream or sys.stderr
+        self.clock = clock  # seconds, monotonic: the line cadence, the rate and the ETA
         self.enabled = self.stream.isatty() if enabled is None else enabled
         # Lines only when the bar was left to decide (progress_bar=auto) and found no terminal.
         self.log_lines = enabled is None and not self.enabled
@@ -23,7 +26,7 @@ class ProgressBar(Callback):
         self._logged_at = float("-inf")
 
     def on_train_start(self, engine) -> None:
-        self._t0, self._start_step = time.perf_counter(), engine.global_step
+        self._t0, self._start_step = self.clock(), engine.global_step
 
     def on_log(self, engine, record) -> None:
         if record.get("split") == "train":
@@ -36,7 +39,7 @@ class ProgressBar(Callback):
     def _log_line(self, engine, record) -> None:
         step, total = record.get("step", engine.global_step), max(engine.total_steps, 1)
         if record.get("split") == "train":
-            now = time.perf_counter()
+            now = self.clock()
             if now - self._logged_at < self.log_every_s and step < total:
                 return
             self._logged_at = now
@@ -55,7 +58,7 @@ class ProgressBar(Callback):
         done = step - self._start_step
         if done <= 0 or step >= total:
             return ""
-        left = (time.perf_counter() - self._t0) / done * (total - step)
+        left = (self.clock() - self._t0) / done * (total - step)
         return f"eta {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
 
     def on_batch_end(self, engine, step, outputs) -> None:
@@ -64,7 +67,7 @@ class ProgressBar(Callback):
         total = max(engine.total_steps, 1)
         done = min(step / total, 1.0)
         bar = "#" * int(done * self.width)
-        rate = (step - self._start_step) / max(time.perf_counter() - self._t0, 1e-9)
+        rate = (step - self._start_step) / max(self.clock() - self._t0, 1e-9)
         self.stream.write(f"\r[{bar:<{self.width}}] {step}/{total} ep {engine.epoch} {rate:.1f} it/s {self._last} ")
         self.stream.flush()
 
