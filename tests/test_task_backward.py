@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rt_testing import cli_env, make_config, run_cli, set_args, settings
 
-from rt_testing import cli_env, make_config, run_cli, settings, set_args
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
