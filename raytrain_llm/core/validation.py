@@ -56,7 +56,7 @@ class Validator:
         limit = self.config.training.limit_val_batches
         loader = self.data_module.val_batches(batch_size=self.config.training.batch_size, rank=self.dist.rank,
                                               world_size=self.dist.world_size, pin_memory=self.non_blocking)
-        was_training = model.training
+        modes = [(module, module.training) for module in model.modules()]  # restored as found, per module
         model.eval()
         for i, batch in enumerate(loader):
             if limit and i >= limit:
@@ -73,7 +73,8 @@ class Validator:
                 v = torch.as_tensor(v, device=self.device).detach().float()
                 sums[k] = sums.get(k, 0.0) + v * n
                 counts[k] = counts.get(k, 0) + n
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         return self._reduce(sums, counts)
 
     def _reduce(self, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
