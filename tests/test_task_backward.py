@@ -32,6 +32,16 @@ class RetainedBackwardInStepTask(RegressionTask):
         return out
 
 
+class DoubleBackwardInStepTask(RegressionTask):
+    """Its own second backward fails inside train_step (as a compiled graph refuses retain_graph)."""
+
+    def train_step(self, model, batch, criterion):
+        out = super().train_step(model, batch, criterion)
+        out.loss.backward()
+        out.loss.backward()
+        return out
+
+
 class LateBackwardInStepTask(RegressionTask):
     """Calls backward from its third train_step on: caught where the engine's backward fails."""
 
@@ -61,12 +71,17 @@ def fit(tmp_path, task_cls, **overrides):
     return engine.fit(), engine
 
 
-@pytest.mark.parametrize("task_cls", [BackwardInStepTask, RetainedBackwardInStepTask])
+@pytest.mark.parametrize("task_cls", [BackwardInStepTask, RetainedBackwardInStepTask, DoubleBackwardInStepTask])
 @pytest.mark.parametrize("accum", [1, 2])
 def test_backward_in_train_step_is_a_usage_error_at_the_first_step(tmp_path, task_cls, accum):
     with pytest.raises(UsageError, match=MESSAGE):
         fit(tmp_path, task_cls, **{"training.grad_accum_steps": accum})
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_failing_backward_inside_train_step_keeps_torchs_reason(tmp_path):
+    with pytest.raises(UsageError, match=r"\(torch: Trying to backward through the graph a second time"):
+        fit(tmp_path, DoubleBackwardInStepTask)
 
 
 def test_backward_in_a_later_train_step_is_a_usage_error(tmp_path):

@@ -256,7 +256,7 @@ class TrainingEngine:
         first = not self._first_step_checked
         grads_before = first and task_backward.any_grad(self._params)
         with self.precision.autocast():
-            out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
+            out = as_step_output(task_backward.run_step(self.task.train_step, self.model, batch, self.criterion))
         if first:
             self._first_step_checked = True
             task_backward.check_first_step(self._params, grads_before)
