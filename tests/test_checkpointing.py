@@ -294,7 +294,7 @@ def test_resume_with_another_model_names_the_changed_key_and_keeps_the_checkpoin
 
 
 def test_mismatch_without_a_saved_config_quotes_torchs_concrete_reason():
-    from raytrain_llm.core.engine_state import _mismatch_cause
+    from raytrain_llm.core.resume import mismatch_cause as _mismatch_cause
 
     model = RegressionTask(Config()).build_model()
     state = {k: v for k, v in model.state_dict().items()}

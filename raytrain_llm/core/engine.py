@@ -4,29 +4,38 @@ The engine does backward, AMP, gradient accumulation (losses divided by the grou
 4 micro-batches of 8 give the gradient of one batch of 32), clipping, optimizer and
 scheduler steps, validation, callbacks and checkpoints. It wraps the model in DDP when a
 process group of more than one rank exists, whoever created it (spawn, Ray Train).
+
+Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as
+a whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model
+in, validation metrics out), `TrainMetrics` (train metrics between two logs) and
+`CheckpointManager` (the checkpoint folders).
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import os
 from typing import Any, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from raytrain_llm.core import task_backward
 from raytrain_llm.core.callbacks import Callback, CallbackList
-from raytrain_llm.core.checkpointing import CheckpointManager
+from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict, loadable_state
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import dump_yaml, save_config
 from raytrain_llm.core.distributed import DistributedManager
-from raytrain_llm.core.engine_state import EngineStateMixin
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
-from raytrain_llm.core.rng_state import seed_everything
-from raytrain_llm.core.step_checks import check_loss, check_metric_names, check_metric_values, metric_float
-from raytrain_llm.core.validation import ValidationMixin
+from raytrain_llm.core.progress import Progress, ProgressField, planned_total_steps
+from raytrain_llm.core.resume import Resumer, Schedule
+from raytrain_llm.core.rng_state import capture_rng, seed_everything
+from raytrain_llm.core.step_checks import check_loss
+from raytrain_llm.core.train_metrics import Sums, TrainMetrics, accumulate
+from raytrain_llm.core.validation import Validator, preserved_rng
 from raytrain_llm.tasks.base_task import StepOutput, TrainingTask, as_step_output, samples_in_batch
 
 
@@ -40,7 +49,17 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-class TrainingEngine(EngineStateMixin, ValidationMixin):
+class TrainingEngine:
+    # The run's progress lives in `self.progress`; these read and write it (callbacks use them).
+    global_step = ProgressField()
+    epoch = ProgressField()
+    batch_in_epoch = ProgressField()
+    skipped_steps = ProgressField()
+    should_stop = ProgressField()  # a callback sets it to end the run after the current step
+    stopped_early = ProgressField()
+    stop_reason = ProgressField()
+    last_val_metrics = ProgressField("val_metrics")
+
     def __init__(self, config: Config, task: TrainingTask, data_module=None,
                  callbacks: Optional[list[Callback]] = None, dist: Optional[DistributedManager] = None,
                  logger: Optional[Logger] = None, resume_from: Optional[str] = None, check_data: bool = True):
@@ -48,25 +67,11 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         self.task = task
         self.dist = dist or DistributedManager()
         self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
-        self.resume_from = resume_from
-        self.resumed_from_elsewhere = False  # set by _resume: another run's checkpoint, named by the user
-        # Progress: global_step counts optimizer steps; (epoch, batch_in_epoch) is the data position.
-        self.global_step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.skipped_steps = 0
-        self.should_stop = False
-        self.stopped_early = False
-        self.stop_reason = ""
-        self.last_val_metrics: dict[str, float] = {}
+        self.progress = Progress()
         self.last_train_record: dict[str, Any] = {}
-        self._val_step = -1
-        self._window: dict[tuple, list] = {}  # names -> [count, summed values] since the last log (_accumulate)
-        self._saved_at: Optional[tuple] = None  # progress key of the last save (see _progress_key)
+        self._saved_at: Optional[tuple] = None  # progress.save_key() of the last save
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
-        self._skips_in_a_row = 0  # nan_policy=skip: a run that only skips has diverged
-        self._checked_names: set[tuple] = set()  # metric name sets already checked (val: tagged "val")
-        self._monitor_checked = False  # checkpoint.monitor, at the first validation
+        self._first_step_checked = False  # task_backward.check_first_step ran (the run's first train_step)
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
@@ -78,6 +83,10 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
                 logger=self.logger) if config.checkpoint.enabled else None
             self._setup(check_data)
         self._wrap_model()
+        self.resumer = Resumer(config, task, self.dist, self.logger, self.checkpoint_manager, resume_from)
+        self.validator = Validator(config, task, self.data_module, self.dist, self.precision, self.device,
+                                   self.criterion)
+        self.train_metrics = TrainMetrics(task, self.dist, self.device)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, check_data: bool) -> None:
@@ -97,8 +106,7 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         # read whole files, and the other ranks would wait for its verdict in a collective.
         if check_data and self.dist.is_main:
             self.data_module.check_data()
-        self.steps_per_epoch = math.ceil(self._num_batches() / cfg.training.grad_accum_steps)
-        self.total_steps = self._planned_total_steps()
+        self.total_steps = planned_total_steps(cfg, self.progress, self._num_batches())
         self.scheduler = self.task.build_scheduler(self.optimizer, self.total_steps)
         self.criterion = self.task.build_criterion()
         if self.criterion is not None:
@@ -122,8 +130,13 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
     def _num_batches(self) -> int:
         return self.data_module.num_train_batches(self.config.training.batch_size, self.dist.world_size)
 
+    @property
+    def resumed_from_elsewhere(self) -> bool:
+        """The run continues another run's checkpoint, named by the user (known once fit starts)."""
+        return self.resumer.resumed_from_elsewhere
+
     def request_stop(self, reason: str) -> None:
-        self.should_stop, self.stopped_early, self.stop_reason = True, True, reason
+        self.progress.request_stop(reason)
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, Any]:
@@ -160,9 +173,25 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         # restart, to fail the same way).
         with self.dist.usage_errors_on_every_rank():
             self._resume()
-            self._warn_about_run_length()
-            self._save_config()
+            self.resumer.warn_about_run_length(self.progress, Schedule(self.scheduler, self.total_steps))
+            if self.dist.is_main:
+                save_config(self.config, os.path.join(self.config.logging.dir, "config.yaml"))
             self.callbacks.on_train_start(self)
+
+    def _resume(self) -> None:
+        path, state = self.resumer.find()
+        if state is None:
+            return
+        schedule = self.resumer.restore(
+            state, progress=self.progress, model=self.raw_model, optimizer=self.optimizer,
+            schedule=Schedule(self.scheduler, self.total_steps), scaler=self.precision.scaler,
+            num_batches=self._num_batches())
+        self.scheduler, self.total_steps = schedule.scheduler, schedule.total_steps
+        self._saved_at = self.progress.save_key()
+        self.callbacks.load_state_dict(state.get("callbacks") or {})
+        self.callbacks.on_load_checkpoint(self, state)
+        self.logger.info(f"resumed from {path} at step {self.global_step} "
+                         f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _done(self) -> bool:
         max_steps = self.config.training.max_steps
@@ -190,7 +219,7 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
 
     def _optimizer_step(self, batches, group: int) -> Optional[StepOutput]:
         """Accumulate `group` micro-batches, then one checked optimizer step."""
-        sums: dict[tuple, list] = {}  # ("loss", *metric names) -> [micro-batches, summed values]
+        sums: Sums = {}  # ("loss", *metric names) -> [micro-batches, summed values]
         samples = tokens = 0
         out = None
         for i in range(group):
@@ -204,11 +233,8 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
             self.monitor.data_end()
             sync = self.dist.enabled and i < group - 1
             with (self.model.no_sync() if sync else contextlib.nullcontext()):
-                with self.precision.autocast():
-                    out = as_step_output(self.task.train_step(self.model, batch, self.criterion))
-                check_loss(out.loss)
-                self.precision.backward(out.loss / group)
-            _accumulate(sums, *self._step_values(out))
+                out = self._forward_backward(batch, group)
+            accumulate(sums, *self.train_metrics.values(out))
             samples += out.num_samples or samples_in_batch(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
@@ -222,26 +248,21 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         self.batch_in_epoch += group
         self.monitor.step_done(samples * self.dist.world_size, tokens * self.dist.world_size)
         if applied:  # a skipped step's NaN must not poison the logged window averages
-            for keys, (n, values) in sums.items():
-                _accumulate(self._window, keys, values, n)
-            _accumulate(self._window, ("grad_norm",), grad_norm.detach().float().reshape(1))
+            self.train_metrics.add_step(sums, grad_norm)
         return out
 
-    @torch.no_grad()
-    def _step_values(self, out: StepOutput) -> tuple[tuple, torch.Tensor]:
-        """("loss", *metric names) and their values as one fp32 vector: one op per micro-batch
-        for the bookkeeping, however many metrics the task reports."""
-        names = ("loss", *out.metrics)
-        if names not in self._checked_names:
-            check_metric_names(out.metrics, "train_step", training=True)
-            self._checked_names.add(names)
-        try:
-            values = [v.float().reshape(()) if torch.is_tensor(v)
-                      else torch.tensor(float(v), device=self.device) for v in (out.loss, *out.metrics.values())]
-        except (RuntimeError, TypeError, ValueError):
-            check_metric_values(out.metrics, "train_step")  # names the metric that is not one number
-            raise
-        return names, torch.stack(values)
+    def _forward_backward(self, batch, group: int) -> StepOutput:
+        """The task's train_step on one micro-batch, then the engine's backward of its 1/group share."""
+        first = not self._first_step_checked
+        grads_before = first and task_backward.any_grad(self._params)
+        with self.precision.autocast():
+            out = as_step_output(task_backward.run_step(self.task.train_step, self.model, batch, self.criterion))
+        if first:
+            self._first_step_checked = True
+            task_backward.check_first_step(self._params, grads_before)
+        check_loss(out.loss)
+        task_backward.backward(self.precision.backward, out.loss / group)
+        return out
 
     def _apply_or_skip_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Optimizer and scheduler step if loss and gradients are finite; else skip or stop."""
@@ -250,8 +271,9 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         watched = loss if self.precision.scaler else torch.stack([loss, grad_norm.float()])
         finite = bool(torch.isfinite(watched).all().item())
         bad = self.dist.any_true(not finite, self.device)
+        progress = self.progress
         if not bad:
-            self._skips_in_a_row = 0
+            progress.skips_in_a_row = 0
             self.precision.step(self.optimizer)
             lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used; a tensor LR: no sync here
             self._step_lr = lr.detach().clone() if torch.is_tensor(lr) else float(lr)
@@ -263,17 +285,17 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
             return True
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.skip()
-        where = f"step {self.global_step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+        where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batch_in_epoch})"
         if self.config.training.nan_policy == "stop":
             raise TrainingError(
                 f"non-finite loss or gradient at {where}: loss={loss.item():.4g}; weights left unchanged, "
                 f"no checkpoint written (training.nan_policy=skip skips such steps)")
-        self.skipped_steps += 1
-        self._skips_in_a_row += 1
+        progress.skipped_steps += 1
+        progress.skips_in_a_row += 1
         self.logger.warning(f"skipped {where}: non-finite loss or gradient")
         limit = self.config.training.max_consecutive_skips
-        if self._skips_in_a_row >= limit:  # every rank counts the same (the check above is global)
-            raise TrainingError(f"{self._skips_in_a_row} steps in a row had a non-finite loss or gradient, the "
+        if progress.skips_in_a_row >= limit:  # every rank counts the same (the check above is global)
+            raise TrainingError(f"{progress.skips_in_a_row} steps in a row had a non-finite loss or gradient, the "
                                 f"last at {where}: the run has diverged (training.max_consecutive_skips={limit}); "
                                 f"checkpoints hold the last finite state")
         return False
@@ -303,41 +325,73 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
 
-    # ------------------------------------------------------------------ logging
-    def _log_train(self) -> None:
-        window, self._window = self._window, {}
-        if not window:
+    # ------------------------------------------------------------------ validation and logging
+    def _validate_if_needed(self) -> None:
+        if not self.config.training.validate or self.progress.validated_now() or self.global_step == 0:
             return
-        names: list[str] = []
-        for keys in window:
-            names += [k for k in keys if k not in names]
-        index = {k: i for i, k in enumerate(names)}
-        totals = torch.zeros(len(names), device=self.device)
-        counts = torch.zeros(len(names), device=self.device)
-        for keys, (n, values) in window.items():
-            rows = torch.tensor([index[k] for k in keys], device=self.device)
-            totals.index_add_(0, rows, values)
-            counts[rows] += n
-        # Each value averaged over the micro-batches (grad_norm: the steps) that reported it,
-        # then over ranks.
-        means = (self.dist.reduce_mean(totals) / counts).tolist()
+        # The callbacks' validation hooks leave the training's random streams alone too, as the
+        # Validator's pass does: validating more or less often must not change the run.
+        with preserved_rng(self.device):
+            self.progress.val_step = self.global_step
+            self.callbacks.on_validation_start(self)
+            metrics = self.validator.run(self.eval_model, self.last_train_record)
+            self.progress.val_metrics = metrics
+            self.callbacks.on_validation_end(self, metrics)
+            # The epoch the validated weights trained in, as train records count it: an epoch-end
+            # validation runs after the counter moved on to the next epoch.
+            epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+            self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": epoch, **metrics})
+
+    def _log_train(self) -> None:
+        """Collective: the train record of the steps since the last one, to the callbacks."""
+        if not self.train_metrics.pending:
+            return
         lr = float(self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"])
-        metrics = {k: metric_float(k, v, "finalize_train_metrics") for k, v in
-                   self.task.finalize_train_metrics(dict(zip(names, means))).items()}
-        record = {"split": "train", "step": self.global_step, "epoch": self.epoch, "lr": lr,
-                  **metrics, **self.monitor.summary()}
+        record = {**self.train_metrics.record(step=self.global_step, epoch=self.epoch, lr=lr),
+                  **self.monitor.summary()}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
         self.last_train_record = record
         self.callbacks.on_log(self, record)
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state. Collective: gathers every rank's RNG streams."""
+        rng = self.dist.gather_objects(capture_rng())
+        # What user code puts in a checkpoint, checked on every rank alike (a save is collective).
+        with self.dist.usage_errors_on_every_rank():
+            callbacks = loadable_state(self.callbacks.state_dict(), "callbacks")
+            scheduler = loadable_state(self.scheduler.state_dict(), "scheduler") \
+                if self.scheduler is not None else None
+        return {
+            "model": clean_state_dict(self.raw_model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler,
+            "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+            "progress": self.progress.state_dict(world_size=self.dist.world_size, total_steps=self.total_steps),
+            "rng": rng,
+            "callbacks": callbacks,
+            "config": self.config.to_dict(),
+        }
 
-def _accumulate(sums: dict, keys: tuple, values: torch.Tensor, n: int = 1) -> None:
-    """sums[keys] = [count, summed values] plus `values`, the sum of n observations of `keys`.
-    One entry per distinct set of names: a task may report some metrics only on some steps."""
-    entry = sums.get(keys)
-    if entry is None:
-        sums[keys] = [n, values]
-    else:
-        entry[0] += n
-        entry[1] = entry[1] + values
+    def _checkpoint_if_needed(self) -> None:
+        if self.checkpoint_manager is None or self._saved_at == self.progress.save_key() or self.global_step == 0:
+            return
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> Optional[str]:
+        """Collective: every rank calls it; rank 0 writes; callbacks see the path on every rank."""
+        self._saved_at = self.progress.save_key()
+        if self.train_metrics.pending and self.last_train_record.get("step") != self.global_step:
+            # A save between two logs: logged here, so the checkpoint's train metrics (which
+            # checkpoint.monitor may rank it by) are of the steps up to it, not of an older window.
+            self._log_train()
+        state = self.state_dict()
+        metrics = self.progress.current_val_metrics()
+        if self.last_train_record.get("step") == self.global_step:
+            metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
+        path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
+                                            config_yaml=dump_yaml(self.config))
+        self.dist.barrier()
+        self.callbacks.on_save_checkpoint(self, path, metrics)
+        return path
