@@ -135,6 +135,13 @@ class LoggingConfig:
     log_every_n_steps: int = 10
     tensorboard: bool = True
     progress_bar: str = "auto"  # auto | on | off
+    # Experiment trackers fed from rank 0: mlflow, wandb; tensorboard here = tensorboard: true.
+    trackers: list = field(default_factory=list)
+    experiment: str = ""  # MLflow experiment / W&B project; empty: raytrain_llm (a sweep: its name)
+    run_name: str = ""  # the tracker run's name; empty: the last folder of logging.dir
+    mlflow_tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else file:<logging.dir>/mlruns
+    wandb_mode: str = "online"  # online | offline (no network; `wandb sync` uploads later)
+    tracker_log_checkpoint: bool = False  # upload the best (else latest) checkpoint at the end
 
 
 @dataclass
@@ -178,7 +185,9 @@ CHOICES = {
     "callbacks.mode": ("min", "max"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "logging.progress_bar": ("auto", "on", "off"),
+    "logging.wandb_mode": ("online", "offline"),
 }
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 # (dotted key, lower bound, inclusive?) for numeric fields.
 MINIMUMS = {
@@ -301,7 +310,33 @@ def cross_field_errors(cfg: Config) -> list[str]:
                       "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
         errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
-    return errors + folder_errors(cfg)
+    return errors + tracker_errors(cfg.logging) + folder_errors(cfg)
+
+
+def tracker_errors(logging_cfg: LoggingConfig) -> list[str]:
+    """Unknown or repeated tracker names, and a chosen tracker whose package is not installed."""
+    errors = []
+    names = logging_cfg.trackers
+    for name in names:
+        if name not in TRACKERS:
+            errors.append(f"logging.trackers: {name!r} is not one of {', '.join(TRACKERS)}")
+        elif name != "tensorboard" and not package_installed(name):
+            errors.append(f"logging.trackers: {name} is chosen but its package is not installed "
+                          f"(pip install -e '.[{name}]')")
+    if len(set(names)) != len(names):
+        errors.append(f"logging.trackers: a tracker is listed twice (got {list(names)!r})")
+    return errors
+
+
+def package_installed(name: str) -> bool:
+    """Whether `import name` can find the package (without importing it: mlflow takes seconds).
+    A module set to None in sys.modules is Python's way of blocking an import: not installed."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
 
 
 MOE_KEYS = ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim", "num_shared_experts",
