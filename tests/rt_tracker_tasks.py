@@ -12,7 +12,8 @@ from raytrain_llm.tasks.regression_task import RegressionTask
 class KillWhenSentTask(RegressionTask):
     """SIGKILLs its process after optimizer step $RT_KILL_AT_STEP, once the tracker named by
     $RT_TRACKER has sent the train record of step $RT_KILL_AT_STEP - 2 (its state file says so;
-    at most 60 s): the kill then lands with a run id kept and some steps sent, some not."""
+    at most 60 s): the kill then lands with a run id kept and some steps sent, some not.
+    With $RT_KILL_PGID it kills that process group instead (a tracking server) and trains on."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -27,7 +28,10 @@ class KillWhenSentTask(RegressionTask):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self._sent() < self.kill_at - 2:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("RT_KILL_PGID"):
+            os.killpg(int(os.environ["RT_KILL_PGID"]), signal.SIGKILL)
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _sent(self) -> int:
         try:

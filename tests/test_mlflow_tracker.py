@@ -102,3 +102,47 @@ def test_a_missing_package_is_a_usage_error_that_says_how_to_install_it(tmp_path
     assert p.returncode == 2, p.stderr[-2000:]
     assert "pip install -e '.[mlflow]'" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from rt_trackers import mlflow_server
+
+    # One server for the module; the last test stops it.
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as (uri, proc):
+        yield uri, proc
+
+
+@pytest.mark.timeout(240)
+def test_tracking_server_returns_params_metrics_and_artifacts(tmp_path, server):
+    server, _ = server
+    run_dir = tmp_path / "run"
+    _, cfg = train(run_dir, **RUN, **{"logging.mlflow_tracking_uri": server, "logging.experiment": "served"})
+    client = MlflowClient(server)
+    run = only_run(client, "served")
+    check_run(client, run, run_dir, cfg)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server, not by the run
+
+
+@pytest.mark.timeout(240)
+def test_a_server_gone_mid_run_costs_a_warning_not_the_run(tmp_path, server):
+    uri, proc = server
+    run_dir = tmp_path / "run"
+    # The module's server: this run kills it after step 8, once step 6 reached it (the module's
+    # last test). MLflow's client retries are cut short: the test need not wait out its back-off.
+    s = settings(run_dir, **RUN, **{"logging.mlflow_tracking_uri": uri, "logging.experiment": "gone"})
+    env = cli_env(RT_KILL_AT_STEP="8", RT_TRACKER="mlflow", RT_KILL_PGID=str(proc.pid),
+                  MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    p = run_cli(["--task", "rt_tracker_tasks:KillWhenSentTask", *set_args(s)], env=env, timeout=180)
+    proc.wait(timeout=30)  # the server is gone
+    assert p.returncode == 0, p.stderr[-3000:]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert max(r["step"] for r in records) == 32 and (run_dir / "summary.json").exists()
+    sent = json.loads((run_dir / "tracker-mlflow.json").read_text())["sent"]
+    assert 6 <= sent["train"] < 32
+    warning = [line for line in p.stderr.splitlines() if "mlflow: not logged" in line]
+    assert len(warning) == 1, p.stderr[-3000:]
+    # It names what is missing: the train records after the last one sent, the validations, the end.
+    assert f"train records of {32 - sent['train']} step(s) (steps {sent['train'] + 1}-32)" in warning[0]
+    assert "val records" in warning[0] and "the summary" in warning[0] and "summary.json" in warning[0]
+    assert "sending train record failed" in p.stderr or "sending val record failed" in p.stderr
