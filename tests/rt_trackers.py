@@ -71,3 +71,69 @@ def stop_server(proc) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- W&B offline run files
+WANDB_BLOCK = 32 * 1024  # the .wandb file is a LevelDB-style log: 32 KiB blocks of framed chunks
+WANDB_HEADER = 7  # file header "<4sHB": b":W&B", magic 0xBEE1, version; chunk header "<IHB": crc, length, type
+
+
+def wandb_records(path) -> list:
+    """Every `wandb_internal_pb2.Record` of a .wandb file, parsed with W&B's own protobuf
+    definitions (wandb 0.31 ships no Python reader for the framing; it is LevelDB's log format)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:WANDB_HEADER])
+    assert ident == b":W&B" and magic == 0xBEE1, (ident, magic)
+    records, pending, pos = [], b"", WANDB_HEADER
+    while pos + WANDB_HEADER <= len(data):
+        if WANDB_BLOCK - pos % WANDB_BLOCK < WANDB_HEADER:  # too little room left: padding
+            pos += WANDB_BLOCK - pos % WANDB_BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_HEADER])
+        chunk = data[pos + WANDB_HEADER:pos + WANDB_HEADER + length]
+        pos += WANDB_HEADER + length
+        if kind == 0 and length == 0:
+            break  # zero-filled tail
+        pending = chunk if kind in (1, 2) else pending + chunk  # FULL/FIRST start, MIDDLE/LAST continue
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_history(path) -> dict[str, list[tuple[int, float]]]:
+    """{metric: [(step, value), ...]} from the history records of a .wandb file (W&B's own
+    keys, `_step`, `_runtime`, `_timestamp`, left out)."""
+    import json
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") != "history":
+            continue
+        items = {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
+        step = int(items.get("_step", record.history.step.num))
+        for key, value in items.items():
+            if not key.startswith("_"):
+                out.setdefault(key, []).append((step, float(value)))
+    return out
+
+
+def wandb_config(path) -> dict:
+    """The run's config as W&B stored it (the last config record wins, key by key)."""
+    import json
+
+    config: dict = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif record.WhichOneof("record_type") == "run":
+            for item in record.run.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Optional
 
-from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger, flat_params
+from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger, flat_params, param_text
 
 DEFAULT_EXPERIMENT = "raytrain_llm"
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
@@ -67,7 +67,7 @@ class MLflowLogger(TrackerLogger):
         self.run_name = run_name(config.logging)
         self.client = None
 
-    def start_run(self, run_id: Optional[str], params: dict[str, str], tags: dict[str, str]) -> str:
+    def start_run(self, run_id: Optional[str], params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
@@ -79,7 +79,7 @@ class MLflowLogger(TrackerLogger):
             return run_id
         run = self.client.create_run(experiment_id(self.client, self.experiment, self.tracking_uri),
                                      run_name=self.run_name, tags=tags)
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(k, param_text(v)) for k, v in params.items()]
         for i in range(0, len(items), MAX_BATCH):
             self.client.log_batch(run.info.run_id, params=items[i:i + MAX_BATCH])
         return run.info.run_id
@@ -95,7 +95,7 @@ class MLflowLogger(TrackerLogger):
 
         # The last records are metrics already; the rest (steps, best value and checkpoint) as tags.
         flat = flat_params({k: v for k, v in summary.items() if k != "final"}, "summary.")
-        tags = [RunTag(k, v[:5000]) for k, v in flat.items()]
+        tags = [RunTag(k, param_text(v)[:5000]) for k, v in flat.items()]
         for i in range(0, len(tags), MAX_BATCH):
             self.client.log_batch(self.run_id, tags=tags[i:i + MAX_BATCH])
 

@@ -32,16 +32,21 @@ CLOSE_TIMEOUT_S = 60.0  # the most the end of a run waits for queued sends (an u
 EXCEPTION_CLOSE_TIMEOUT_S = 10.0
 
 
-def flat_params(config_dict: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"training.lr": "0.001", ...}: every leaf of the config, lists as their JSON text."""
-    out: dict[str, str] = {}
+def flat_params(config_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"training.lr": 0.001, ...}: every leaf of the config; lists (and empty dicts) as JSON text."""
+    out: dict[str, Any] = {}
     for key, value in config_dict.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.update(flat_params(value, name + "."))
         else:
-            out[name] = value if isinstance(value, str) else json.dumps(value)
+            out[name] = value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value)
     return out
+
+
+def param_text(value: Any) -> str:
+    """A parameter as text (MLflow's params and tags are strings): JSON for anything not a string."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def record_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -85,7 +90,7 @@ class TrackerLogger(Callback):
         self.skip_through: dict[str, int] = {}  # split -> last step an earlier segment sent
 
     # ---------------------------------------------------------- the service (on the sender thread)
-    def start_run(self, run_id: Optional[str], params: dict[str, str], tags: dict[str, str]) -> str:
+    def start_run(self, run_id: Optional[str], params: dict[str, Any], tags: dict[str, str]) -> str:
         """Create a run (run_id None) or continue `run_id`; return its id. Params only for a new run."""
         raise NotImplementedError
 
@@ -156,7 +161,7 @@ class TrackerLogger(Callback):
             self._close(EXCEPTION_CLOSE_TIMEOUT_S)
 
     # ---------------------------------------------------------- internals
-    def _begin(self, run_id: Optional[str], params: dict[str, str], tags: dict[str, str]) -> None:
+    def _begin(self, run_id: Optional[str], params: dict[str, Any], tags: dict[str, str]) -> None:
         self.run_id = self.start_run(run_id, params, tags)
         self._write_state()
 

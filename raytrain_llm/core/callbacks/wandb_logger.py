@@ -23,7 +23,7 @@ class WandbLogger(TrackerLogger):
         self.run_name = run_name(config.logging)
         self.run = None
 
-    def start_run(self, run_id: Optional[str], params: dict[str, str], tags: dict[str, str]) -> str:
+    def start_run(self, run_id: Optional[str], params: dict[str, Any], tags: dict[str, str]) -> str:
         import wandb
 
         settings = wandb.Settings(mode=self.mode, console="off", x_disable_stats=True, silent=True)
@@ -44,6 +44,8 @@ class WandbLogger(TrackerLogger):
         import wandb
 
         for path in paths:
+            if os.path.basename(path) == "config.yaml":
+                continue  # W&B's own file of that name holds the config already (as the run's config)
             if os.path.isdir(path):  # a checkpoint folder: a model artifact
                 artifact = wandb.Artifact(f"checkpoint-{self.run.id}", type="model")
                 artifact.add_dir(path)
