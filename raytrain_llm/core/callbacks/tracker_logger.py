@@ -143,7 +143,7 @@ class TrackerLogger(Callback):
         if self.sender is None:
             return
         files = [os.path.join(self.log_dir, n) for n in (SUMMARY_FILE, METRICS_FILE, "config.yaml")]
-        summary = self._read_json(os.path.join(self.log_dir, SUMMARY_FILE))
+        summary = self.read_json(os.path.join(self.log_dir, SUMMARY_FILE))
         if self.settings.tracker_log_checkpoint:
             manager = engine.checkpoint_manager
             checkpoint = manager and (manager.best_path() or manager.latest_path())
@@ -188,10 +188,10 @@ class TrackerLogger(Callback):
             self.logger.warning(message)
 
     def _read_state(self) -> dict[str, Any]:
-        return self._read_json(self.state_path)
+        return self.read_json(self.state_path)
 
     @staticmethod
-    def _read_json(path: str) -> dict[str, Any]:
+    def read_json(path: str) -> dict[str, Any]:
         try:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
