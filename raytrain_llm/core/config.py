@@ -139,7 +139,7 @@ class LoggingConfig:
     trackers: list = field(default_factory=list)
     experiment: str = ""  # MLflow experiment / W&B project; empty: raytrain_llm (a sweep: its name)
     run_name: str = ""  # the tracker run's name; empty: the last folder of logging.dir
-    mlflow_tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else file:<logging.dir>/mlruns
+    mlflow_tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<logging.dir>/mlflow.db
     wandb_mode: str = "online"  # online | offline (no network; `wandb sync` uploads later)
     tracker_log_checkpoint: bool = False  # upload the best (else latest) checkpoint at the end
 
