@@ -187,7 +187,7 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
 
         rows = collect_rows(spec, base, grid, points)
         summary = write_report(spec, base, rows)
-        tag_best_trial(base, spec.sweep_dir, summary, [r["trial"] for r in rows], logger)
+        tag_best_trial(base, spec.sweep_dir, summary, rows, logger)
         unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:
         logger.close()

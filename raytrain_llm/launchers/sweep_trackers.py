@@ -24,10 +24,12 @@ def set_trial_tracking(cfg: Config, sweep_dir: str, trial: str) -> None:
                                    or "sqlite:///" + os.path.join(os.path.abspath(sweep_dir), "mlflow.db"))
 
 
-def tag_best_trial(base: Config, sweep_dir: str, summary: dict[str, Any], trials: list[str], logger) -> None:
-    """Tags each trial's MLflow run with whether it is the sweep's best, and gives the best run
-    the sweep's table and plots. A tracker that fails here costs a warning: the sweep's own
-    results are written already."""
+def tag_best_trial(base: Config, sweep_dir: str, summary: dict[str, Any], rows: list[dict[str, Any]],
+                   logger) -> None:
+    """Tags each trial's MLflow run with whether it is the sweep's best and whether ASHA stopped
+    it early (such a run, its process killed, is still RUNNING: it is ended as KILLED), and gives
+    the best run the sweep's table and plots. A tracker that fails here costs a warning: the
+    sweep's own results are written already."""
     if "mlflow" not in base.logging.trackers:
         return
     from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger
@@ -40,11 +42,15 @@ def tag_best_trial(base: Config, sweep_dir: str, summary: dict[str, Any], trials
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(probe.logging.mlflow_tracking_uri)
-        for trial in trials:
+        for row in rows:
+            trial = row["trial"]
             state = TrackerLogger.read_json(os.path.join(trial_folder(sweep_dir, trial), "tracker-mlflow.json"))
             if not state.get("run_id"):
                 continue
             client.set_tag(state["run_id"], "sweep.best", str(trial == best).lower())
+            client.set_tag(state["run_id"], "sweep.stopped_early", row.get("stopped early", "no"))
+            if row.get("stopped early") == "yes" and client.get_run(state["run_id"]).info.status == "RUNNING":
+                client.set_terminated(state["run_id"], status="KILLED")
             if trial == best:
                 for path in [summary.get("table_md"), summary.get("table_csv"), *summary.get("plots", [])]:
                     if path and os.path.exists(path):

@@ -58,5 +58,6 @@ def test_a_sweep_of_two_trials_is_two_mlflow_runs_in_one_experiment(tmp_path, ra
     best = summary["best"]["trial"]
     assert {name: r.data.tags["sweep.best"] for name, r in runs.items()} == {
         name: str(name == best).lower() for name in runs}
+    assert {r.data.tags["sweep.stopped_early"] for r in runs.values()} == {"no"}
     artifacts = {f.path for f in client.list_artifacts(runs[best].info.run_id, "sweep")}
     assert "sweep/results.md" in artifacts and any(p.endswith(".png") for p in artifacts)
