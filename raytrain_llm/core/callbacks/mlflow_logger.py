@@ -18,6 +18,7 @@ from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger, flat_param
 
 DEFAULT_EXPERIMENT = "raytrain_llm"
 MAX_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+MAX_METRICS = 1000  # and of metrics
 
 
 def resolve_tracking_uri(logging_cfg) -> str:
@@ -85,10 +86,15 @@ class MLflowLogger(TrackerLogger):
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.log_records([(metrics, step)])
+
+    def log_records(self, records: list[tuple[dict[str, float], int]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        items = [Metric(k, v, now, step) for metrics, step in records for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=items[i:i + MAX_METRICS])
 
     def log_summary(self, summary: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

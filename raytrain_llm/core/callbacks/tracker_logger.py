@@ -97,6 +97,11 @@ class TrackerLogger(Callback):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
+    def log_records(self, records: list[tuple[dict[str, float], int]]) -> None:
+        """Several records' (metrics, step), in order; a service with a batch call overrides it."""
+        for metrics, step in records:
+            self.log_metrics(metrics, step)
+
     def log_files(self, paths: list[str]) -> None:
         """Files and folders (a checkpoint) as the run's artifacts, under their base names."""
         raise NotImplementedError
@@ -104,7 +109,7 @@ class TrackerLogger(Callback):
     def log_summary(self, summary: dict[str, Any]) -> None: ...
 
     def end_run(self, status: str) -> None:
-        """`status`: FINISHED or FAILED."""
+        """`status`: FINISHED, FAILED or KILLED (Ctrl-C)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------- hooks (the training loop)
@@ -120,7 +125,7 @@ class TrackerLogger(Callback):
         tags = run_tags(engine.config)
         if run_id:
             tags["resumed_at_step"] = str(engine.global_step)
-        self.sender = BackgroundSender(self.name, self._failed)
+        self.sender = BackgroundSender(self.name, self._failed, send_records=self._send)
         self.sender.submit(lambda: self._begin(run_id, params, tags),
                            "the run's start (config as parameters, tags)" if not run_id else "the resumed run's start")
         if engine.global_step and not engine.resumed_from_elsewhere:
@@ -136,8 +141,7 @@ class TrackerLogger(Callback):
         step = int(record.get("step", engine.global_step))
         if step <= self.skip_through.get(split, 0):
             return  # sent by the segment before the resume
-        metrics = record_metrics(record)
-        self.sender.submit(lambda: self._send(metrics, step, split), f"{split} record", split, step)
+        self.sender.submit_record((record_metrics(record), step, split), split, step)
 
     def on_train_end(self, engine) -> None:
         if self.sender is None:
@@ -157,7 +161,8 @@ class TrackerLogger(Callback):
 
     def on_exception(self, engine, exc) -> None:
         if self.sender is not None:
-            self.sender.submit(lambda: self.end_run("FAILED"), "the run's end (failed)")
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            self.sender.submit(lambda: self.end_run(status), "the run's end (failed)")
             self._close(EXCEPTION_CLOSE_TIMEOUT_S)
 
     # ---------------------------------------------------------- internals
@@ -165,9 +170,10 @@ class TrackerLogger(Callback):
         self.run_id = self.start_run(run_id, params, tags)
         self._write_state()
 
-    def _send(self, metrics: dict[str, float], step: int, split: str) -> None:
-        self.log_metrics(metrics, step)
-        self.sent[split] = step
+    def _send(self, records: list[tuple[dict[str, float], int, str]]) -> None:
+        self.log_records([(metrics, step) for metrics, step, _ in records])
+        for _, step, split in records:
+            self.sent[split] = step
         self._write_state()
 
     def _close(self, timeout_s: float) -> None:

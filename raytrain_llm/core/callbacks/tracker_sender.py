@@ -4,16 +4,28 @@ The training loop only enqueues (microseconds); a slow or unreachable server del
 never a step. The queue is bounded: when it is full (the server is far slower than the loop)
 an item is dropped and counted rather than blocking. After the first failed call the tracker
 is considered gone: later items are not attempted (each would wait out the client's retries)
-but counted, so the warning at the end can say what was not logged.
+but counted, so the warning at the end can say what was not logged. Records waiting in the
+queue together go out in one call (`send_records`): one request per batch to a remote server
+instead of one per record.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 MAX_QUEUED = 10_000  # items (one per logged record, plus a few at start and end)
+MAX_RECORDS_PER_SEND = 50  # records sent in one call (MLflow takes at most 1000 metrics per request)
 _STOP = object()
+_RECORD = object()
+
+
+class Item(NamedTuple):
+    fn: Any  # a callable, or _RECORD (payload goes to send_records) or _STOP
+    what: str  # names it in the warning if it is not sent
+    split: Optional[str] = None
+    step: Optional[int] = None
+    payload: Any = None
 
 
 class NotLogged:
@@ -44,8 +56,10 @@ def _span(steps: list[int]) -> str:
 class BackgroundSender:
     """Calls enqueued functions in order on a daemon thread; `close` waits a bounded time."""
 
-    def __init__(self, name: str, on_failure: Callable[[str, BaseException], None]):
+    def __init__(self, name: str, on_failure: Callable[[str, BaseException], None],
+                 send_records: Optional[Callable[[list], None]] = None):
         self.name = name
+        self._send_records = send_records
         self.not_logged = NotLogged()
         self.error: Optional[BaseException] = None
         self._on_failure = on_failure
@@ -57,19 +71,26 @@ class BackgroundSender:
     def submit(self, fn: Callable[[], None], what: str, split: Optional[str] = None,
                step: Optional[int] = None) -> None:
         """Queue `fn`; `what` (with split and step for a record) names it in the warning if it is not sent."""
+        self._put(Item(fn, what, split, step))
+
+    def submit_record(self, payload: Any, split: str, step: int) -> None:
+        """Queue a record for `send_records`, batched with the records queued after it."""
+        self._put(Item(_RECORD, f"{split} record", split, step, payload))
+
+    def _put(self, item: Item) -> None:
         if self.error is not None:
-            self._skip(what, split, step)
+            self._skip([item])
             return
         try:
-            self._queue.put_nowait((fn, what, split, step))
+            self._queue.put_nowait(item)
         except queue.Full:
-            self._skip(what, split, step)
+            self._skip([item])
 
     def close(self, timeout_s: float) -> bool:
         """Sends what is queued, waiting at most `timeout_s`; False if the thread is still busy
         (its remaining items are then reported as not logged; the daemon thread dies with the process)."""
         try:
-            self._queue.put((_STOP, "", None, None), timeout=timeout_s)
+            self._queue.put(Item(_STOP, ""), timeout=timeout_s)
         except queue.Full:
             pass
         self._thread.join(timeout_s)
@@ -78,28 +99,47 @@ class BackgroundSender:
         with self._lock:
             while True:
                 try:
-                    fn, what, split, step = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if fn is not _STOP:
-                    self.not_logged.add(what, split, step)
+                if item.fn is not _STOP:
+                    self.not_logged.add(item.what, item.split, item.step)
         return False
 
-    def _skip(self, what: str, split: Optional[str], step: Optional[int]) -> None:
+    def _skip(self, items: list[Item]) -> None:
         with self._lock:
-            self.not_logged.add(what, split, step)
+            for item in items:
+                self.not_logged.add(item.what, item.split, item.step)
 
     def _run(self) -> None:
+        carry: Optional[Item] = None  # an item taken while gathering a batch of records
         while True:
-            fn, what, split, step = self._queue.get()
-            if fn is _STOP:
+            item, carry = carry or self._queue.get(), None
+            if item.fn is _STOP:
                 return
-            if self.error is not None:
-                self._skip(what, split, step)
-                continue
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - any client error means the tracker is gone
-                self.error = exc
-                self._skip(what, split, step)
-                self._on_failure(what, exc)
+            batch = [item]
+            if item.fn is _RECORD:
+                while len(batch) < MAX_RECORDS_PER_SEND:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt.fn is not _RECORD:
+                        carry = nxt
+                        break
+                    batch.append(nxt)
+            self._call(batch)
+
+    def _call(self, batch: list[Item]) -> None:
+        if self.error is not None:
+            self._skip(batch)
+            return
+        try:
+            if batch[0].fn is _RECORD:
+                self._send_records([item.payload for item in batch])
+            else:
+                batch[0].fn()
+        except Exception as exc:  # noqa: BLE001 - any client error means the tracker is gone
+            self.error = exc
+            self._skip(batch)
+            self._on_failure(batch[0].what, exc)
