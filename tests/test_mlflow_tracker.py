@@ -143,6 +143,6 @@ def test_a_server_gone_mid_run_costs_a_warning_not_the_run(tmp_path, server):
     warning = [line for line in p.stderr.splitlines() if "mlflow: not logged" in line]
     assert len(warning) == 1, p.stderr[-3000:]
     # It names what is missing: the train records after the last one sent, the validations, the end.
-    assert f"train records of {32 - sent['train']} step(s) (steps {sent['train'] + 1}-32)" in warning[0]
+    assert f"train records of steps {sent['train'] + 1}-32" in warning[0]
     assert "val records" in warning[0] and "the summary" in warning[0] and "summary.json" in warning[0]
     assert "sending train record failed" in p.stderr or "sending val record failed" in p.stderr

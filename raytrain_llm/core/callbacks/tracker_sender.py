@@ -45,12 +45,20 @@ class NotLogged:
         return bool(self.steps or self.items)
 
     def describe(self) -> str:
-        parts = [f"{split} records of {len(steps)} step(s) {_span(steps)}" for split, steps in sorted(self.steps.items())]
+        parts = [f"{split} records of {_span(steps)}" for split, steps in sorted(self.steps.items())]
         return ", ".join(parts + self.items)
 
 
 def _span(steps: list[int]) -> str:
-    return f"(step {steps[0]})" if len(steps) == 1 else f"(steps {min(steps)}-{max(steps)})"
+    """Steps as text: step 4; steps 5-32 (every one); steps 1, 3; 40 steps between 1 and 90."""
+    steps = sorted(set(steps))
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    if steps[-1] - steps[0] + 1 == len(steps):
+        return f"steps {steps[0]}-{steps[-1]}"
+    if len(steps) <= 6:
+        return "steps " + ", ".join(map(str, steps))
+    return f"{len(steps)} steps between {steps[0]} and {steps[-1]}"
 
 
 class BackgroundSender:
