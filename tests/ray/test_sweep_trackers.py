@@ -1,6 +1,6 @@
 """A sweep in MLflow: 2 trials are 2 runs in one experiment named after the sweep, each with its
 swept values as parameters and the metrics of its metrics.jsonl; the best is tagged and holds the
-sweep's table and plots."""
+sweep's table and plots. The same sweep in W&B (offline): 2 runs in one project named after it."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +12,7 @@ import yaml
 from raytrain_llm.core.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rt_trackers import jsonl_series, mlflow_series  # noqa: E402
+from rt_trackers import jsonl_series, mlflow_series, wandb_config, wandb_records  # noqa: E402
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -24,7 +24,8 @@ TINY_LM = {
     "training": {"batch_size": 16, "epochs": 1, "max_steps": 4, "lr": 0.02, "lr_schedule": "constant",
                  "val_every_n_steps": 2, "device": "cpu"},
     "checkpoint": {"every_n_steps": 2, "keep_last": 1, "keep_best": 0},
-    "logging": {"log_every_n_steps": 2, "progress_bar": "off", "level": "WARNING", "trackers": ["mlflow"]},
+    "logging": {"log_every_n_steps": 2, "progress_bar": "off", "level": "WARNING",
+                "trackers": ["mlflow", "wandb"], "wandb_mode": "offline"},
     "distributed": {"num_workers": 1, "cpus_per_worker": 0.25},
 }
 
@@ -61,3 +62,9 @@ def test_a_sweep_of_two_trials_is_two_mlflow_runs_in_one_experiment(tmp_path, ra
     assert {r.data.tags["sweep.stopped_early"] for r in runs.values()} == {"no"}
     artifacts = {f.path for f in client.list_artifacts(runs[best].info.run_id, "sweep")}
     assert "sweep/results.md" in artifacts and any(p.endswith(".png") for p in artifacts)
+    # W&B: each trial's offline run, in the sweep's project, named after the trial, with its swept value.
+    for name, experts in (("t000", 2), ("t001", 4)):
+        (path,) = (sweep_dir / "tensorboard" / name / "wandb").glob("offline-run-*/*.wandb")
+        run = next(r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run")
+        assert (run.project, run.display_name) == ("tracked", name)
+        assert wandb_config(path)["model.num_experts"] == experts
