@@ -149,6 +149,8 @@ def _field_strategy(key: str, tp):
                          exclude_min=not inclusive, allow_nan=False, allow_infinity=False)
     if tp is tuple:
         return st.tuples(st.floats(0, 0.999), st.floats(0, 0.999))
+    if key == "logging.trackers":  # names of installed trackers (the dev extra has them all)
+        return st.lists(st.sampled_from(["tensorboard", "mlflow", "wandb"]), unique=True)
     if key in ("logging.dir", "checkpoint.dir"):
         # Checked against the file system (a file there is an error); hypothesis also draws string
         # constants from the code, such as /proc/self/stat.

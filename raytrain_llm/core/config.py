@@ -167,6 +167,14 @@ class LoggingConfig:
     log_every_n_steps: int = setting(10, "a train record every N optimizer steps", ge=1)
     tensorboard: bool = setting(True, "TensorBoard scalars in <logging.dir>/tensorboard")
     progress_bar: str = setting("auto", "auto: a bar on a terminal, lines otherwise", choices=("auto", "on", "off"))
+    trackers: list = setting(doc="experiment trackers fed from rank 0: mlflow, wandb (tensorboard here = tensorboard: true)",
+                             default_factory=list)
+    experiment: str = setting("", "MLflow experiment / W&B project; empty: raytrain_llm (a sweep: its name)")
+    run_name: str = setting("", "the tracker run's name; empty: the last folder of logging.dir")
+    mlflow_tracking_uri: str = setting("", "empty: $MLFLOW_TRACKING_URI, else sqlite:///<logging.dir>/mlflow.db")
+    wandb_mode: str = setting("online", "online, or offline (no network; `wandb sync` uploads later)",
+                              choices=("online", "offline"))
+    tracker_log_checkpoint: bool = setting(False, "upload the best (else latest) checkpoint to the trackers at the end")
 
 
 @dataclass
@@ -190,6 +198,8 @@ SECTIONS = {
     "logging": LoggingConfig,
     "callbacks": CallbacksConfig,
 }
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def section_fields() -> Iterator[tuple[str, dataclasses.Field]]:
@@ -300,7 +310,33 @@ def cross_field_errors(cfg: Config) -> list[str]:
                       "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
         errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
-    return errors + folder_errors(cfg)
+    return errors + tracker_errors(cfg.logging) + folder_errors(cfg)
+
+
+def tracker_errors(logging_cfg: LoggingConfig) -> list[str]:
+    """Unknown or repeated tracker names, and a chosen tracker whose package is not installed."""
+    errors = []
+    names = logging_cfg.trackers
+    for name in names:
+        if name not in TRACKERS:
+            errors.append(f"logging.trackers: {name!r} is not one of {', '.join(TRACKERS)}")
+        elif name != "tensorboard" and not package_installed(name):
+            errors.append(f"logging.trackers: {name} is chosen but its package is not installed "
+                          f"(pip install -e '.[{name}]')")
+    if len(set(names)) != len(names):
+        errors.append(f"logging.trackers: a tracker is listed twice (got {list(names)!r})")
+    return errors
+
+
+def package_installed(name: str) -> bool:
+    """Whether `import name` can find the package (without importing it: mlflow takes seconds).
+    A module set to None in sys.modules is Python's way of blocking an import: not installed."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
 
 
 MOE_KEYS = ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim", "num_shared_experts",

@@ -53,7 +53,7 @@ def type_name(tp) -> str:
     if typing.get_origin(tp) is typing.Union:
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-            tuple: "a list", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+            tuple: "a list", list: "a list of names", type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def parse_text(text: str, tp) -> Any:
@@ -77,6 +77,11 @@ def parse_text(text: str, tp) -> Any:
     if tp is tuple:
         loaded = load_text(s) if s.startswith("[") else [p for p in s.split(",") if p.strip()]
         return tuple(float(v) for v in loaded)
+    if tp is list:  # names: `a,b` or `[a, b]`; empty = none
+        loaded = yaml.safe_load(s) if s.startswith("[") else [p.strip() for p in s.split(",") if p.strip()]
+        if not isinstance(loaded, list) or not all(isinstance(v, str) for v in loaded):
+            raise ValueError
+        return loaded
     return text
 
 
@@ -97,6 +102,8 @@ def coerce(value: Any, tp) -> Any:
     if tp is tuple and isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return tuple(float(v) for v in value)
+    if tp is list and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
     raise TypeError
 
 

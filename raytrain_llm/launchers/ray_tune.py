@@ -23,6 +23,7 @@ from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS, worker_resources
 from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
 from raytrain_llm.launchers.sweep_report import trial_folder
 from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
+from raytrain_llm.launchers.sweep_trackers import set_trial_tracking, tag_best_trial
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
 STOPPED_FILE = "early_stopped.json"
@@ -46,6 +47,7 @@ def trial_config(base: Config, point: dict[str, Any], sweep_dir: str,
     cfg.distributed.launcher = "ray"
     cfg.distributed.run_name = point[POINT_ID]
     cfg.distributed.storage_path = os.path.join(sweep_dir, "train")
+    set_trial_tracking(cfg, sweep_dir, point[POINT_ID])
     return cfg
 
 
@@ -185,6 +187,7 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
 
         rows = collect_rows(spec, base, grid, points)
         summary = write_report(spec, base, rows)
+        tag_best_trial(base, spec.sweep_dir, summary, rows, logger)
         unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
     finally:
         logger.close()

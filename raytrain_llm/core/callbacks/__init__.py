@@ -5,9 +5,11 @@ from raytrain_llm.core.callbacks.base import Callback, CallbackList
 from raytrain_llm.core.callbacks.early_stopping import EarlyStopping
 from raytrain_llm.core.callbacks.lr_scheduler import LRSchedulerCallback
 from raytrain_llm.core.callbacks.metrics_logger import MetricsLogger
+from raytrain_llm.core.callbacks.mlflow_logger import MLflowLogger
 from raytrain_llm.core.callbacks.profiler import Profiler
 from raytrain_llm.core.callbacks.progress_bar import ProgressBar
 from raytrain_llm.core.callbacks.tensorboard_logger import TensorBoardLogger
+from raytrain_llm.core.callbacks.wandb_logger import WandbLogger
 
 
 def default_callbacks(config, logger=None) -> list[Callback]:
@@ -16,8 +18,14 @@ def default_callbacks(config, logger=None) -> list[Callback]:
         MetricsLogger(log_dir, monitor=config.checkpoint.monitor, mode=config.checkpoint.mode),
         LRSchedulerCallback(monitor=config.checkpoint.monitor, logger=logger),
     ]
-    if config.logging.tensorboard:
+    trackers = config.logging.trackers
+    if config.logging.tensorboard or "tensorboard" in trackers:
         cbs.append(TensorBoardLogger(log_dir, logger=logger))
+    # After MetricsLogger: at train end they send the summary.json it has just written.
+    if "mlflow" in trackers:
+        cbs.append(MLflowLogger(config, logger=logger))
+    if "wandb" in trackers:
+        cbs.append(WandbLogger(config, logger=logger))
     c = config.callbacks
     if c.early_stopping:
         cbs.append(EarlyStopping(monitor=c.monitor, mode=c.mode, patience=c.early_stopping_patience,
@@ -30,5 +38,5 @@ def default_callbacks(config, logger=None) -> list[Callback]:
     return cbs
 
 
-__all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger",
-           "Profiler", "ProgressBar", "TensorBoardLogger", "default_callbacks"]
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger", "MLflowLogger",
+           "Profiler", "ProgressBar", "TensorBoardLogger", "WandbLogger", "default_callbacks"]
