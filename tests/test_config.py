@@ -211,6 +211,10 @@ def test_print_config_reloads_to_same_config(tmp_path):
     expected = load_config(None, ["training.lr=0.0123", "model.d_model=96", "training.betas=0.8,0.9",
                                   "logging.dir=some dir/x: y"], environ={"RAYTRAIN_DATA__NOISE_STD": "0.3"},
                            task="lm")
+    # The printed config holds the task's options resolved (the lm task's defaults filled in).
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
+    from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+    expected.task_options = options_dict(parse_task_options(LanguageModelingTask.Options, {}, "lm"))
     assert reloaded == expected and reloaded.task == "lm" and reloaded.data.noise_std == 0.3
 
 
