@@ -13,7 +13,7 @@ import torch
 
 from raytrain_llm.core.callbacks import Callback, EarlyStopping
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.base_task import StepOutput
+from raytrain_llm.core.task import StepOutput
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 

@@ -343,7 +343,7 @@ def test_an_epochs_last_step_is_saved_once(tmp_path):
     # epoch's position and the epoch-end validation.
     from rt_testing import make_config
     from raytrain_llm.core.callbacks import Callback
-    from raytrain_llm.core.worker import train_worker
+    from raytrain_llm.launchers.worker import train_worker
 
     class Saves(Callback):
         def __init__(self):

@@ -11,9 +11,9 @@ import yaml
 
 from raytrain_llm.core.config import Config, inactive_keys
 from raytrain_llm.core.errors import ConfigError
-from raytrain_llm.launchers.ray_tune import trial_config
-from raytrain_llm.launchers.sweep_config import parse_sweep
-from raytrain_llm.launchers.sweep_space import build_points
+from raytrain_llm.launchers.tune.runner import trial_config
+from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
+from raytrain_llm.launchers.tune.search_space import build_points
 from rt_helpers import OptionsTask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    # A user task's own settings, checked against its `Options` dataclass (tasks/task_options.py).
+    # A user task's own settings, checked against its `Options` dataclass (core/task_options.py).
     task_options: dict[str, Any] = field(default_factory=dict)
 
     # --- plain-dict round trip (the config travels to Ray workers and into checkpoints) ---

@@ -18,7 +18,7 @@ from raytrain_llm.core.config import SECTIONS, Config
 from raytrain_llm.core.errors import ConfigError
 
 ENV_PREFIX = "RAYTRAIN_"
-# Variables the project reads itself that are not config fields (cli.py, launchers/ray_report.py,
+# Variables the project reads itself that are not config fields (cli.py, launchers/ray_train/report_callback.py,
 # core/monitoring.py): every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
 ENV_NOT_FIELDS = frozenset({"RAYTRAIN_DEBUG", "RAYTRAIN_FAULT_INJECT", "RAYTRAIN_PEAK_TFLOPS"})
 
@@ -98,7 +98,7 @@ class _Builder:
 
     def __init__(self):
         self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-        self.task_options: dict[str, Any] = {}  # checked by the task (tasks/task_options.py)
+        self.task_options: dict[str, Any] = {}  # checked by the task (core/task_options.py)
         self.task: Optional[str] = None
         self.errors: list[str] = []
         self.sources: dict[str, str] = {}  # dotted key -> where its value came from, for messages

@@ -16,7 +16,7 @@ from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict,
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.rng_state import capture_rng, restore_rng
-from raytrain_llm.tasks.base_task import LRSchedule
+from raytrain_llm.core.task import LRSchedule
 
 
 class EngineStateMixin:

@@ -16,7 +16,7 @@ from torch import nn
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.task_options import parse_task_options
+from raytrain_llm.core.task_options import parse_task_options
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 

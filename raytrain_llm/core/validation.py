@@ -8,7 +8,7 @@ import torch
 from raytrain_llm.core.precision import to_device
 from raytrain_llm.core.step_checks import (check_declared_validation, check_metric_names, check_metric_values,
                                            check_monitor, metric_float)
-from raytrain_llm.tasks.base_task import as_step_output, declared_validation_metrics, samples_in_batch
+from raytrain_llm.core.task import as_step_output, declared_validation_metrics, samples_in_batch
 
 
 class ValidationMixin:

@@ -1,6 +1,9 @@
-"""`AVAILABLE_TASKS`: task names for `--task`, plus `package.module:Class` for user tasks.
+"""`resolve_task`: the `TrainingTask` class a `--task` name stands for, imported on demand.
 
-Entries are import paths, not classes, so listing tasks never imports heavy model code.
+A name is one of `raytrain_llm.tasks.AVAILABLE_TASKS` (the built-in and registered tasks) or a
+user's `package.module:Class`. Launchers resolve the name in every process that builds the task
+(the driver, spawn and Ray workers), so a task module that a worker cannot import is a usage error
+there as well.
 """
 from __future__ import annotations
 
@@ -12,16 +15,8 @@ import traceback
 from typing import Optional
 
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.base_task import TrainingTask
-
-AVAILABLE_TASKS: dict[str, str] = {
-    "regression": "raytrain_llm.tasks.regression_task:RegressionTask",
-    "lm": "raytrain_llm.tasks.lm_task:LanguageModelingTask",
-}
-
-
-def register_task(name: str, target: str) -> None:
-    AVAILABLE_TASKS[name] = target
+from raytrain_llm.core.task import TrainingTask
+from raytrain_llm.tasks.registry import AVAILABLE_TASKS
 
 
 def resolve_task(name: str) -> type[TrainingTask]:

@@ -16,7 +16,7 @@ from torch import nn
 from raytrain_llm.data.token_data import MarkovTokenDataModule
 from raytrain_llm.data.token_file import TokenFileDataModule
 from raytrain_llm.models import GPT, flops_per_token
-from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
+from raytrain_llm.core.task import StepOutput, TrainingTask
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from raytrain_llm.data.synthetic import SyntheticDataModule
-from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
+from raytrain_llm.core.task import StepOutput, TrainingTask
 
 
 class RegressionTask(TrainingTask):

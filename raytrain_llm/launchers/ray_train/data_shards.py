@@ -47,7 +47,7 @@ def _task_dataset(config_json: str, split: str):
     """The task's dataset, built once per Ray Data worker process from the config."""
     key = (config_json, split)
     if key not in _DATASETS:
-        from raytrain_llm.tasks.registry import resolve_task
+        from raytrain_llm.launchers.task_resolution import resolve_task
 
         config = Config.from_dict(json.loads(config_json))
         module = resolve_task(config.task)(config).build_data_module()

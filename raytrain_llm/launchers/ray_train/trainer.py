@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable, worker_resources
-from raytrain_llm.launchers.ray_report import FAULT_ENV, SCORE_KEY
-from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
+from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable, worker_resources
+from raytrain_llm.launchers.ray_train.report_callback import FAULT_ENV, SCORE_KEY
+from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
 
 USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
@@ -64,9 +64,9 @@ def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from raytrain_llm.core.distributed import DistributedManager
-    from raytrain_llm.core.worker import train_worker
-    from raytrain_llm.launchers.ray_data import RayShardDataModule
-    from raytrain_llm.launchers.ray_report import KillAtStep, RayReportCallback
+    from raytrain_llm.launchers.worker import train_worker
+    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
+    from raytrain_llm.launchers.ray_train.report_callback import KillAtStep, RayReportCallback
 
     config = Config.from_dict(loop_config["config"])
     ctx = ray.train.get_context()
@@ -179,8 +179,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raytrain_llm.launchers.ray_data import build_ray_datasets
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
+    from raytrain_llm.launchers.task_resolution import resolve_task
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint
@@ -188,7 +188,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     _refuse_stale_checkpoints(cfg, restoring)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
     data_module.require_a_batch(cfg.training.batch_size, d.num_workers)  # before any worker starts
-    data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local.check_data_up_front)
+    data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local/in_process.check_data_up_front)
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
         name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),

@@ -1,4 +1,4 @@
-"""A finished (or resumed) sweep's results: table (CSV + Markdown), best config, plots, summary.
+"""A finished (or resumed) sweep's results: table (CSV + Markdown), best config, summary (plots: plots.py).
 
 Rows come from Tune's `ResultGrid`, i.e. exactly what the trials reported: each row's final and
 best metric are the last and best finite values of that trial's reports.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -16,23 +15,20 @@ from raytrain_llm.core.atomic_io import atomic_write_text
 from raytrain_llm.core.callbacks.metrics_logger import SUMMARY_FILE, read_records, read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
-from raytrain_llm.launchers.ray_results import exception_line
-from raytrain_llm.launchers.sweep_config import SweepSpec
-from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point
+from raytrain_llm.launchers.ray_train.results import exception_line
+from raytrain_llm.launchers.tune.sweep_spec import SweepSpec
+from raytrain_llm.launchers.tune.plots import plot_results
+from raytrain_llm.launchers.tune.search_space import POINT_ID, apply_point
+from raytrain_llm.launchers.tune.values import finite, fmt
 
 # Reported names differ by launcher version: with and without the "train/" prefix.
 TOKENS_KEYS = ("train/tokens_per_s", "tokens_per_s")
 LOAD_KEYS = ("train/moe_max_load", "moe_max_load")
-X_KEY, GROUP_KEY = "model.num_experts", "model.top_k"
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _column(history: list[dict], keys) -> list[float]:
     for key in keys:
-        values = [h[key] for h in history if _finite(h.get(key))]
+        values = [h[key] for h in history if finite(h.get(key))]
         if values:
             return values
     return []
@@ -52,7 +48,7 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
             pc = count_parameters(cfg.model)
             out = (pc.active, pc.total)
         else:
-            from raytrain_llm.tasks.registry import resolve_task
+            from raytrain_llm.launchers.task_resolution import resolve_task
 
             with torch.device("meta"):
                 model = resolve_task(cfg.task)(cfg).build_model()
@@ -77,7 +73,7 @@ def collect_rows(spec: SweepSpec, base: Config, grid, points: list[dict[str, Any
     read "interrupted" for good. Not Tune's trial status either: on Ctrl-C its clean-up marks the
     interrupted trials TERMINATED.
     """
-    from raytrain_llm.launchers.tune_scheduler import read_stopped
+    from raytrain_llm.launchers.tune.scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
     cache: dict = {}
@@ -109,7 +105,7 @@ def logged_metric(folder: str, metric: str) -> list[tuple[int, float]]:
     over when the trial is resumed (its reports before the restore point drop out, or repeat); the
     engine's file is rewound to the checkpoint it resumed from, so it holds each step once."""
     return [(r["step"], float(r[metric])) for r in read_records(folder)
-            if _finite(r.get(metric)) and isinstance(r.get("step"), int)]
+            if finite(r.get(metric)) and isinstance(r.get("step"), int)]
 
 
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],
@@ -141,17 +137,9 @@ def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], st
         "error": exception_line(error)[:200] if error else "",
     })
     x = "step" if steps else "training_iteration"
-    row["_curve"] = curve or [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]
+    row["_curve"] = curve or [(h.get(x), h[spec.metric]) for h in history if finite(h.get(spec.metric))]
     row["_point"] = point
     return row
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else str(v)
-    return str(v)
 
 
 def table_text(rows: list[dict], markdown: bool) -> str:
@@ -165,76 +153,16 @@ def table_text(rows: list[dict], markdown: bool) -> str:
         return buf.getvalue()
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
+        lines.append("| " + " | ".join(fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def best_row(spec: SweepSpec, rows: list[dict]) -> Optional[dict]:
-    scored = [r for r in rows if _finite(r.get(f"{spec.metric} best"))]
+    scored = [r for r in rows if finite(r.get(f"{spec.metric} best"))]
     if not scored:
         return None
     pick = min if spec.mode == "min" else max
     return pick(scored, key=lambda r: r[f"{spec.metric} best"])
-
-
-def plot_results(spec: SweepSpec, rows: list[dict], out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    metric_best = f"{spec.metric} best"
-    numeric = [k for k in spec.keys if all(_finite(r.get(k)) for r in rows)]
-    x_key = X_KEY if X_KEY in numeric else (numeric[0] if numeric else None)
-    group_key = GROUP_KEY if GROUP_KEY in spec.keys and GROUP_KEY != x_key else None
-    scored = [r for r in rows if _finite(r.get(metric_best))]
-    if x_key and scored:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        groups = sorted({r.get(group_key) for r in scored}, key=str) if group_key else [None]
-        for g in groups:
-            best: dict = {}  # x -> best value among trials with that x (other swept keys vary)
-            for r in scored:
-                if group_key and r.get(group_key) != g:
-                    continue
-                x, v = r[x_key], r[metric_best]
-                if x not in best or (v < best[x] if spec.mode == "min" else v > best[x]):
-                    best[x] = v
-            xs = sorted(best)
-            ax.plot(xs, [best[x] for x in xs], marker="o", label=f"{group_key}={g}" if group_key else None)
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(f"{spec.metric} ({'lowest' if spec.mode == 'min' else 'highest'} reported)")
-        if x_key == X_KEY:
-            ax.set_xticks(sorted({r[x_key] for r in scored}))
-        ax.set_title(f"sweep {spec.name}")
-        ax.grid(alpha=0.3)
-        if group_key:
-            ax.legend()
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{spec.metric.replace('/', '_')}_vs_{x_key.split('.')[-1]}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    curves = [r for r in rows if r["_curve"]]
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in curves:
-            xs, ys = zip(*r["_curve"])
-            style = "--" if r["stopped early"] == "yes" else "-"
-            label = r["trial"] + " " + ", ".join(f"{k.split('.')[-1]}={_fmt(r[k])}" for k in spec.keys)
-            ax.plot(xs, ys, style, marker=".", label=label + (" (stopped)" if style == "--" else ""))
-        ax.set_xlabel("step")
-        ax.set_ylabel(spec.metric)
-        ax.set_title(f"sweep {spec.name}: {spec.metric} per trial")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "loss_curves.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def trial_folder(sweep_dir: str, trial: str) -> str:

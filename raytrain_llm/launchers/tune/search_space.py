@@ -25,7 +25,7 @@ from typing import Any
 
 from raytrain_llm.core.config import Config, inactive_keys
 from raytrain_llm.core.errors import ConfigError
-from raytrain_llm.launchers.sweep_config import TASK_OPTIONS, Dimension, SweepSpec
+from raytrain_llm.launchers.tune.sweep_spec import TASK_OPTIONS, Dimension, SweepSpec
 
 MAX_DRAWS = 100
 POINT_ID = "id"  # a point's own key: "t000", ...; every other key is a dotted config key
@@ -58,8 +58,8 @@ def apply_point(base: Config, point: dict[str, Any]) -> Config:
 
 def options_errors(cfg: Config) -> list[str]:
     """What the task's `Options` dataclass says of cfg.task_options (a point can set them)."""
-    from raytrain_llm.tasks.registry import resolve_task
-    from raytrain_llm.tasks.task_options import parse_task_options
+    from raytrain_llm.launchers.task_resolution import resolve_task
+    from raytrain_llm.core.task_options import parse_task_options
 
     try:
         parse_task_options(resolve_task(cfg.task).Options, cfg.task_options, cfg.task)
@@ -96,8 +96,8 @@ def metric_errors(spec: SweepSpec, points: list[dict[str, Any]], configs: list[C
     (TrainingTask.validation_metrics): otherwise a misspelt name only surfaces at each trial's
     first validation, after Ray and every trial have started."""
     from raytrain_llm.core.step_checks import unknown_metric
-    from raytrain_llm.tasks.base_task import declared_validation_metrics
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.core.task import declared_validation_metrics
+    from raytrain_llm.launchers.task_resolution import resolve_task
 
     task = configs[0].task  # a sweep cannot sweep the task
     task_cls, where = resolve_task(task), f"sweep {spec.source}: "
