@@ -12,6 +12,7 @@ from rt_testing import (checkpoints, ckpt_step, load_state, read_json, read_json
                         train)
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
 
@@ -246,7 +247,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert progress == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
                         "world_size": 1, "val_step": 16, "total_steps": 16}
     assert set(val) == {"val/loss", "val/mae"}  # the validation at step 16, saved with it
-    assert Config.from_dict(state["config"]) == cfg
+    assert config_from_mapping(state["config"]) == cfg
     assert (checkpoints(tmp_path)[-1] / "config.yaml").exists()
     assert read_json(checkpoints(tmp_path)[-1] / "meta.json")["step"] == 16
 

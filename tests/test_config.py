@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from rt_testing import cli_env, run_cli
 from raytrain_llm.core.config import CHOICES, MAXIMUMS, MINIMUMS, SECTIONS, Config
-from raytrain_llm.core.config_loader import dump_yaml, load_config, parse_text
+from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml, load_config, parse_text
 from raytrain_llm.core.errors import ConfigError
 
 
@@ -191,10 +191,10 @@ def configs(draw):
 def test_to_dict_from_dict_lossless(cfg):
     assert cfg.validate() == []
     d = cfg.to_dict()
-    back = Config.from_dict(d)
+    back = config_from_mapping(d)
     assert back == cfg and back.to_dict() == d
     # Through YAML text too (what --print-config and checkpoints store).
-    assert Config.from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
+    assert config_from_mapping(yaml.safe_load(dump_yaml(cfg))) == cfg
 
 
 def test_print_config_reloads_to_same_config(tmp_path):

@@ -301,6 +301,8 @@ def load_config_and_keys(config_file: Optional[str] = None, overrides: Iterable[
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """The `Config` a mapping describes (`Config.to_dict`'s inverse), as strictly as a YAML file:
+    unknown keys, wrong types and invalid values raise one `ConfigError` naming them all."""
     builder = _Builder()
     builder.merge_mapping(data, "")
     return _finish(builder, None)

@@ -91,6 +91,34 @@ def declared_validation_metrics(task_cls: type, config: Config) -> Optional[froz
     return frozenset(names)
 
 
+# Hooks through which a task reads config keys: a subclass overriding one of them may read keys
+# that the class declaring `inactive_keys` above it calls unused.
+CONFIG_READING_HOOKS = ("__init__", "build_model", "build_data_module", "build_criterion", "build_optimizer",
+                        "build_scheduler", "train_step", "validation_step", "on_optimizer_step")
+
+
+def declared_inactive_keys(task_cls: type, config: Config) -> dict[str, str]:
+    """task_cls.inactive_keys(config), trusted only when no subclass below the class that
+    declares them overrides a hook that reads the config (an `OptionsTask(RegressionTask)` with
+    its own build_model may use keys RegressionTask does not); {} otherwise: nothing is said to
+    be unused that the task might read."""
+    declarer = next(c for c in task_cls.__mro__ if "inactive_keys" in vars(c))
+    for c in task_cls.__mro__:
+        if c is declarer:
+            break
+        if any(hook in vars(c) for hook in CONFIG_READING_HOOKS):
+            return {}
+    return dict(task_cls.inactive_keys(config))
+
+
+def schedule_inactive_keys(config: Config) -> dict[str, str]:
+    """What the built-in LR schedule (`TrainingTask.build_scheduler`) ignores under `config`, for
+    the `inactive_keys` of a task that keeps that schedule."""
+    if config.training.lr_schedule == "constant":
+        return {"training.min_lr_ratio": "training.lr_schedule is constant"}
+    return {}
+
+
 class TrainingTask(ABC):
     """Subclass this; implement `build_model`, `build_data_module` and `train_step`.
 
@@ -124,6 +152,15 @@ class TrainingTask(ABC):
         validation minutes (or a whole sweep) later; the engine checks the declaration against
         what validation reports. None (the default): checked at the first validation only."""
         return None
+
+    @classmethod
+    def inactive_keys(cls, config: Config) -> dict[str, str]:
+        """The `model.`/`data.`/`training.` keys this task does not read under `config`, each with
+        the reason (`"task lm does not use it"`, `"model.use_moe is false"`): a sweep over one is
+        refused, since its trials would train the same model. Called before the task is built.
+        {} (the default): the task may read any key. A subclass overriding a hook that reads the
+        config does not inherit its parent's declaration (see `declared_inactive_keys`)."""
+        return {}
 
     def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
         return self.train_step(model, batch, criterion)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import load_config
+from raytrain_llm.core.config_loader import config_from_mapping, load_config
 from raytrain_llm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def write_sweep(path: Path, **body) -> str:
 
 def base_config(tmp_path: Path) -> Config:
     data = {**TINY_LM, "logging": {**TINY_LM["logging"], "dir": str(tmp_path / "base_run")}}
-    return Config.from_dict(data)
+    return config_from_mapping(data)
 
 
 # ------------------------------------------------------------------ validation, no Ray needed

@@ -14,6 +14,7 @@ import torch
 
 from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import DistributedManager, pick_backend
 from raytrain_llm.core.errors import RaytrainError, TrainingError, UsageError
 from raytrain_llm.launchers.local.in_process import check_data_up_front, run_in_process
@@ -21,7 +22,7 @@ from raytrain_llm.launchers.worker import train_worker
 
 
 def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int) -> None:
-    config = Config.from_dict(config_dict)
+    config = config_from_mapping(config_dict)
     d = config.distributed
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     os.environ["LOCAL_RANK"] = str(rank)

@@ -13,6 +13,7 @@ import time
 from typing import Any, Iterable, Optional
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable, worker_resources
@@ -29,7 +30,7 @@ def _abs(path: str) -> str:
 
 def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: Optional[str] = None) -> Config:
     """A copy with every path absolute (Ray workers chdir) and a run name and storage path set."""
-    cfg = Config.from_dict(config.to_dict())
+    cfg = config_from_mapping(config.to_dict())
     cfg.logging.dir = _abs(cfg.logging.dir)
     if cfg.checkpoint.dir:
         cfg.checkpoint.dir = _abs(cfg.checkpoint.dir)
@@ -68,7 +69,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
     from raytrain_llm.launchers.ray_train.report_callback import KillAtStep, RayReportCallback
 
-    config = Config.from_dict(loop_config["config"])
+    config = config_from_mapping(loop_config["config"])
     ctx = ray.train.get_context()
     os.environ["LOCAL_RANK"] = str(ctx.get_local_rank())
     if not config.distributed.use_gpu and config.training.device == "auto":

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Optional
 
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.launchers.ray_train.cluster import DATA_TASK_CPUS, worker_resources
@@ -57,7 +57,7 @@ def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: s
     from raytrain_llm.launchers.ray_train.trainer import build_trainer, fit, resolve_paths
 
     point = tune_config["point"]
-    cfg = trial_config(Config.from_dict(base), point, sweep_dir, monitor)
+    cfg = trial_config(config_from_mapping(base), point, sweep_dir, monitor)
     cfg = resolve_paths(cfg, name=f"{sweep_name}-{point[POINT_ID]}")
     fit(build_trainer(cfg, run_callbacks=[TuneReportCallback()]), cfg)
 

@@ -310,4 +310,4 @@ def merge_base(cli_config: Config, base_file: Optional[str], cli_keys: Optional[
             merged[TASK_OPTIONS][key] = cli[TASK_OPTIONS][key]
         elif section in SECTIONS and key in cli[section]:
             merged[section][key] = cli[section][key]
-    return Config.from_dict(merged)
+    return config_from_mapping(merged)
