@@ -18,9 +18,9 @@ from raytrain_llm.core.config import SECTIONS, Config
 from raytrain_llm.core.errors import ConfigError
 
 ENV_PREFIX = "RAYTRAIN_"
-# Variables the project reads itself that are not config fields (cli.py, launchers/ray_train/report_callback.py,
-# core/monitoring.py): every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
-ENV_NOT_FIELDS = frozenset({"RAYTRAIN_DEBUG", "RAYTRAIN_FAULT_INJECT", "RAYTRAIN_PEAK_TFLOPS"})
+# Variables the project reads itself that are not config fields (cli.py, core/monitoring.py):
+# every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
+ENV_NOT_FIELDS = frozenset({"RAYTRAIN_DEBUG", "RAYTRAIN_PEAK_TFLOPS"})
 
 
 class _YamlLoader(yaml.SafeLoader):

@@ -9,18 +9,17 @@ import torch
 
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.errors import TrainingError
-from raytrain_llm.launchers.ray_train.report_callback import FAULT_ENV
 
 from ray_testing import final_params, fit, ray_config
 
 
 @pytest.mark.timeout(300)
-def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_local, reference_2w, monkeypatch):
+def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_local, reference_2w):
     marker = tmp_path / "kills.txt"
     # Rank 1 dies right after step 9, the first step of epoch 1: the last checkpoint is step 8 (end of
     # epoch 0), so the restarted workers skip all of epoch 0 in their Ray Data stream and redo step 9.
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=9,marker={marker},times=1")
-    config = ray_config(tmp_path, distributed__max_failures=1)
+    config = ray_config(tmp_path, task="rt_helpers:KillRankTask", distributed__max_failures=1,
+                        task_options__rank=1, task_options__step=9, task_options__marker=marker, task_options__times=1)
     result, resolved = fit(config)
     assert len(marker.read_text().split()) == 1, "the fault was not injected"
     assert result.error is None and result.metrics["step"] == 10.0
@@ -37,12 +36,12 @@ def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_loca
 
 
 @pytest.mark.timeout(300)
-def test_exhausted_retries_raise_training_error_and_keep_last_checkpoint(tmp_path, ray_local, monkeypatch):
+def test_exhausted_retries_raise_training_error_and_keep_last_checkpoint(tmp_path, ray_local):
     from raytrain_llm.launchers.ray_train.trainer import run_ray
 
     marker = tmp_path / "kills.txt"
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=5,marker={marker},times=99")
-    config = ray_config(tmp_path, distributed__max_failures=1)
+    config = ray_config(tmp_path, task="rt_helpers:KillRankTask", distributed__max_failures=1,
+                        task_options__rank=1, task_options__step=5, task_options__marker=marker, task_options__times=99)
     with pytest.raises(TrainingError) as info:
         run_ray(config)
     message = str(info.value)

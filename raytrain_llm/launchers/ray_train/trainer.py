@@ -17,7 +17,7 @@ from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable, worker_resources
-from raytrain_llm.launchers.ray_train.report_callback import FAULT_ENV, SCORE_KEY
+from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
 
@@ -67,7 +67,7 @@ def _train(loop_config: dict[str, Any]) -> None:
     from raytrain_llm.core.distributed import DistributedManager
     from raytrain_llm.launchers.worker import train_worker
     from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
-    from raytrain_llm.launchers.ray_train.report_callback import KillAtStep, RayReportCallback
+    from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
 
     config = config_from_mapping(loop_config["config"])
     ctx = ray.train.get_context()
@@ -81,8 +81,7 @@ def _train(loop_config: dict[str, Any]) -> None:
         return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
                                   rank=dist.rank, world_size=dist.world_size)
 
-    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode),
-                 *KillAtStep.from_spec(loop_config.get("fault"))]
+    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode)]
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks,
                   data_checked=bool(loop_config.get("data_checked")))
     checkpoint = ray.train.get_checkpoint()
@@ -198,9 +197,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
     return TorchTrainer(
         train_loop_per_worker,
-        # The fault spec is read here, in the driver: workers of a long-lived cluster do not see
-        # environment variables set after it started.
-        train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, ""), "data_checked": True},
+        train_loop_config={"config": cfg.to_dict(), "data_checked": True},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=worker_resources(cfg),
