@@ -26,8 +26,8 @@ from raytrain_llm.core.monitoring import PerformanceMonitor
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.rng_state import seed_everything
 from raytrain_llm.core.step_checks import check_loss, check_metric_names, check_metric_values, metric_float
-from raytrain_llm.core.validation import ValidationMixin
 from raytrain_llm.core.task import StepOutput, TrainingTask, as_step_output, samples_in_batch
+from raytrain_llm.core.validation import ValidationMixin
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:

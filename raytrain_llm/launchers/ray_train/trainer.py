@@ -20,7 +20,6 @@ from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceab
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
-
 USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
 
 
@@ -65,9 +64,9 @@ def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from raytrain_llm.core.distributed import DistributedManager
-    from raytrain_llm.launchers.worker import train_worker
     from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
     from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
+    from raytrain_llm.launchers.worker import train_worker
 
     config = config_from_mapping(loop_config["config"])
     ctx = ray.train.get_context()

@@ -20,9 +20,9 @@ from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.launchers.ray_train.cluster import DATA_TASK_CPUS, worker_resources
-from raytrain_llm.launchers.tune.sweep_spec import SweepSpec, load_sweep, merge_base
 from raytrain_llm.launchers.tune.report import trial_folder
 from raytrain_llm.launchers.tune.search_space import POINT_ID, apply_point, build_points
+from raytrain_llm.launchers.tune.sweep_spec import SweepSpec, load_sweep, merge_base
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
 STOPPED_FILE = "early_stopped.json"
