@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
+from raytrain_llm.launchers.tune.reported_values import finite, fmt
 from raytrain_llm.launchers.tune.sweep_spec import SweepSpec
-from raytrain_llm.launchers.tune.values import finite, fmt
 
 X_KEY, GROUP_KEY = "model.num_experts", "model.top_k"  # preferred axes when they are swept
 

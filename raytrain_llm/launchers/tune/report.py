@@ -17,9 +17,9 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
 from raytrain_llm.launchers.ray_train.results import exception_line
 from raytrain_llm.launchers.tune.plots import plot_results
+from raytrain_llm.launchers.tune.reported_values import finite, fmt
 from raytrain_llm.launchers.tune.search_space import POINT_ID, apply_point
 from raytrain_llm.launchers.tune.sweep_spec import SweepSpec
-from raytrain_llm.launchers.tune.values import finite, fmt
 
 # Reported names differ by launcher version: with and without the "train/" prefix.
 TOKENS_KEYS = ("train/tokens_per_s", "tokens_per_s")
