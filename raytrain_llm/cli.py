@@ -35,14 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 def launch(config):
     launcher = config.distributed.launcher
     if launcher == "local":
-        from raytrain_llm.launchers.local import run_in_process
+        from raytrain_llm.launchers.local.in_process import run_in_process
 
         return run_in_process(config)
     if launcher == "spawn":
-        from raytrain_llm.launchers.local import run_spawn
+        from raytrain_llm.launchers.local.spawn import run_spawn
 
         return run_spawn(config)
-    from raytrain_llm.launchers.ray_train import run_ray
+    from raytrain_llm.launchers.ray_train.trainer import run_ray
 
     return run_ray(config)
 
@@ -62,21 +62,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         config, cli_keys = load_config_and_keys(args.config, args.overrides, task=args.task)
         if args.tune:  # what the trials start from: the sweep's base_config under the command line
-            from raytrain_llm.launchers.sweep_config import load_sweep, merge_base
+            from raytrain_llm.launchers.tune.sweep_spec import load_sweep, merge_base
 
             config = merge_base(config, load_sweep(args.tune).base_config, cli_keys)
         # Imported after the config is checked: it pulls in torch, and a config typo should
         # be reported in a blink, not after seconds of imports.
-        from raytrain_llm.tasks.registry import resolve_task
+        from raytrain_llm.launchers.task_resolution import resolve_task
 
         task_cls = resolve_task(config.task)  # an unknown task is a usage error before anything starts
-        from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+        from raytrain_llm.core.task_options import options_dict, parse_task_options
 
         # Checked here too (a typo is an error before Ray starts), and written out in full and
         # typed, so config.yaml records every option the run used.
         config.task_options = options_dict(parse_task_options(task_cls.Options, config.task_options, config.task))
         from raytrain_llm.core.step_checks import check_monitor_settings
-        from raytrain_llm.tasks.base_task import declared_validation_metrics
+        from raytrain_llm.core.task import declared_validation_metrics
 
         # A misspelt val/ monitor is caught now, not at the first validation minutes later (a
         # sweep's trials differ: its plan checks each one).
@@ -86,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.write(dump_yaml(config))
             return 0
         if args.tune:
-            from raytrain_llm.launchers.ray_tune import run_sweep
+            from raytrain_llm.launchers.tune.runner import run_sweep
 
             run_sweep(config, args.tune, cli_keys)
             return 0

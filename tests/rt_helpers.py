@@ -1,7 +1,8 @@
 """Test-only tasks, used as `--task rt_helpers:Name` (tests/ is on sys.path / PYTHONPATH).
 
 Behaviour is driven by RT_* environment variables read when the task is built, so the same
-class serves a subprocess run (a real kill, a real exit code) and an in-process run.
+class serves a subprocess run (a real kill, a real exit code) and an in-process run; Ray workers
+do not see variables set after Ray started, so what a Ray test needs travels as task options.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from raytrain_llm.core.callbacks import Callback, EarlyStopping
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.base_task import StepOutput
+from raytrain_llm.core.task import StepOutput
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -33,6 +34,45 @@ class KillAtStepTask(RegressionTask):
         self.steps += 1
         if self.kill_at and self.steps == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillRankAtStep(Callback):
+    """SIGKILLs the worker of rank `rank` right after optimizer step `step`, as a crashed machine
+    dies, while the `marker` file records fewer than `times` kills (a restarted run that reaches
+    the step again goes on, or keeps dying when `times` exceeds the retries)."""
+
+    def __init__(self, rank: int, step: int, marker: str, times: int):
+        self.rank, self.step, self.marker, self.times = rank, step, marker, times
+
+    def on_batch_end(self, engine, step: int, outputs) -> None:
+        if engine.dist.rank != self.rank or step != self.step:
+            return
+        kills = 0
+        if os.path.exists(self.marker):
+            with open(self.marker, encoding="utf-8") as fh:
+                kills = len(fh.read().split())
+        if kills >= self.times:
+            return
+        with open(self.marker, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillRankTask(RegressionTask):
+    """RegressionTask (the same weights, step for step) plus KillRankAtStep from its options."""
+
+    @dataclasses.dataclass
+    class Options:
+        rank: int
+        step: int
+        marker: str
+        times: int = 1
+
+    def configure_callbacks(self):
+        o = self.options
+        return [KillRankAtStep(o.rank, o.step, o.marker, o.times)]
 
 
 class NaNAtStepTask(RegressionTask):

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from raytrain_llm.data.synthetic import SyntheticDataModule
-from raytrain_llm.tasks.base_task import TrainingTask
+from raytrain_llm.core.task import TrainingTask
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 

@@ -51,7 +51,7 @@ def make_config(tmp_path, task: str = "regression", **overrides):
 
 def train(tmp_path, task: str = "regression", extra_callbacks=None, **overrides):
     """One in-process run (the config's callbacks plus `extra_callbacks`); returns (result, config)."""
-    from raytrain_llm.core.worker import train_worker
+    from raytrain_llm.launchers.worker import train_worker
 
     cfg = make_config(tmp_path, task, **overrides)
     # One intra-op thread, like the subprocesses (cli_env): no oversubscription on small CPU

@@ -12,6 +12,7 @@ from rt_testing import (ManualClock, Tick, checkpoints, ckpt_step, load_state, r
                         set_args, settings, train)
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
 
@@ -248,7 +249,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert progress == {"global_step": 16, "epoch": 1, "batch_in_epoch": 0, "skipped_steps": 0,
                         "world_size": 1, "val_step": 16, "total_steps": 16}
     assert set(val) == {"val/loss", "val/mae"}  # the validation at step 16, saved with it
-    assert Config.from_dict(state["config"]) == cfg
+    assert config_from_mapping(state["config"]) == cfg
     assert (checkpoints(tmp_path)[-1] / "config.yaml").exists()
     assert read_json(checkpoints(tmp_path)[-1] / "meta.json")["step"] == 16
 
@@ -347,7 +348,7 @@ def test_an_epochs_last_step_is_saved_once(tmp_path):
     # epoch's position and the epoch-end validation.
     from rt_testing import make_config
     from raytrain_llm.core.callbacks import Callback
-    from raytrain_llm.core.worker import train_worker
+    from raytrain_llm.launchers.worker import train_worker
 
     class Saves(Callback):
         def __init__(self):

@@ -91,7 +91,7 @@ def test_moe_settings_are_ignored_without_moe():
 
 
 def test_master_port_zero_picks_a_free_port_and_an_explicit_one_is_kept(tmp_path, monkeypatch):
-    from raytrain_llm.launchers import local
+    from raytrain_llm.launchers.local import spawn as local
 
     assert Config().distributed.master_port == 0
     ports = []
@@ -106,7 +106,7 @@ def test_master_port_zero_picks_a_free_port_and_an_explicit_one_is_kept(tmp_path
 
 # ----------------------------------------------------------------------------- tasks and data
 def test_an_abstract_task_is_a_usage_error_naming_what_is_missing():
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.launchers.task_resolution import resolve_task
 
     with pytest.raises(UsageError, match=r"rt_input_tasks:HalfTask does not implement build_data_module, "
                                          r"train_step \(required by TrainingTask\)"):

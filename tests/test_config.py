@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from rt_testing import cli_env, run_cli
 from raytrain_llm.core.config import CHOICES, MAXIMUMS, MINIMUMS, SECTIONS, Config
-from raytrain_llm.core.config_loader import dump_yaml, load_config, parse_text
+from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml, load_config, parse_text
 from raytrain_llm.core.errors import ConfigError
 
 
@@ -193,10 +193,10 @@ def configs(draw):
 def test_to_dict_from_dict_lossless(cfg):
     assert cfg.validate() == []
     d = cfg.to_dict()
-    back = Config.from_dict(d)
+    back = config_from_mapping(d)
     assert back == cfg and back.to_dict() == d
     # Through YAML text too (what --print-config and checkpoints store).
-    assert Config.from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg
+    assert config_from_mapping(yaml.safe_load(dump_yaml(cfg))) == cfg
 
 
 def test_print_config_reloads_to_same_config(tmp_path):
@@ -213,7 +213,7 @@ def test_print_config_reloads_to_same_config(tmp_path):
                            task="lm")
     # The printed config holds the task's options resolved (the lm task's defaults filled in).
     from raytrain_llm.tasks.lm_task import LanguageModelingTask
-    from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+    from raytrain_llm.core.task_options import options_dict, parse_task_options
     expected.task_options = options_dict(parse_task_options(LanguageModelingTask.Options, {}, "lm"))
     assert reloaded == expected and reloaded.task == "lm" and reloaded.data.noise_std == 0.3
 

@@ -287,7 +287,7 @@ def test_spawn_on_a_master_port_in_use_is_a_usage_error_before_workers_start(tmp
     import socket
 
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.local import run_spawn
+    from raytrain_llm.launchers.local.spawn import run_spawn
 
     with socket.socket() as held:  # another process's server on that port
         held.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from raytrain_llm.launchers.sweep_report import metric_vs_key, plot_results
+from raytrain_llm.launchers.tune.plots import metric_vs_key, plot_results
 
 SPEC = SimpleNamespace(name="moe", metric="val/loss", mode="min", keys=["model.num_experts", "model.top_k"])
 

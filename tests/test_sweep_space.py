@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raytrain_llm.core.config import Config, inactive_keys
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import ConfigError
-from raytrain_llm.launchers.ray_tune import trial_config
-from raytrain_llm.launchers.sweep_config import parse_sweep
-from raytrain_llm.launchers.sweep_space import build_points
+from raytrain_llm.launchers.tune.runner import trial_config
+from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
+from raytrain_llm.launchers.tune.search_space import build_points, inactive_keys
 from rt_helpers import OptionsTask
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def base(tmp_path, task="rt_helpers:OptionsTask", **sections) -> Config:
-    return Config.from_dict({"task": task, "logging": {"dir": str(tmp_path / "run")}, **sections})
+    return config_from_mapping({"task": task, "logging": {"dir": str(tmp_path / "run")}, **sections})
 
 
 @pytest.mark.timeout(30)
@@ -103,7 +104,7 @@ def test_inactive_keys_follow_their_switches():
     assert off["model.top_k"] == "model.use_moe is false" and off["model.hidden_dim"] == "task lm does not use it"
     assert off["callbacks.early_stopping_patience"] == "callbacks.early_stopping is false"
     assert "training.min_lr_ratio" not in off and "model.d_model" not in off  # cosine by default
-    on = Config.from_dict({"task": "lm", "model": {"use_moe": True}, "callbacks": {"early_stopping": True},
+    on = config_from_mapping({"task": "lm", "model": {"use_moe": True}, "callbacks": {"early_stopping": True},
                            "training": {"lr_schedule": "constant"}})
     off = inactive_keys(on)
     assert "model.top_k" not in off and "callbacks.early_stopping_patience" not in off

@@ -15,8 +15,8 @@ from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.launchers.local import child_exception, run_spawn
-from raytrain_llm.tasks.base_task import StepOutput, declared_validation_metrics
+from raytrain_llm.launchers.local.spawn import child_exception, run_spawn
+from raytrain_llm.core.task import StepOutput, declared_validation_metrics
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 
@@ -138,7 +138,7 @@ def test_a_subclass_changing_only_the_training_loss_keeps_the_declaration(tmp_pa
 
 @pytest.mark.parametrize("task", ["regression", "lm"])
 def test_the_built_in_tasks_declare_what_their_validation_reports(tmp_path, task):
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.launchers.task_resolution import resolve_task
     from rt_testing import train
 
     overrides = {"model.vocab_size": 32, "model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2,
@@ -287,7 +287,7 @@ def test_a_custom_datasets_mistakes_name_its_rows_or_init(tmp_path):
 
 
 def test_the_local_launcher_says_it_ignores_num_workers(tmp_path, capsys):
-    from raytrain_llm.launchers.local import run_in_process
+    from raytrain_llm.launchers.local.spawn import run_in_process
 
     run_in_process(make_config(tmp_path, **{"distributed.num_workers": 2, "training.max_steps": 1}))
     assert "distributed.num_workers=2 is ignored (launcher=spawn or ray runs 2 workers)" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_the_readme_task_example_runs_as_written(tmp_path):
 
 
 def test_container_literal_and_optional_options_round_trip(tmp_path):
-    from raytrain_llm.tasks.task_options import options_dict, parse_task_options
+    from raytrain_llm.core.task_options import options_dict, parse_task_options
 
     @dataclasses.dataclass
     class Options:

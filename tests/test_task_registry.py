@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rt_testing import REPO, TINY, cli_env, make_config, set_args
-from raytrain_llm.tasks.registry import import_root, resolve_task
+from raytrain_llm.launchers.task_resolution import import_root, resolve_task
 
 TASK_SOURCE = '''
 from raytrain_llm.tasks.regression_task import RegressionTask
@@ -51,7 +51,7 @@ def test_built_in_tasks_need_no_import_root():
 
 def test_the_private_ray_cluster_gets_the_task_folder_on_its_workers_path(user_folder, monkeypatch):
     from raytrain_llm.core.config_loader import load_config
-    from raytrain_llm.launchers.ray_cluster import _task_import_env
+    from raytrain_llm.launchers.ray_train.cluster import _task_import_env
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     config = load_config(None, [], environ={}, task="rt_user_pkg.tasks:UserTask")
@@ -72,7 +72,7 @@ def test_train_py_run_from_the_task_folder_finds_the_task(tmp_path):
 
 
 def test_default_ray_run_names_have_no_colon(tmp_path):
-    from raytrain_llm.launchers.ray_train import resolve_paths
+    from raytrain_llm.launchers.ray_train.trainer import resolve_paths
 
     cfg = make_config(tmp_path, "rt_helpers:OwnCallbacksTask")
     assert resolve_paths(cfg).distributed.run_name.startswith("rt_helpers-OwnCallbacksTask-")

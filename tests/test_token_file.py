@@ -96,7 +96,7 @@ def test_the_lm_task_learns_real_text_from_token_files(tmp_path):
 
 
 def test_ray_gets_token_file_paths_made_absolute(tmp_path, monkeypatch):
-    from raytrain_llm.launchers.ray_train import resolve_paths  # Ray workers run in another folder
+    from raytrain_llm.launchers.ray_train.trainer import resolve_paths  # Ray workers run in another folder
 
     monkeypatch.chdir(tmp_path)
     cfg = make_config(tmp_path, "lm", **{"data.train_tokens": "d/train.bin", "data.val_tokens": "d/val.bin"})
@@ -131,7 +131,7 @@ def test_token_ids_are_checked_by_the_launcher_before_workers_start(tmp_path):
     # Spawn checks in the parent (its ranks would otherwise wait on rank 0's pass in a collective
     # with a timeout), and the workers then skip it; the in-process engine checks itself.
     from raytrain_llm.core.engine import TrainingEngine
-    from raytrain_llm.launchers.local import run_spawn
+    from raytrain_llm.launchers.local.spawn import run_spawn
     from raytrain_llm.tasks.lm_task import LanguageModelingTask
 
     write_token_files_with_a_bad_id(tmp_path)

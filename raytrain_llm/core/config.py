@@ -231,10 +231,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     task_options: dict[str, Any] = setting(
-        doc="a user task's own settings, checked against its Options dataclass (tasks/task_options.py)",
+        doc="a user task's own settings, checked against its Options dataclass (core/task_options.py)",
         default_factory=dict)
 
-    # --- plain-dict round trip (the config travels to Ray workers and into checkpoints) ---
+    # --- plain dict (the config travels to Ray workers and into checkpoints); back, strictly:
+    # config_loader.config_from_mapping ---
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task}
         for name in SECTIONS:
@@ -242,13 +243,6 @@ class Config:
             out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
         out["task_options"] = dict(self.task_options)
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
-        """Strict: unknown keys and wrong types raise `ConfigError` (see config_loader)."""
-        from raytrain_llm.core.config_loader import config_from_mapping
-
-        return config_from_mapping(data)
 
     def validate(self) -> list[str]:
         """Every problem at once, each naming its dotted key."""
@@ -339,39 +333,16 @@ def package_installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-MOE_KEYS = ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim", "num_shared_experts",
-            "capacity_factor", "aux_loss_coef", "z_loss_coef", "bias_balancing", "bias_update_rate", "moe_impl")
-# The built-in tasks' own keys: a user task may read any model/data key, under its own rules.
-REGRESSION_KEYS = ("model.input_dim", "model.hidden_dim", "data.noise_std")
-TRANSFORMER_KEYS = tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-                         if f"model.{f.name}" not in REGRESSION_KEYS and f.name != "dropout")
-LM_DATA_KEYS = ("data.markov_concentration", "data.train_tokens", "data.val_tokens", "data.token_dtype",
-                "data.check_token_ids")
-
-
-def inactive_keys(cfg: Config) -> dict[str, str]:
-    """Keys whose value cannot change this config's run, each with the setting that switches it
-    off: a sweep over one of them would train the same model in every trial. Model and data
-    keys (and the built-in LR schedule's) only for the built-in tasks."""
+def switched_off_keys(cfg: Config) -> dict[str, str]:
+    """Keys that another of the engine's own settings switches off under this config, each with
+    that setting: a sweep over one of them would train the same model in every trial. Model and
+    data keys are the task's to judge (`TrainingTask.inactive_keys`)."""
     off: dict[str, str] = {}
-    m, t, c = cfg.model, cfg.training, cfg.callbacks
+    t, c = cfg.training, cfg.callbacks
 
     def switched_off(keys, reason: str) -> None:
         off.update({k: reason for k in keys if k not in off})
 
-    if cfg.task == "regression":
-        switched_off(TRANSFORMER_KEYS + LM_DATA_KEYS, "task regression does not use it")
-    elif cfg.task == "lm":
-        switched_off(REGRESSION_KEYS, "task lm does not use it")
-        if not m.use_moe:
-            switched_off([f"model.{k}" for k in MOE_KEYS], "model.use_moe is false")
-        elif not m.bias_balancing:
-            switched_off(["model.bias_update_rate"], "model.bias_balancing is false")
-        if cfg.data.train_tokens:
-            switched_off(["data.num_train_samples", "data.num_val_samples", "data.markov_concentration"],
-                         "data.train_tokens is set")
-    if cfg.task in ("regression", "lm") and t.lr_schedule == "constant":
-        switched_off(["training.min_lr_ratio"], "training.lr_schedule is constant")
     if not t.validate:
         switched_off(["training.val_every_n_steps", "training.limit_val_batches"], "training.validate is false")
     if t.nan_policy == "stop":

@@ -21,9 +21,8 @@ from raytrain_llm.core.errors import ConfigError, clip, quote
 
 ENV_PREFIX = "RAYTRAIN_"
 # Variables the project reads itself that are not config fields (core/env_settings.py checks their
-# values; launchers/ray_report.py reads the test-only fault hook): every other RAYTRAIN_ variable
-# must name a field, or a typo goes unnoticed.
-ENV_NOT_FIELDS = frozenset({*ENV_SETTINGS, "RAYTRAIN_FAULT_INJECT"})
+# values): every other RAYTRAIN_ variable must name a field, or a typo goes unnoticed.
+ENV_NOT_FIELDS = frozenset(ENV_SETTINGS)
 
 
 class _YamlLoader(BoundedLoader):
@@ -112,7 +111,7 @@ class _Builder:
 
     def __init__(self):
         self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-        self.task_options: dict[str, Any] = {}  # checked by the task (tasks/task_options.py)
+        self.task_options: dict[str, Any] = {}  # checked by the task (core/task_options.py)
         self.task: Optional[str] = None
         self.errors: list[str] = []
         self.sources: dict[str, str] = {}  # dotted key -> where its value came from, for messages
@@ -320,6 +319,8 @@ def load_config_and_keys(config_file: Optional[str] = None, overrides: Iterable[
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """The `Config` a mapping describes (`Config.to_dict`'s inverse), as strictly as a YAML file:
+    unknown keys, wrong types and invalid values raise one `ConfigError` naming them all."""
     builder = _Builder()
     builder.merge_mapping(data, "")
     return _finish(builder, None)

@@ -21,7 +21,7 @@ from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.rng_state import restore_rng
-from raytrain_llm.tasks.base_task import LRSchedule, TrainingTask
+from raytrain_llm.core.task import LRSchedule, TrainingTask
 
 
 @dataclasses.dataclass

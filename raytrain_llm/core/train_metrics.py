@@ -9,7 +9,7 @@ import torch
 
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.step_checks import check_metric_names, check_metric_values, metric_float
-from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
+from raytrain_llm.core.task import StepOutput, TrainingTask
 
 Sums = dict  # (names...) -> [observations, summed fp32 values, one per name]
 

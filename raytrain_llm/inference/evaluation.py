@@ -19,7 +19,7 @@ from raytrain_llm.core.errors import UsageError
 from raytrain_llm.core.precision import Precision, to_device
 from raytrain_llm.inference.checkpoint_source import TrainedModel
 from raytrain_llm.data.text_codec import TokenIdCodec, codec_for
-from raytrain_llm.tasks.base_task import as_step_output, samples_in_batch
+from raytrain_llm.core.task import as_step_output, samples_in_batch
 
 TOKEN_SUFFIXES = (".bin", ".npy")
 

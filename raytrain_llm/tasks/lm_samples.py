@@ -47,7 +47,7 @@ class SampleWriter(Callback):
     def on_validation_end(self, engine, metrics: dict[str, float]) -> None:
         if not engine.dist.is_main or not self.ids:
             return
-        from raytrain_llm.tasks.lm_task import unwrap
+        from raytrain_llm.models.wrappers import unwrap
 
         model = unwrap(engine.raw_model)
         device = model.tok_emb.weight.device

@@ -15,18 +15,17 @@ import torch.distributed as dist
 from torch import nn
 
 from raytrain_llm.core.errors import UsageError, raised_on_every_rank
+from raytrain_llm.core.task import StepOutput, TrainingTask, schedule_inactive_keys
 from raytrain_llm.data.token_data import MarkovTokenDataModule
 from raytrain_llm.data.token_file import TokenFileDataModule
 from raytrain_llm.models import GPT, flops_per_token
-from raytrain_llm.tasks.base_task import StepOutput, TrainingTask
+from raytrain_llm.models.wrappers import unwrap
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The GPT under DDP (`.module`) and/or torch.compile (`._orig_mod`), in either order."""
-    for _ in range(3):
-        model = getattr(model, "module", model)
-        model = getattr(model, "_orig_mod", model)
-    return model
+REGRESSION_KEYS = ("model.input_dim", "model.hidden_dim", "data.noise_std")  # the regression MLP's and data's
+MOE_KEYS = tuple(f"model.{k}" for k in ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim",
+                                         "num_shared_experts", "capacity_factor", "aux_loss_coef", "z_loss_coef",
+                                         "bias_balancing", "bias_update_rate", "moe_impl"))
+SYNTHETIC_DATA_KEYS = ("data.num_train_samples", "data.num_val_samples", "data.markov_concentration")
 
 
 @dataclass
@@ -46,6 +45,18 @@ class LanguageModelingTask(TrainingTask):
     @classmethod
     def validation_metrics(cls, config) -> frozenset:
         return frozenset({"val/loss", "val/perplexity"})  # validation_step, finalize_validation
+
+    @classmethod
+    def inactive_keys(cls, config) -> dict[str, str]:
+        m = config.model
+        off = dict.fromkeys(REGRESSION_KEYS, f"task {config.task} does not use it")
+        if not m.use_moe:
+            off.update(dict.fromkeys(MOE_KEYS, "model.use_moe is false"))
+        elif not m.bias_balancing:
+            off["model.bias_update_rate"] = "model.bias_balancing is false"
+        if config.data.train_tokens:  # samples are the files' windows, not Markov draws
+            off.update(dict.fromkeys(SYNTHETIC_DATA_KEYS, "data.train_tokens is set"))
+        return {**off, **schedule_inactive_keys(config)}
 
     def build_model(self) -> nn.Module:
         return GPT(self.config.model, ce_chunk_rows=self.config.optimization.chunked_cross_entropy)

@@ -60,7 +60,7 @@ def final_params(config) -> dict[str, torch.Tensor]:
 
 def fit(config, **build_kwargs):
     """build_trainer + fit in the current Ray session; returns (result, resolved config)."""
-    from raytrain_llm.launchers.ray_train import build_trainer, resolve_paths
+    from raytrain_llm.launchers.ray_train.trainer import build_trainer, resolve_paths
 
     trainer = build_trainer(config, **build_kwargs)
     return trainer.fit(), resolve_paths(config)

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from raytrain_llm.data.base import ResumableBatchSampler
-from raytrain_llm.launchers.ray_data import SlotGenerator, train_batches_needed
+from raytrain_llm.launchers.ray_train.data_shards import SlotGenerator, train_batches_needed
 
 from ray_testing import ray_config
 
 
 def _shard(gen: SlotGenerator, rank: int) -> list[tuple[int, int, list[int]]]:
-    """What streaming_split gives `rank`: blocks j with j % W == rank, in order (see ray_data.py)."""
+    """What streaming_split gives `rank`: blocks j with j % W == rank, in order (see launchers/ray_train/data_shards.py)."""
     out = []
     for row in range(gen.num_rows):
         if (row // gen.g) % gen.w == rank:

@@ -24,7 +24,7 @@ def test_two_workers_at_b_equal_one_worker_at_2b(tmp_path, ray_local, reference_
     assert reference_2w["result"].metrics["step"] == 10.0
 
     # One Ray worker reads Ray Data shards; the local launcher reads a DataLoader: same batches, same weights.
-    from raytrain_llm.core.worker import train_worker
+    from raytrain_llm.launchers.worker import train_worker
 
     local = ray_config(tmp_path / "local", distributed__launcher="local", distributed__num_workers=1,
                        training__batch_size=16)

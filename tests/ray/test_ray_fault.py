@@ -9,18 +9,17 @@ import torch
 
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.errors import TrainingError
-from raytrain_llm.launchers.ray_report import FAULT_ENV
 
 from ray_testing import final_params, fit, ray_config
 
 
 @pytest.mark.timeout(300)
-def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_local, reference_2w, monkeypatch):
+def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_local, reference_2w):
     marker = tmp_path / "kills.txt"
     # Rank 1 dies right after step 9, the first step of epoch 1: the last checkpoint is step 8 (end of
     # epoch 0), so the restarted workers skip all of epoch 0 in their Ray Data stream and redo step 9.
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=9,marker={marker},times=1")
-    config = ray_config(tmp_path, distributed__max_failures=1)
+    config = ray_config(tmp_path, task="rt_helpers:KillRankTask", distributed__max_failures=1,
+                        task_options__rank=1, task_options__step=9, task_options__marker=marker, task_options__times=1)
     result, resolved = fit(config)
     assert len(marker.read_text().split()) == 1, "the fault was not injected"
     assert result.error is None and result.metrics["step"] == 10.0
@@ -48,12 +47,12 @@ def test_killed_worker_restarts_and_matches_uninterrupted_run(tmp_path, ray_loca
 
 
 @pytest.mark.timeout(300)
-def test_exhausted_retries_raise_training_error_and_keep_last_checkpoint(tmp_path, ray_local, monkeypatch):
-    from raytrain_llm.launchers.ray_train import run_ray
+def test_exhausted_retries_raise_training_error_and_keep_last_checkpoint(tmp_path, ray_local):
+    from raytrain_llm.launchers.ray_train.trainer import run_ray
 
     marker = tmp_path / "kills.txt"
-    monkeypatch.setenv(FAULT_ENV, f"rank=1,step=5,marker={marker},times=99")
-    config = ray_config(tmp_path, distributed__max_failures=1)
+    config = ray_config(tmp_path, task="rt_helpers:KillRankTask", distributed__max_failures=1,
+                        task_options__rank=1, task_options__step=5, task_options__marker=marker, task_options__times=99)
     with pytest.raises(TrainingError) as info:
         run_ray(config)
     message = str(info.value)
@@ -71,7 +70,7 @@ def test_failure_message_names_the_dead_worker(tmp_path):
     from ray.exceptions import ActorDiedError
     from ray.train import WorkerGroupError
 
-    from raytrain_llm.launchers.ray_results import failure_message
+    from raytrain_llm.launchers.ray_train.results import failure_message
 
     config = ray_config(tmp_path, distributed__max_failures=2)
     exc = WorkerGroupError("boom", {0: RuntimeError("Connection closed by peer"), 1: ActorDiedError()})
@@ -93,7 +92,7 @@ class _OneRank:
 def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     """Ray can lose a report when a worker dies within a poll interval of it; the folder still has it."""
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train import (_engine_checkpoint_after, _refuse_stale_checkpoints,
+    from raytrain_llm.launchers.ray_train.trainer import (_engine_checkpoint_after, _refuse_stale_checkpoints,
                                                   ray_restores_run, resolve_paths)
 
     config = resolve_paths(ray_config(tmp_path))
@@ -115,9 +114,9 @@ def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
 @pytest.mark.timeout(240)
 def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train import run_ray
+    from raytrain_llm.launchers.ray_train.trainer import run_ray
 
-    from raytrain_llm.launchers.ray_train import build_trainer, check_result
+    from raytrain_llm.launchers.ray_train.trainer import build_trainer, check_result
 
     # Rank 1 alone refuses to start; rank 0 must stop with it rather than wait in an all-reduce.
     # The workers return normally with the message: no failure, so no worker tracebacks and no
@@ -158,7 +157,7 @@ def test_a_run_resumed_by_its_name_goes_on_from_its_last_report(tmp_path, ray_lo
 
 
 def test_failure_lines_name_the_cause_not_rays_banner():
-    from raytrain_llm.launchers.ray_results import exception_line
+    from raytrain_llm.launchers.ray_train.results import exception_line
 
     class Wrapped(Exception):  # as RayTaskError: a coloured banner, the user's exception in .cause
         def __init__(self, text, cause=None):
@@ -176,7 +175,7 @@ def test_a_resume_with_a_smaller_global_batch_reads_past_max_steps_worth_of_batc
     # 10 batches a max_steps=10 stream from the start would hold. Both a resumed run and a run
     # restored by its name get a stream over every epoch; one sized from the start must fail
     # loudly, not train on empty batches (NaN) or end quietly.
-    from raytrain_llm.launchers.ray_train import ray_restores_run, resolve_paths, run_ray
+    from raytrain_llm.launchers.ray_train.trainer import ray_restores_run, resolve_paths, run_ray
 
     first = ray_config(tmp_path / "a", training__max_steps=6)
     fit(first)
@@ -194,7 +193,7 @@ def test_a_resume_with_a_smaller_global_batch_reads_past_max_steps_worth_of_batc
 
 
 def test_a_restored_run_name_is_found_in_local_and_uri_storage(tmp_path):
-    from raytrain_llm.launchers.ray_train import SNAPSHOT, ray_restores_run
+    from raytrain_llm.launchers.ray_train.trainer import SNAPSHOT, ray_restores_run
 
     cfg = ray_config(tmp_path, distributed__run_name="r1", distributed__storage_path=str(tmp_path / "store"))
     uri = ray_config(tmp_path, distributed__run_name="r1", distributed__storage_path=f"file://{tmp_path}/store")
@@ -210,7 +209,7 @@ def test_a_restored_run_name_is_found_in_local_and_uri_storage(tmp_path):
 @pytest.mark.timeout(60)
 def test_token_ids_are_checked_in_the_driver_before_workers_start(tmp_path):
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train import build_trainer
+    from raytrain_llm.launchers.ray_train.trainer import build_trainer
     from rt_testing import write_token_files_with_a_bad_id
 
     train, val = write_token_files_with_a_bad_id(tmp_path)
@@ -228,7 +227,7 @@ def test_a_dashboard_port_as_ray_address_is_named_not_waited_on(tmp_path):
     import threading
 
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_cluster import _check_reachable
+    from raytrain_llm.launchers.ray_train.cluster import _check_reachable
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import load_config
+from raytrain_llm.core.config_loader import config_from_mapping, load_config
 from raytrain_llm.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,13 +45,13 @@ def write_sweep(path: Path, **body) -> str:
 
 def base_config(tmp_path: Path) -> Config:
     data = {**TINY_LM, "logging": {**TINY_LM["logging"], "dir": str(tmp_path / "base_run")}}
-    return Config.from_dict(data)
+    return config_from_mapping(data)
 
 
 # ------------------------------------------------------------------ validation, no Ray needed
 @pytest.mark.timeout(30)
 def test_invalid_grid_points_rejected_before_anything_starts(tmp_path):
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     sweep = write_sweep(tmp_path / "s.yaml", name="bad", storage_path=str(tmp_path / "sweeps"),
                         search_space={"model.num_experts": {"grid": [2, 4]}, "model.top_k": {"grid": [1, 4]}})
@@ -65,7 +65,7 @@ def test_invalid_grid_points_rejected_before_anything_starts(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_sweep_file_errors_name_every_key(tmp_path):
-    from raytrain_llm.launchers.sweep_config import load_sweep
+    from raytrain_llm.launchers.tune.sweep_spec import load_sweep
 
     sweep = write_sweep(tmp_path / "s.yaml", metrc="val/loss", scheduler={"type": "asha", "grace": 2,
                                                                           "time_attr": "stepz"},
@@ -98,8 +98,8 @@ def test_cli_bad_sweep_file_exits_2(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_random_points_reproducible_and_invalid_draws_resampled_or_skipped(tmp_path):
-    from raytrain_llm.launchers.sweep_config import parse_sweep
-    from raytrain_llm.launchers.sweep_space import build_points
+    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
+    from raytrain_llm.launchers.tune.search_space import build_points
 
     base = base_config(tmp_path)
     body = {"num_samples": 12, "seed": 3, "search_space": {
@@ -119,7 +119,7 @@ def test_random_points_reproducible_and_invalid_draws_resampled_or_skipped(tmp_p
 
 @pytest.mark.timeout(30)
 def test_base_config_file_sits_under_the_command_line(tmp_path):
-    from raytrain_llm.launchers.sweep_config import merge_base
+    from raytrain_llm.launchers.tune.sweep_spec import merge_base
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"task": "lm", "training": {"lr": 0.005, "epochs": 7}}))
     cli = load_config(None, ["training.epochs=2"], environ={})
@@ -139,7 +139,7 @@ def test_base_config_file_sits_under_the_command_line(tmp_path):
 @pytest.mark.timeout(30)
 def test_auto_concurrency_leaves_room_for_ray_data():
     # Each trial: 0.01 CPU + its workers; Ray Data's task needs a whole CPU on top.
-    from raytrain_llm.launchers.ray_tune import auto_concurrency
+    from raytrain_llm.launchers.tune.runner import auto_concurrency
 
     def cfg(workers, cpus):
         c = Config()
@@ -160,7 +160,7 @@ def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
 
     from ray.tune.schedulers import TrialScheduler
 
-    from raytrain_llm.launchers.tune_scheduler import RecordingASHA
+    from raytrain_llm.launchers.tune.scheduler import RecordingASHA
 
     asha = RecordingASHA(str(tmp_path / "stopped.jsonl"), metric="val/loss", mode="min", time_attr="reports",
                          max_t=9, grace_period=1, reduction_factor=3)
@@ -181,7 +181,7 @@ def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
 def sweep(tmp_path_factory, _ray_session_owner):
     from conftest import ensure_local_ray
 
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     ensure_local_ray()
     tmp = tmp_path_factory.mktemp("tune")
@@ -233,7 +233,7 @@ def test_sweep_completes_and_asha_stops_a_bad_trial(sweep):
 def test_results_table_matches_what_tune_reported(sweep):
     from ray import tune
 
-    from raytrain_llm.launchers.ray_tune import run_trial
+    from raytrain_llm.launchers.tune.runner import run_trial
 
     grid = tune.Tuner.restore(str(sweep["dir"]), run_trial).get_results()
     rows = {r["trial"]: r for r in read_rows(sweep["dir"])}
@@ -256,7 +256,7 @@ def test_results_table_matches_what_tune_reported(sweep):
 @pytest.mark.timeout(120)
 def test_best_config_round_trips_and_plots_and_tensorboard_exist(sweep, tmp_path):
     from raytrain_llm.core.config_loader import dump_yaml
-    from raytrain_llm.launchers.sweep_space import apply_point
+    from raytrain_llm.launchers.tune.search_space import apply_point
 
     best_path = sweep["summary"]["best_config"]
     loaded = load_config(best_path, environ={})
@@ -281,7 +281,7 @@ def test_best_config_round_trips_and_plots_and_tensorboard_exist(sweep, tmp_path
 
 @pytest.mark.timeout(180)
 def test_rerun_resumes_without_redoing_finished_trials(sweep):
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     def trial_files():  # everything the trials wrote: metrics, events, configs, checkpoints
         return {p: p.stat().st_mtime_ns for p in (sweep["dir"] / "tensorboard").glob("t*/**/*") if p.is_file()}
@@ -310,7 +310,7 @@ def test_rerun_resumes_without_redoing_finished_trials(sweep):
 @pytest.mark.timeout(60)
 def test_changed_search_space_under_the_same_name_is_refused(sweep, tmp_path):
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     body = yaml.safe_load(Path(sweep["path"]).read_text())
     body["search_space"]["model.num_experts"] = {"grid": [2, 8]}
@@ -322,7 +322,7 @@ def test_changed_search_space_under_the_same_name_is_refused(sweep, tmp_path):
 @pytest.mark.timeout(60)
 def test_a_sweep_refused_before_it_ran_leaves_its_name_free(tmp_path):
     # e.g. refused as not fitting the machine: its record was written, no trial ever started.
-    from raytrain_llm.launchers.ray_tune import POINTS_FILE, _check_same_sweep, plan
+    from raytrain_llm.launchers.tune.runner import POINTS_FILE, _check_same_sweep, plan
 
     sweep = write_sweep(tmp_path / "s.yaml", name="refused", storage_path=str(tmp_path / "sweeps"),
                         search_space={"model.num_experts": {"grid": [2, 4]}})
@@ -341,7 +341,7 @@ def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_ses
     from conftest import ensure_local_ray
 
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     ensure_local_ray()
     path = write_sweep(tmp_path / "sweep.yaml", name="typo", storage_path=str(tmp_path / "sweeps"),
@@ -363,8 +363,8 @@ def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_ses
 def test_a_resumed_trials_row_keeps_the_reports_tune_dropped(tmp_path):
     # Tune's history of a resumed trial starts over at the restore point; the engine's
     # metrics.jsonl still holds every validation once, up to the last report.
-    from raytrain_llm.launchers.sweep_config import parse_sweep
-    from raytrain_llm.launchers.sweep_report import logged_metric, make_row
+    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
+    from raytrain_llm.launchers.tune.report import logged_metric, make_row
 
     folder = tmp_path / "t000"
     folder.mkdir()

@@ -16,7 +16,7 @@ from torch import nn
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.task_options import parse_task_options
+from raytrain_llm.core.task_options import parse_task_options
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
@@ -91,8 +91,49 @@ def declared_validation_metrics(task_cls: type, config: Config) -> Optional[froz
     return frozenset(names)
 
 
+# Hooks through which a task reads config keys: a subclass overriding one of them may read keys
+# that the class declaring `inactive_keys` above it calls unused.
+CONFIG_READING_HOOKS = ("__init__", "build_model", "build_data_module", "build_criterion", "build_optimizer",
+                        "build_scheduler", "train_step", "validation_step", "on_optimizer_step")
+
+
+def declared_inactive_keys(task_cls: type, config: Config) -> dict[str, str]:
+    """task_cls.inactive_keys(config), trusted only when no subclass below the class that
+    declares them overrides a hook that reads the config (an `OptionsTask(RegressionTask)` with
+    its own build_model may use keys RegressionTask does not); {} otherwise: nothing is said to
+    be unused that the task might read."""
+    declarer = next(c for c in task_cls.__mro__ if "inactive_keys" in vars(c))
+    for c in task_cls.__mro__:
+        if c is declarer:
+            break
+        if any(hook in vars(c) for hook in CONFIG_READING_HOOKS):
+            return {}
+    return dict(task_cls.inactive_keys(config))
+
+
+def schedule_inactive_keys(config: Config) -> dict[str, str]:
+    """What the built-in LR schedule (`TrainingTask.build_scheduler`) ignores under `config`, for
+    the `inactive_keys` of a task that keeps that schedule."""
+    if config.training.lr_schedule == "constant":
+        return {"training.min_lr_ratio": "training.lr_schedule is constant"}
+    return {}
+
+
 class TrainingTask(ABC):
     """Subclass this; implement `build_model`, `build_data_module` and `train_step`.
+
+    The engine builds one task per process (every rank), from the run's `Config`, and calls the
+    hooks below; their order: `build_data_module`, `configure_callbacks`, `build_model`,
+    `build_optimizer`, `build_scheduler`, `build_criterion`, `flops_per_token`, then per step
+    `train_step` (and `tokens_in_batch` when it reports no `num_tokens`) and after each applied
+    optimizer step `on_optimizer_step`; `validation_step` per validation batch, then
+    `finalize_validation`; `finalize_train_metrics` per train record. A hook never calls
+    `backward()` or `optimizer.step()`: the engine does, so AMP, accumulation, clipping, NaN
+    checks and DDP work the same for every task.
+
+    A hook raises `raytrain_llm.core.errors.UsageError` for a mistake the user can fix (the run
+    stops with that one line, exit 2); any other exception fails the run (exit 1, traceback in
+    `<logging.dir>/error.log`).
 
     A task's own settings: declare a dataclass as `Options`; `task_options.<name>` (YAML, `--set`,
     RAYTRAIN_TASK_OPTIONS__<NAME>) is checked against it and handed over as `self.options`.
@@ -101,19 +142,35 @@ class TrainingTask(ABC):
     Options: ClassVar[Optional[type]] = None
 
     def __init__(self, config: Config):
+        """Receives the validated run config. Raises `ConfigError` (exit 2) when
+        `config.task_options` does not fit `Options` (an unknown name, a wrong type, a required
+        option unset). Builds nothing heavy: the launcher also builds a task in its driver."""
         self.config = config
         self.options = parse_task_options(type(self).Options, config.task_options, type(self).__name__)
 
     # --- required ---
     @abstractmethod
-    def build_model(self) -> nn.Module: ...
+    def build_model(self) -> nn.Module:
+        """Returns the model, on the CPU: the engine moves it to the device, wraps it (compile,
+        DDP) and seeds the RNG first, so every rank builds the same initial weights."""
 
     @abstractmethod
     def build_data_module(self):
-        """A `raytrain_llm.data.DataModule` feeding this task's batches."""
+        """Returns the `raytrain_llm.data.DataModule` feeding this task's batches (on Ray, the
+        launcher shards it with Ray Data). Called once per process, before the model exists."""
 
     @abstractmethod
-    def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult: ...
+    def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
+        """One micro-batch's forward pass. Receives the model as wrapped for training (DDP and/or
+        compiled: call it, do not reach into it), the batch already on the device (the data
+        module's collated batch, usually a dict of tensors) and `build_criterion()`'s module;
+        runs under the configured autocast.
+
+        Returns a `StepOutput`, a loss tensor or `(loss, metrics dict)`. The loss: one number
+        attached to the graph (the engine backpropagates it, divided by the step's micro-batches);
+        metrics: one number each (a tensor, a Python or numpy number), named neither as the
+        engine's record fields (`loss`, `lr`, `grad_norm`, ...) nor `val/...`. A wrong return
+        is a `UsageError` naming this hook."""
 
     # --- sensible defaults, override when needed ---
     @classmethod
@@ -122,28 +179,51 @@ class TrainingTask(ABC):
         finalize_validation adds), when the task knows them in advance. Then a monitor or a
         sweep metric naming a `val/` metric is checked before anything starts, not at the first
         validation minutes (or a whole sweep) later; the engine checks the declaration against
-        what validation reports. None (the default): checked at the first validation only."""
+        what validation reports. None (the default): checked at the first validation only.
+        Called on the class, before any task is built; returns None or a set of `val/` names
+        holding `val/loss` (anything else is a `UsageError` naming this method)."""
         return None
 
+    @classmethod
+    def inactive_keys(cls, config: Config) -> dict[str, str]:
+        """The `model.`/`data.`/`training.` keys this task does not read under `config`, each with
+        the reason (`"task lm does not use it"`, `"model.use_moe is false"`): a sweep over one is
+        refused, since its trials would train the same model. Called before the task is built.
+        {} (the default): the task may read any key. A subclass overriding a hook that reads the
+        config does not inherit its parent's declaration (see `declared_inactive_keys`)."""
+        return {}
+
     def validation_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepResult:
+        """One validation batch, under torch.no_grad(), autocast and eval mode. Receives the
+        model unwrapped from DDP (compiled if compile is on), the batch on the device and the
+        criterion; returns what train_step may return, except that the loss needs no graph.
+        The engine averages the loss (as `val/loss`) and each metric (as `val/<name>`) over all
+        batches and ranks, weighted by each batch's samples. Default: train_step's result."""
         return self.train_step(model, batch, criterion)
 
     def finalize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
         """The validation metrics once averaged over all batches and ranks: the place for values
-        that are not a mean of per-batch values (perplexity = exp(mean loss), F1, ...)."""
+        that are not a mean of per-batch values (perplexity = exp(mean loss), F1, ...).
+        Receives {`val/loss`: float, `val/<metric>`: float, ...}; returns the dict to report
+        (each value one number; a non-number is a `UsageError` naming this hook)."""
         return metrics
 
     def finalize_train_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """A train record's metrics once averaged over the logging window and the ranks (`loss`,
-        `grad_norm` and the train_step metrics), as finalize_validation for validation."""
+        `grad_norm` and the train_step metrics), as finalize_validation for validation; returns
+        the dict to log."""
         return metrics
 
     def build_criterion(self) -> Optional[nn.Module]:
+        """A loss module, moved to the device and passed to every step as `criterion`; None (the
+        default) when the steps compute their loss themselves."""
         return None
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW; no weight decay on biases, norms and embeddings (1-D params, the weights of
-        every nn.Embedding, and params tagged `_no_weight_decay`)."""
+        """Receives the model on its device (before compile/DDP); returns its optimizer, whose
+        state the engine checkpoints. Default: AdamW with training.lr/betas/weight_decay; no
+        weight decay on biases, norms and embeddings (1-D params, the weights of every
+        nn.Embedding, and params tagged `_no_weight_decay`); fused where the device allows."""
         t = self.config.training
         # By identity: a weight tied to a Linear head is still an embedding. parameters()
         # yields a shared parameter once, so it lands in exactly one group.
@@ -163,7 +243,11 @@ class TrainingTask(ABC):
         return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused or None)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
-        """Linear warmup, then constant, cosine or linear decay to `min_lr_ratio` of the peak."""
+        """Receives the optimizer and the run's planned optimizer steps; returns an LR scheduler
+        (stepped once per applied optimizer step; a ReduceLROnPlateau is stepped by the
+        LRSchedulerCallback on the monitored metric instead) or None. Called again when a
+        resumed run's length changes, then stepped to the resume position. Default: linear
+        warmup, then constant, cosine or linear decay to `min_lr_ratio` of the peak."""
         t = self.config.training
         warmup, floor = t.warmup_steps, t.min_lr_ratio
         decay_steps = max(1, total_steps - warmup)
@@ -173,18 +257,22 @@ class TrainingTask(ABC):
 
     def configure_callbacks(self) -> list:
         """This task's own `raytrain_llm.core.callbacks.Callback`s (a sample generator, a custom
-        stop rule, ...), called after the ones the config sets up and the launcher adds."""
+        stop rule, ...), run after the ones the config sets up and the launcher adds; their
+        state is checkpointed with the run. Default: none."""
         return []
 
     def on_optimizer_step(self, model: nn.Module) -> None:
-        """Called after every optimizer step (e.g. to update MoE router biases)."""
+        """Called after every applied optimizer step (not a skipped one) with the unwrapped model,
+        e.g. to update MoE router biases; every rank calls it, so a collective here is safe."""
 
     def flops_per_token(self, model: nn.Module) -> Optional[float]:
-        """Training FLOPs per token (forward + backward) for MFU; None when not meaningful."""
+        """Training FLOPs per token (forward + backward) of the unwrapped model, for the `tflops`
+        and `mfu` fields; None (the default) when not meaningful."""
         return None
 
     def tokens_in_batch(self, batch: Any) -> Optional[int]:
-        """Tokens a batch holds, for tokens/s; None for non-sequence tasks."""
+        """Tokens a batch holds, for tokens/s, when the step's StepOutput.num_tokens is unset;
+        None (the default) for non-sequence tasks."""
         return None
 
 

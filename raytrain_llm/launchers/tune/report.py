@@ -1,4 +1,4 @@
-"""A finished (or resumed) sweep's results: table (CSV + Markdown), best config, plots, summary.
+"""A finished (or resumed) sweep's results: table (CSV + Markdown), best config, summary (plots: plots.py).
 
 Rows come from Tune's `ResultGrid`, i.e. exactly what the trials reported: each row's final and
 best metric are the last and best finite values of that trial's reports.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -16,23 +15,20 @@ from raytrain_llm.core.atomic_io import atomic_write_text
 from raytrain_llm.core.callbacks.metrics_logger import SUMMARY_FILE, read_records, read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml
-from raytrain_llm.launchers.ray_results import exception_line
-from raytrain_llm.launchers.sweep_config import SweepSpec
-from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point
+from raytrain_llm.launchers.ray_train.results import exception_line
+from raytrain_llm.launchers.tune.plots import plot_results
+from raytrain_llm.launchers.tune.reported_values import finite, fmt
+from raytrain_llm.launchers.tune.search_space import POINT_ID, apply_point
+from raytrain_llm.launchers.tune.sweep_spec import SweepSpec
 
 # Reported names differ by launcher version: with and without the "train/" prefix.
 TOKENS_KEYS = ("train/tokens_per_s", "tokens_per_s")
 LOAD_KEYS = ("train/moe_max_load", "moe_max_load")
-X_KEY, GROUP_KEY = "model.num_experts", "model.top_k"
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _column(history: list[dict], keys) -> list[float]:
     for key in keys:
-        values = [h[key] for h in history if _finite(h.get(key))]
+        values = [h[key] for h in history if finite(h.get(key))]
         if values:
             return values
     return []
@@ -52,7 +48,7 @@ def param_counts(cfg: Config, cache: dict) -> tuple[Optional[int], Optional[int]
             pc = count_parameters(cfg.model)
             out = (pc.active, pc.total)
         else:
-            from raytrain_llm.tasks.registry import resolve_task
+            from raytrain_llm.launchers.task_resolution import resolve_task
 
             with torch.device("meta"):
                 model = resolve_task(cfg.task)(cfg).build_model()
@@ -77,7 +73,7 @@ def collect_rows(spec: SweepSpec, base: Config, grid, points: list[dict[str, Any
     read "interrupted" for good. Not Tune's trial status either: on Ctrl-C its clean-up marks the
     interrupted trials TERMINATED.
     """
-    from raytrain_llm.launchers.tune_scheduler import read_stopped
+    from raytrain_llm.launchers.tune.scheduler import read_stopped
 
     stopped = {rec.get("name"): rec for rec in read_stopped(os.path.join(spec.sweep_dir, "early_stopped.json")).values()}
     cache: dict = {}
@@ -109,7 +105,7 @@ def logged_metric(folder: str, metric: str) -> list[tuple[int, float]]:
     over when the trial is resumed (its reports before the restore point drop out, or repeat); the
     engine's file is rewound to the checkpoint it resumed from, so it holds each step once."""
     return [(r["step"], float(r[metric])) for r in read_records(folder)
-            if _finite(r.get(metric)) and isinstance(r.get("step"), int)]
+            if finite(r.get(metric)) and isinstance(r.get("step"), int)]
 
 
 def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], stop_record: Optional[dict],
@@ -141,17 +137,9 @@ def make_row(spec: SweepSpec, base: Config, point: dict, history: list[dict], st
         "error": exception_line(error)[:200] if error else "",
     })
     x = "step" if steps else "training_iteration"
-    row["_curve"] = curve or [(h.get(x), h[spec.metric]) for h in history if _finite(h.get(spec.metric))]
+    row["_curve"] = curve or [(h.get(x), h[spec.metric]) for h in history if finite(h.get(spec.metric))]
     row["_point"] = point
     return row
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}" if math.isfinite(v) else str(v)
-    return str(v)
 
 
 def table_text(rows: list[dict], markdown: bool) -> str:
@@ -165,105 +153,16 @@ def table_text(rows: list[dict], markdown: bool) -> str:
         return buf.getvalue()
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
+        lines.append("| " + " | ".join(fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def best_row(spec: SweepSpec, rows: list[dict]) -> Optional[dict]:
-    scored = [r for r in rows if _finite(r.get(f"{spec.metric} best"))]
+    scored = [r for r in rows if finite(r.get(f"{spec.metric} best"))]
     if not scored:
         return None
     pick = min if spec.mode == "min" else max
     return pick(scored, key=lambda r: r[f"{spec.metric} best"])
-
-
-def metric_vs_key(spec: SweepSpec, rows: list[dict], x_key: str, group_key: Optional[str]) -> dict[Any, dict]:
-    """The data of the metric-vs-key plot, per value of `group_key` (one group, None, without):
-    `finished`: {x: best value among trials with that x that trained to the end (other swept
-    keys vary)}; `stopped`: [(x, value, steps, trial)] of trials ASHA stopped early, each at the
-    last step it trained. A stopped trial's value is not comparable with a finished one's (it
-    trained fewer steps), so it is never part of `finished`."""
-    metric_best = f"{spec.metric} best"
-    better = (lambda a, b: a < b) if spec.mode == "min" else (lambda a, b: a > b)
-    groups: dict[Any, dict] = {}
-    for r in sorted((r for r in rows if _finite(r.get(metric_best))), key=lambda r: r["trial"]):
-        g = groups.setdefault(r.get(group_key) if group_key else None, {"finished": {}, "stopped": []})
-        x, v = r[x_key], r[metric_best]
-        if r.get("stopped early") == "yes":
-            g["stopped"].append((x, v, r.get("steps"), r["trial"]))
-        elif x not in g["finished"] or better(v, g["finished"][x]):
-            g["finished"][x] = v
-    return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
-
-
-def _plot_metric_vs_key(spec: SweepSpec, groups: dict, x_key: str, group_key: Optional[str], rows: list[dict],
-                        out_dir: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    any_stopped = False
-    for g, data in groups.items():
-        name = f"{group_key}={g}" if group_key else "trained to the end"
-        xs = sorted(data["finished"])
-        line = ax.plot(xs, [data["finished"][x] for x in xs], marker="o", label=name if xs else None)[0]
-        if data["stopped"]:
-            any_stopped = True
-            sx, sv = [p[0] for p in data["stopped"]], [p[1] for p in data["stopped"]]
-            ax.scatter(sx, sv, s=64, facecolors="none", edgecolors=line.get_color(), linewidths=1.5,
-                       label=(f"{name}: " if group_key else "") + "stopped early (ASHA), fewer steps")
-            for x, v, steps, _ in data["stopped"]:
-                ax.annotate(f"{steps} steps", (x, v), textcoords="offset points", xytext=(6, -3), fontsize=7,
-                            color=line.get_color())
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(f"{spec.metric} ({'lowest' if spec.mode == 'min' else 'highest'} reported)")
-    if x_key == X_KEY:
-        ax.set_xticks(sorted({r[x_key] for r in rows if _finite(r.get(x_key))}))
-    ax.set_title(f"sweep {spec.name}" + ("\nfilled: trained to the end; hollow: stopped early at fewer steps "
-                                        "(not comparable)" if any_stopped else ""), fontsize=9 if any_stopped else None)
-    ax.grid(alpha=0.3)
-    if group_key or any_stopped:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{spec.metric.replace('/', '_')}_vs_{x_key.split('.')[-1]}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_results(spec: SweepSpec, rows: list[dict], out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    numeric = [k for k in spec.keys if all(_finite(r.get(k)) for r in rows)]
-    x_key = X_KEY if X_KEY in numeric else (numeric[0] if numeric else None)
-    group_key = GROUP_KEY if GROUP_KEY in spec.keys and GROUP_KEY != x_key else None
-    if x_key:
-        groups = metric_vs_key(spec, rows, x_key, group_key)
-        if any(g["finished"] or g["stopped"] for g in groups.values()):
-            written.append(_plot_metric_vs_key(spec, groups, x_key, group_key, rows, out_dir))
-    curves = [r for r in rows if r["_curve"]]
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in curves:
-            xs, ys = zip(*r["_curve"])
-            style = "--" if r["stopped early"] == "yes" else "-"
-            label = r["trial"] + " " + ", ".join(f"{k.split('.')[-1]}={_fmt(r[k])}" for k in spec.keys)
-            ax.plot(xs, ys, style, marker=".", label=label + (" (stopped)" if style == "--" else ""))
-        ax.set_xlabel("step")
-        ax.set_ylabel(spec.metric)
-        ax.set_title(f"sweep {spec.name}: {spec.metric} per trial")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "loss_curves.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def trial_folder(sweep_dir: str, trial: str) -> str:

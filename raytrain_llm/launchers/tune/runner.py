@@ -1,10 +1,10 @@
 """`run_sweep`: a Ray Tune sweep in which every trial is a full Ray Train run of our engine.
 
 Train V2 cannot be handed to `Tuner` directly: each trial is a function that builds a
-`TorchTrainer` (`ray_train.build_trainer`) and fits it, with Tune's `TuneReportCallback` in
+`TorchTrainer` (`ray_train/trainer.build_trainer`) and fits it, with Tune's `TuneReportCallback` in
 the trainer's run config so every Train report (one per engine checkpoint) becomes a Tune
 result that ASHA can act on. All points are drawn and validated before Tune starts
-(sweep_space.py); the results are written by sweep_report.py.
+(search_space.py); the results are written by report.py.
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import sys
 from typing import Any, Optional
 
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import dump_yaml
+from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.launchers.ray_cluster import DATA_TASK_CPUS, worker_resources
-from raytrain_llm.launchers.sweep_config import SweepSpec, load_sweep, merge_base
-from raytrain_llm.launchers.sweep_report import trial_folder
-from raytrain_llm.launchers.sweep_space import POINT_ID, apply_point, build_points
-from raytrain_llm.launchers.sweep_trackers import set_trial_tracking, tag_best_trial
+from raytrain_llm.launchers.ray_train.cluster import DATA_TASK_CPUS, worker_resources
+from raytrain_llm.launchers.tune.report import trial_folder
+from raytrain_llm.launchers.tune.search_space import POINT_ID, apply_point, build_points
+from raytrain_llm.launchers.tune.sweep_spec import SweepSpec, load_sweep, merge_base
+from raytrain_llm.launchers.tune.trackers import set_trial_tracking, tag_best_trial
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; Tune rejects 0
 STOPPED_FILE = "early_stopped.json"
@@ -56,10 +56,10 @@ def run_trial(tune_config: dict[str, Any], *, base: dict[str, Any], sweep_dir: s
     """Tune's trainable: one Ray Train run; each of its reports reaches Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytrain_llm.launchers.ray_train import build_trainer, fit, resolve_paths
+    from raytrain_llm.launchers.ray_train.trainer import build_trainer, fit, resolve_paths
 
     point = tune_config["point"]
-    cfg = trial_config(Config.from_dict(base), point, sweep_dir, monitor)
+    cfg = trial_config(config_from_mapping(base), point, sweep_dir, monitor)
     cfg = resolve_paths(cfg, name=f"{sweep_name}-{point[POINT_ID]}")
     fit(build_trainer(cfg, run_callbacks=[TuneReportCallback()]), cfg)
 
@@ -72,7 +72,7 @@ def trial_name(trial) -> str:
 def make_scheduler(spec: SweepSpec):
     if spec.scheduler.type == "none":
         return None
-    from raytrain_llm.launchers.tune_scheduler import RecordingASHA
+    from raytrain_llm.launchers.tune.scheduler import RecordingASHA
 
     s = spec.scheduler
     return RecordingASHA(os.path.join(spec.sweep_dir, STOPPED_FILE), time_attr=s.time_attr,
@@ -156,16 +156,16 @@ def build_tuner(spec: SweepSpec, base: Config, points: list[dict[str, Any]], con
 
 def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]] = None) -> dict[str, Any]:
     """Run (or resume) the sweep in `sweep_path` on top of `base_config` (`cli_keys`: see
-    sweep_config.merge_base); returns the report's summary."""
+    sweep_spec.merge_base); returns the report's summary."""
     spec, base, points = plan(base_config, sweep_path, cli_keys)
     _check_same_sweep(spec, points, base)
     logger = Logger("raytrain_llm.sweep", level=base.logging.level, log_dir=spec.sweep_dir, rank=0)
-    # Reports from a save without validation carry no val metrics (ray_report.py); keep Tune
+    # Reports from a save without validation carry no val metrics (ray_train/report_callback.py); keep Tune
     # from failing a trial over a result that lacks the metric.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray
 
-    from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable
+    from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable
 
     cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
     largest = max(cfgs, key=trial_resources)
@@ -183,7 +183,7 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
         logger.info(f"sweep {spec.name}: {len(points)} trials, {concurrency} at a time"
                     f"{' (resumed)' if resumed else ''}; results in {spec.sweep_dir}")
         grid = tuner.fit()
-        from raytrain_llm.launchers.sweep_report import collect_rows, write_report
+        from raytrain_llm.launchers.tune.report import collect_rows, write_report
 
         rows = collect_rows(spec, base, grid, points)
         summary = write_report(spec, base, rows)

@@ -23,9 +23,12 @@ import math
 import random
 from typing import Any
 
-from raytrain_llm.core.config import Config, inactive_keys
+from raytrain_llm.core.config import Config, switched_off_keys
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import ConfigError
-from raytrain_llm.launchers.sweep_config import TASK_OPTIONS, Dimension, SweepSpec
+from raytrain_llm.core.task import declared_inactive_keys
+from raytrain_llm.launchers.task_resolution import resolve_task
+from raytrain_llm.launchers.tune.sweep_spec import TASK_OPTIONS, Dimension, SweepSpec
 
 MAX_DRAWS = 100
 POINT_ID = "id"  # a point's own key: "t000", ...; every other key is a dotted config key
@@ -53,13 +56,12 @@ def apply_point(base: Config, point: dict[str, Any]) -> Config:
             continue
         section, _, name = key.partition(".")
         data[section][name] = value
-    return Config.from_dict(data)
+    return config_from_mapping(data)
 
 
 def options_errors(cfg: Config) -> list[str]:
     """What the task's `Options` dataclass says of cfg.task_options (a point can set them)."""
-    from raytrain_llm.tasks.registry import resolve_task
-    from raytrain_llm.tasks.task_options import parse_task_options
+    from raytrain_llm.core.task_options import parse_task_options
 
     try:
         parse_task_options(resolve_task(cfg.task).Options, cfg.task_options, cfg.task)
@@ -74,6 +76,16 @@ def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
     except ConfigError as exc:
         return exc.problems
     return options_errors(cfg) if any(k.startswith(TASK_OPTIONS + ".") for k in point) else []
+
+
+def inactive_keys(cfg: Config) -> dict[str, str]:
+    """Keys whose value cannot change this config's run, each with what switches it off: the
+    task's declaration (`TrainingTask.inactive_keys`: model and data keys, its LR schedule's)
+    and the engine's own settings (`config.switched_off_keys`)."""
+    off = declared_inactive_keys(resolve_task(cfg.task), cfg)
+    for key, reason in switched_off_keys(cfg).items():
+        off.setdefault(key, reason)
+    return off
 
 
 def no_effect_errors(spec: SweepSpec, configs: list[Config]) -> list[str]:
@@ -96,8 +108,7 @@ def metric_errors(spec: SweepSpec, points: list[dict[str, Any]], configs: list[C
     (TrainingTask.validation_metrics): otherwise a misspelt name only surfaces at each trial's
     first validation, after Ray and every trial have started."""
     from raytrain_llm.core.step_checks import unknown_metric
-    from raytrain_llm.tasks.base_task import declared_validation_metrics
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.core.task import declared_validation_metrics
 
     task = configs[0].task  # a sweep cannot sweep the task
     task_cls, where = resolve_task(task), f"sweep {spec.source}: "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import TrainingError
 from raytrain_llm.data.base import epoch_permutation
 
@@ -47,9 +48,9 @@ def _task_dataset(config_json: str, split: str):
     """The task's dataset, built once per Ray Data worker process from the config."""
     key = (config_json, split)
     if key not in _DATASETS:
-        from raytrain_llm.tasks.registry import resolve_task
+        from raytrain_llm.launchers.task_resolution import resolve_task
 
-        config = Config.from_dict(json.loads(config_json))
+        config = config_from_mapping(json.loads(config_json))
         module = resolve_task(config.task)(config).build_data_module()
         _DATASETS.clear()  # one run per process at a time; do not pile up generator tables
         _DATASETS[key] = module.train_dataset if split == "train" else module.val_dataset

@@ -25,7 +25,7 @@ RESERVED_KEYS = ("logging.dir", "checkpoint.dir", "checkpoint.resume", "distribu
 TIME_ATTRS = {"reports": "training_iteration", "training_iteration": "training_iteration", "steps": "step"}
 # Counters every report carries, the only clocks ASHA can compare trials by.
 COUNTERS = (*TIME_ATTRS, "step", "epoch", "time_total_s")
-TASK_OPTIONS = "task_options"  # task_options.<name>: a task's own setting (tasks/task_options.py)
+TASK_OPTIONS = "task_options"  # task_options.<name>: a task's own setting (core/task_options.py)
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _is_num(v) -> bool:
 
 def _field_type(key: str):
     """The declared type of a config key; None for task_options.* (the task's Options types it,
-    when the sweep's points are built: sweep_space.build_points)."""
+    when the sweep's points are built: search_space.build_points)."""
     section, _, name = key.partition(".")
     if section == TASK_OPTIONS:
         return None
@@ -310,4 +310,4 @@ def merge_base(cli_config: Config, base_file: Optional[str], cli_keys: Optional[
             merged[TASK_OPTIONS][key] = cli[TASK_OPTIONS][key]
         elif section in SECTIONS and key in cli[section]:
             merged[section][key] = cli[section][key]
-    return Config.from_dict(merged)
+    return config_from_mapping(merged)

@@ -1,4 +1,4 @@
-"""Callbacks that connect the engine to Ray Train: checkpoint reports, and test-only fault injection.
+"""`RayReportCallback`: the engine's checkpoints and validations, reported to Ray Train.
 
 `ray.train.report` is a barrier: every rank must call it the same number of times. The engine
 calls `on_save_checkpoint` on every rank after each save (path only on rank 0), so reporting from
@@ -7,13 +7,10 @@ there keeps the ranks in step by construction.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any, Optional
 
 from raytrain_llm.core.callbacks import Callback
-
-FAULT_ENV = "RAYTRAIN_FAULT_INJECT"
 
 
 def float_metrics(metrics: dict[str, Any], engine) -> dict[str, float]:
@@ -60,35 +57,3 @@ class RayReportCallback(Callback):
         if not self.checkpoints_enabled:
             self._report(engine, {**engine.last_train_record, **metrics}, None)
 
-
-class KillAtStep(Callback):
-    """Test-only: SIGKILL this worker at a chosen step, as a crashed machine would die.
-
-    Spec `rank=1,step=6,marker=/abs/file[,times=1]`: rank `rank` kills itself right after optimizer
-    step `step` while the marker file records fewer than `times` kills (so a restarted run that
-    reaches the step again goes on, or keeps dying when `times` exceeds the retries).
-    """
-
-    def __init__(self, spec: str):
-        fields = dict(part.split("=", 1) for part in spec.split(",") if part)
-        self.rank, self.step = int(fields["rank"]), int(fields["step"])
-        self.marker, self.times = fields["marker"], int(fields.get("times", 1))
-
-    @classmethod
-    def from_spec(cls, spec: Optional[str]) -> list[Callback]:
-        return [cls(spec)] if spec else []
-
-    def on_batch_end(self, engine, step: int, outputs) -> None:
-        if engine.dist.rank != self.rank or step != self.step:
-            return
-        kills = 0
-        if os.path.exists(self.marker):
-            with open(self.marker, encoding="utf-8") as fh:
-                kills = len(fh.read().split())
-        if kills >= self.times:
-            return
-        with open(self.marker, "a", encoding="utf-8") as fh:
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.kill(os.getpid(), 9)

@@ -1,6 +1,6 @@
-"""Launchers without Ray: one in-process run, or N processes with torch.multiprocessing.spawn.
+"""The launcher without Ray for N processes: torch.multiprocessing.spawn (`distributed.launcher=spawn`).
 
-The spawn path is what a plain-PyTorch user knows (gloo on CPU, nccl on GPUs) and is the
+It is what a plain-PyTorch user knows (gloo on CPU, nccl on GPUs) and is the
 baseline against which the Ray launcher's overhead is measured.
 """
 from __future__ import annotations
@@ -8,37 +8,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from typing import Any
 
 import torch
 
 from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import DistributedManager, pick_backend
 from raytrain_llm.core.errors import RaytrainError, TrainingError, UsageError
-from raytrain_llm.core.worker import train_worker
-
-
-def run_in_process(config: Config) -> dict[str, Any]:
-    workers = config.distributed.num_workers
-    if config.distributed.launcher == "local" and workers > 1:  # spawn with 1 worker also lands here
-        print(f"warning: distributed.launcher=local trains in this one process; distributed.num_workers={workers} "
-              f"is ignored (launcher=spawn or ray runs {workers} workers)", file=sys.stderr)
-    return train_worker(config)
-
-
-def check_data_up_front(config: Config) -> None:
-    """The data module's check (e.g. every token id of a token file), once, before any worker
-    starts: a long pass inside a worker would keep the other ranks waiting in a collective,
-    which times out on files of hundreds of GB."""
-    from raytrain_llm.tasks.registry import resolve_task
-
-    resolve_task(config.task)(config).build_data_module().check_data()
+from raytrain_llm.launchers.local.in_process import check_data_up_front, run_in_process
+from raytrain_llm.launchers.worker import train_worker
 
 
 def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int) -> None:
-    config = Config.from_dict(config_dict)
+    config = config_from_mapping(config_dict)
     d = config.distributed
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     os.environ["LOCAL_RANK"] = str(rank)

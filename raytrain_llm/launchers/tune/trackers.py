@@ -33,7 +33,7 @@ def tag_best_trial(base: Config, sweep_dir: str, summary: dict[str, Any], rows: 
     if "mlflow" not in base.logging.trackers:
         return
     from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger
-    from raytrain_llm.launchers.sweep_report import trial_folder
+    from raytrain_llm.launchers.tune.report import trial_folder
 
     probe = Config.from_dict(base.to_dict())
     set_trial_tracking(probe, sweep_dir, "t")

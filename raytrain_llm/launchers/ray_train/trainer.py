@@ -13,12 +13,12 @@ import time
 from typing import Any, Iterable, Optional
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable, worker_resources
-from raytrain_llm.launchers.ray_report import FAULT_ENV, SCORE_KEY
-from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
-
+from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable, worker_resources
+from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
+from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
 USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
 
@@ -29,7 +29,7 @@ def _abs(path: str) -> str:
 
 def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: Optional[str] = None) -> Config:
     """A copy with every path absolute (Ray workers chdir) and a run name and storage path set."""
-    cfg = Config.from_dict(config.to_dict())
+    cfg = config_from_mapping(config.to_dict())
     cfg.logging.dir = _abs(cfg.logging.dir)
     if cfg.checkpoint.dir:
         cfg.checkpoint.dir = _abs(cfg.checkpoint.dir)
@@ -64,11 +64,11 @@ def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from raytrain_llm.core.distributed import DistributedManager
-    from raytrain_llm.core.worker import train_worker
-    from raytrain_llm.launchers.ray_data import RayShardDataModule
-    from raytrain_llm.launchers.ray_report import KillAtStep, RayReportCallback
+    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
+    from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
+    from raytrain_llm.launchers.worker import train_worker
 
-    config = Config.from_dict(loop_config["config"])
+    config = config_from_mapping(loop_config["config"])
     ctx = ray.train.get_context()
     os.environ["LOCAL_RANK"] = str(ctx.get_local_rank())
     if not config.distributed.use_gpu and config.training.device == "auto":
@@ -80,8 +80,7 @@ def _train(loop_config: dict[str, Any]) -> None:
         return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
                                   rank=dist.rank, world_size=dist.world_size)
 
-    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode),
-                 *KillAtStep.from_spec(loop_config.get("fault"))]
+    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode)]
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks,
                   data_checked=bool(loop_config.get("data_checked")))
     checkpoint = ray.train.get_checkpoint()
@@ -179,8 +178,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raytrain_llm.launchers.ray_data import build_ray_datasets
-    from raytrain_llm.tasks.registry import resolve_task
+    from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
+    from raytrain_llm.launchers.task_resolution import resolve_task
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint
@@ -188,7 +187,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     _refuse_stale_checkpoints(cfg, restoring)
     data_module = resolve_task(cfg.task)(cfg).build_data_module()
     data_module.require_a_batch(cfg.training.batch_size, d.num_workers)  # before any worker starts
-    data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local.check_data_up_front)
+    data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local/in_process.check_data_up_front)
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
         name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
@@ -197,9 +196,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
     return TorchTrainer(
         train_loop_per_worker,
-        # The fault spec is read here, in the driver: workers of a long-lived cluster do not see
-        # environment variables set after it started.
-        train_loop_config={"config": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV, ""), "data_checked": True},
+        train_loop_config={"config": cfg.to_dict(), "data_checked": True},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=worker_resources(cfg),

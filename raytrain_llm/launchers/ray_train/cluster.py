@@ -15,7 +15,7 @@ from typing import Optional
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.tasks.registry import import_root, resolve_task
+from raytrain_llm.launchers.task_resolution import import_root, resolve_task
 
 # What a Ray Data task that generates batches reserves (Ray's default; a fractional request
 # would split the read from the map, and the read task alone still asks for a whole CPU).

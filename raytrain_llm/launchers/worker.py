@@ -13,7 +13,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.tasks.registry import resolve_task
+from raytrain_llm.launchers.task_resolution import resolve_task
 
 
 def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
