@@ -18,8 +18,8 @@ from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.resume import Resumer, Schedule
 from raytrain_llm.core.rng_state import seed_everything
-from raytrain_llm.core.worker import train_worker
-from raytrain_llm.tasks.registry import resolve_task
+from raytrain_llm.launchers.worker import train_worker
+from raytrain_llm.launchers.task_resolution import resolve_task
 
 OLD = Path(__file__).resolve().parent / "data" / "old_layout_checkpoint"
 # The settings the fixture's run used (see tests/data/old_layout_checkpoint/README.md).

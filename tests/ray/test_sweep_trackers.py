@@ -34,7 +34,7 @@ TINY_LM = {
 def test_a_sweep_of_two_trials_is_two_mlflow_runs_in_one_experiment(tmp_path, ray_local, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from raytrain_llm.launchers.ray_tune import run_sweep
+    from raytrain_llm.launchers.tune.runner import run_sweep
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     base = Config.from_dict({**TINY_LM, "logging": {**TINY_LM["logging"], "dir": str(tmp_path / "base")}})
