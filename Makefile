@@ -24,6 +24,7 @@ train: $(VENV)/.installed
 	$(PY) train.py $(TRAIN_ARGS)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check raytrain_llm tests benchmarks examples train.py
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
