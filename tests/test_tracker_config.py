@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raytrain_llm.core.callbacks import MLflowLogger, TensorBoardLogger, WandbLogger, default_callbacks
-from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import load_config
+from raytrain_llm.core.config_loader import config_from_mapping, load_config
 from raytrain_llm.core.errors import ConfigError
 
 
@@ -22,7 +21,7 @@ def test_trackers_from_yaml_and_environment(tmp_path):
     assert cfg.logging.trackers == ["wandb"] and cfg.logging.wandb_mode == "offline"
     assert cfg.logging.experiment == "e1"
     assert load_config(None, [], environ={"RAYTRAIN_LOGGING__TRACKERS": "mlflow"}).logging.trackers == ["mlflow"]
-    assert Config.from_dict(cfg.to_dict()).logging.trackers == ["wandb"]  # the round trip to workers
+    assert config_from_mapping(cfg.to_dict()).logging.trackers == ["wandb"]  # the round trip to workers
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -17,6 +17,7 @@ import torch
 
 from raytrain_llm.core.checkpointing import STATE_FILE, CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.models import GPT
 
@@ -71,7 +72,7 @@ def read_checkpoint(checkpoint_dir: str) -> tuple[Config, dict[str, torch.Tensor
         raise UsageError(str(exc)) from None
     if not isinstance(state.get("config"), dict):
         raise UsageError(f"checkpoint {checkpoint_dir} holds no config")
-    return Config.from_dict(state["config"]), clean_state_dict(state["model"])
+    return config_from_mapping(state["config"]), clean_state_dict(state["model"])
 
 
 def _read_safetensors_export(folder: str) -> tuple[Config, dict[str, torch.Tensor]]:

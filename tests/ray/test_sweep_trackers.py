@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rt_trackers import jsonl_series, mlflow_series, wandb_config, wandb_records  # noqa: E402
@@ -37,7 +37,7 @@ def test_a_sweep_of_two_trials_is_two_mlflow_runs_in_one_experiment(tmp_path, ra
     from raytrain_llm.launchers.tune.runner import run_sweep
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    base = Config.from_dict({**TINY_LM, "logging": {**TINY_LM["logging"], "dir": str(tmp_path / "base")}})
+    base = config_from_mapping({**TINY_LM, "logging": {**TINY_LM["logging"], "dir": str(tmp_path / "base")}})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"name": "tracked", "storage_path": str(tmp_path / "sweeps"), "scheduler": "none",
                                     "max_concurrent_trials": 1,

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_loader import config_from_mapping
 
 
 def set_trial_tracking(cfg: Config, sweep_dir: str, trial: str) -> None:
@@ -35,7 +36,7 @@ def tag_best_trial(base: Config, sweep_dir: str, summary: dict[str, Any], rows: 
     from raytrain_llm.core.callbacks.tracker_logger import TrackerLogger
     from raytrain_llm.launchers.tune.report import trial_folder
 
-    probe = Config.from_dict(base.to_dict())
+    probe = config_from_mapping(base.to_dict())
     set_trial_tracking(probe, sweep_dir, "t")
     best = (summary.get("best") or {}).get("trial")
     try:
