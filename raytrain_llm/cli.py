@@ -32,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """argparse's, with a hint for `--set key value` (a space for the '='): the value is left over."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        hint = next((f" (did you mean --set {key}={value}?)" for flag, key, value in zip(argv, argv[1:], argv[2:])
+                     if flag == "--set" and "=" not in key and value == extra[0]), "")
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def launch(config):
     launcher = config.distributed.launcher
     if launcher == "local":
@@ -57,7 +68,7 @@ def _print_result(result) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = None
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse_args(argv)
         from raytrain_llm.core.config_loader import dump_yaml, load_config_and_keys
 
         config, cli_keys = load_config_and_keys(args.config, args.overrides, task=args.task)

@@ -203,3 +203,19 @@ def test_a_misspelt_validation_monitor_is_refused_before_the_run_starts(tmp_path
     printed = yaml.safe_load(p.stdout)  # the trials' base config, the monitor as given
     assert printed["task"] == "rt_helpers:TaggedMetricTask" and printed["callbacks"]["monitor"] == "val/mae"
     assert printed["callbacks"]["early_stopping"] is True and not (tmp_path / "sweeps").exists()
+
+
+# ----------------------------------------------------------------------------- command-line hints
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, line", [
+    (["--task", "LM"], "error: --task: unknown task 'LM' (did you mean 'lm'?) (known: lm, regression, "
+                       "or package.module:ClassName)"),
+    (["--set", "training.lr", "0.01"], "error: unrecognized arguments: 0.01 (did you mean --set training.lr=0.01?)"),
+    (["--set", "lr=0.01"], "error: invalid config: lr: expected section.field (from --set) (did you mean "
+                           "'training.lr'?)"),
+    (["--set", "monitor=val/loss"], "error: invalid config: monitor: expected section.field (from --set) (did you "
+                                    "mean 'checkpoint.monitor' or 'callbacks.monitor'?)"),
+])
+def test_common_command_line_slips_get_one_line_with_the_fix(args, line):
+    p = run_cli([*args, "--print-config"], timeout=60)
+    assert p.returncode == 2 and p.stderr.strip() == line and not p.stdout
