@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from raytrain_llm.core.errors import RaytrainError, UsageError
+from raytrain_llm.core.errors import RaytrainError, UsageError, clip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +39,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if extra:
         hint = next((f" (did you mean --set {key}={value}?)" for flag, key, value in zip(argv, argv[1:], argv[2:])
                      if flag == "--set" and "=" not in key and value == extra[0]), "")
-        raise UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        raise UsageError(clip(f"unrecognized arguments: {' '.join(extra)}{hint}"))
     return args
 
 
