@@ -24,6 +24,6 @@ ray start --head --node-ip-address=127.0.0.1 --port="$RAY_PORT" \
 echo
 echo "Ray head up. Submit a run with:"
 echo "  RAY_AUTH_MODE=$RAY_AUTH_MODE ray job submit --address http://127.0.0.1:$DASHBOARD_PORT \\"
-echo "      --working-dir $ROOT --runtime-env-json '{\"excludes\": [\".venv\", \".git\", \"runs\"]}' \\"
-echo "      -- $VENV/bin/python train.py --task regression --set logging.dir=/tmp/raytrain-runs/regression"
+echo "      --working-dir $ROOT --runtime-env-json '{\"excludes\": [\"runs\", \".hypothesis\", \".pytest_cache\", \".ruff_cache\"]}' \\"
+echo "      -- $VENV/bin/python train.py --task regression --set logging.dir=/tmp/raytrain-runs/regression/\$(date +%Y%m%d-%H%M%S)"
 echo "Stop it with: cluster/stop_local_head.sh"

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from raytrain_llm.core.errors import RaytrainError, UsageError
+from raytrain_llm.core.errors import RaytrainError, UsageError, clip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--tune", metavar="SWEEP.yaml", help="run a Ray Tune sweep described by this file")
     return p
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """argparse's, with a hint for `--set key value` (a space for the '='): the value is left over."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        hint = next((f" (did you mean --set {key}={value}?)" for flag, key, value in zip(argv, argv[1:], argv[2:])
+                     if flag == "--set" and "=" not in key and value == extra[0]), "")
+        raise UsageError(clip(f"unrecognized arguments: {' '.join(extra)}{hint}"))
+    return args
 
 
 def launch(config):
@@ -57,7 +68,7 @@ def _print_result(result) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = None
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse_args(argv)
         from raytrain_llm.core.config_loader import dump_yaml, load_config_and_keys
 
         config, cli_keys = load_config_and_keys(args.config, args.overrides, task=args.task)
@@ -98,13 +109,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "raytrain_llm").partition(".")[0] == "raytrain_llm":  # a missing module of ours is a bug
+            return _unexpected(exc, config)
+        # A usage error, not a bug: no error.log (the fix is an install, and --print-config writes nothing).
+        print(f"error: {missing_dependency(exc.name)}", file=sys.stderr)
+        return UsageError.exit_code
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, details in a file
-        if _debug():
-            traceback.print_exc()
-        where = _save_traceback(config)
-        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-              + (f" (traceback in {where})" if where else ""), file=sys.stderr)
-        return 1
+        return _unexpected(exc, config)
+
+
+# The optional extras of pyproject.toml, by the module each one provides.
+_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb", "transformers": "export"}
+
+
+def missing_dependency(name: str) -> str:
+    """One line for a package this Python lacks: the usual cause is the system Python instead of
+    the project's .venv (which `make train` creates)."""
+    top = name.partition(".")[0]
+    if top in _EXTRAS:
+        return (f"this Python ({sys.executable}) lacks {top!r}: pip install -e '.[{_EXTRAS[top]}]' "
+                f"(the .venv that `make train` creates has every extra)")
+    return (f"this Python ({sys.executable}) lacks {top!r}, a dependency of raytrain_llm: use the project's "
+            f"environment (`make train` creates .venv; then `source .venv/bin/activate` or run .venv/bin/python), "
+            f"or pip install -e . into this Python")
+
+
+def _unexpected(exc: Exception, config) -> int:
+    if _debug():
+        traceback.print_exc()
+    where = _save_traceback(config)
+    print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+          + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+    return 1
 
 
 def _debug() -> bool:

@@ -3,7 +3,10 @@ classes that cannot work, settings that only fail once the device is known, and 
 (master port, weight decay, profiler range) that must do what they promise."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -203,3 +206,49 @@ def test_a_misspelt_validation_monitor_is_refused_before_the_run_starts(tmp_path
     printed = yaml.safe_load(p.stdout)  # the trials' base config, the monitor as given
     assert printed["task"] == "rt_helpers:TaggedMetricTask" and printed["callbacks"]["monitor"] == "val/mae"
     assert printed["callbacks"]["early_stopping"] is True and not (tmp_path / "sweeps").exists()
+
+
+# ----------------------------------------------------------------------------- command-line hints
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, line", [
+    (["--task", "LM"], "error: --task: unknown task 'LM' (did you mean 'lm'?) (known: lm, regression, "
+                       "or package.module:ClassName)"),
+    (["--set", "training.lr", "0.01"], "error: unrecognized arguments: 0.01 (did you mean --set training.lr=0.01?)"),
+    (["--set", "lr=0.01"], "error: invalid config: lr: expected section.field (from --set) (did you mean "
+                           "'training.lr'?)"),
+    (["--set", "monitor=val/loss"], "error: invalid config: monitor: expected section.field (from --set) (did you "
+                                    "mean 'checkpoint.monitor' or 'callbacks.monitor'?)"),
+])
+def test_common_command_line_slips_get_one_line_with_the_fix(args, line):
+    p = run_cli([*args, "--print-config"], timeout=60)
+    assert p.returncode == 2 and p.stderr.strip() == line and not p.stdout
+
+
+# ----------------------------------------------------------------------------- environment
+def _run_without_site_packages(tmp_path, args, *deps):
+    """`python -S train.py ARGS` from an empty folder: a real Python without the installed packages
+    (as the system python3 is), plus the `deps` packages alone, linked into a folder of their own."""
+    only = tmp_path / "only"
+    only.mkdir(parents=True)
+    for module in deps:
+        (only / module.__name__).symlink_to(os.path.dirname(module.__file__))
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(REPO), str(only)]))
+    work = tmp_path / "work"
+    work.mkdir()
+    p = subprocess.run([sys.executable, "-S", str(REPO / "train.py"), *args], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert not list(work.iterdir())  # no runs/default/error.log, nothing at all
+    return p
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_dependency_is_a_usage_error_that_says_how_to_install(tmp_path):
+    p = _run_without_site_packages(tmp_path, ["--task", "lm", "--print-config"])
+    assert p.returncode == 2 and not p.stdout, p.stderr
+    assert p.stderr.startswith("error: this Python (") and len(p.stderr.strip().splitlines()) == 1
+    assert "lacks 'yaml', a dependency of raytrain_llm" in p.stderr and "`make train` creates .venv" in p.stderr
+    assert "pip install -e ." in p.stderr and ".venv/bin/python" in p.stderr
+    # With the config reader there but no torch, a training command stops at the same line.
+    p = _run_without_site_packages(tmp_path / "b", ["--task", "lm", "--set", "logging.dir=run"], yaml)
+    assert p.returncode == 2 and "lacks 'torch', a dependency" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

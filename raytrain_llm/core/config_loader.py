@@ -120,7 +120,8 @@ class _Builder:
     def _lookup(self, key: str, source: str):
         parts = key.split(".")
         if len(parts) != 2:
-            hint = " (the task is chosen with --task or a top-level `task:` in YAML)" if key == "task" else ""
+            hint = (" (the task is chosen with --task or a top-level `task:` in YAML)" if key == "task"
+                    else self._suggest_dotted(key))
             self.errors.append(f"{key}: expected section.field{source}{hint}")
             return None
         section, name = parts
@@ -133,6 +134,17 @@ class _Builder:
             self.errors.append(f"{key}: unknown key{source}{suggest(name, self.types[section])}")
             return None
         return section, name
+
+    def _suggest_dotted(self, key: str) -> str:
+        """" (did you mean 'training.lr'?)" for a bare field name (`lr`): the sections holding a
+        field of that name, else the closest `section.field`."""
+        if "." in key:
+            return ""
+        names = {f: f"{s}.{f}" for s in reversed(list(SECTIONS)) for f in self.types[s]}
+        same = [f"{s}.{key}" for s in SECTIONS if key in self.types[s]]
+        close = difflib.get_close_matches(key, list(names), n=1)
+        found = same or [names[c] for c in close]
+        return " (did you mean " + " or ".join(repr(k) for k in found) + "?)" if found else ""
 
     def set_typed(self, key: str, value: Any, source: str) -> None:
         """A value that already has a type (from YAML or a dict)."""

@@ -7,6 +7,7 @@ there as well.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -22,8 +23,8 @@ from raytrain_llm.tasks.registry import AVAILABLE_TASKS
 def resolve_task(name: str) -> type[TrainingTask]:
     target = AVAILABLE_TASKS.get(name, name)
     if ":" not in target:
-        raise UsageError(f"--task: unknown task {quote(name)} (known: {', '.join(sorted(AVAILABLE_TASKS))}, "
-                         "or package.module:ClassName)")
+        raise UsageError(f"--task: unknown task {quote(name)}{_suggest_task(name)} (known: "
+                         f"{', '.join(sorted(AVAILABLE_TASKS))}, or package.module:ClassName)")
     module_name, _, class_name = target.partition(":")
     try:
         module = _import(module_name)
@@ -41,6 +42,14 @@ def resolve_task(name: str) -> type[TrainingTask]:
         missing = ", ".join(sorted(cls.__abstractmethods__))
         raise UsageError(f"--task: {target} does not implement {missing} (required by TrainingTask)")
     return cls
+
+
+def _suggest_task(name: str) -> str:
+    """" (did you mean 'lm'?)" for a known task name that differs in case or is close to it."""
+    known = sorted(AVAILABLE_TASKS)
+    same = [k for k in known if k.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name.lower(), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _where(exc: BaseException) -> str:
