@@ -20,7 +20,7 @@ class ModelConfig:
     input_dim: int = 16
     hidden_dim: int = 64
     # Decoder-only transformer (the `lm` task).
-    vocab_size: int = 64
+    vocab_size: int = 64  # 0: the vocabulary size in data.train_tokens' manifest (a prepared directory)
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -81,6 +81,8 @@ class DataConfig:
     markov_concentration: float = 0.1  # lm data: lower is more predictable
     # lm data from files instead: flat token ids (.npy, or raw .bin of token_dtype, as nanoGPT's
     # prepare scripts write). Every window of seq_len + 1 tokens is a sample; num_*_samples unused.
+    # Each may also be a prepared directory (python -m raytrain_llm.prepare; val_tokens may then be
+    # left empty to read its val split) or a glob / comma-separated list of shards read as one stream.
     train_tokens: str = ""
     val_tokens: str = ""
     token_dtype: str = "uint16"  # for raw .bin files
@@ -183,7 +185,7 @@ CHOICES = {
 # (dotted key, lower bound, inclusive?) for numeric fields.
 MINIMUMS = {
     "model.input_dim": (1, True), "model.hidden_dim": (1, True),
-    "model.vocab_size": (2, True), "model.d_model": (1, True), "model.n_layers": (1, True),
+    "model.vocab_size": (0, True), "model.d_model": (1, True), "model.n_layers": (1, True),
     "model.n_heads": (1, True), "model.seq_len": (1, True), "model.dropout": (0, True),
     "model.mlp_ratio": (0, False), "model.num_experts": (1, True), "model.top_k": (1, True),
     "model.moe_every_n_layers": (1, True), "model.expert_hidden_dim": (0, True),
@@ -296,7 +298,12 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append("distributed.gpus_per_worker: set distributed.use_gpu=true to reserve GPUs")
     if cfg.data.val_tokens and not cfg.data.train_tokens:
         errors.append("data.val_tokens: needs data.train_tokens (token files are used for both splits or neither)")
-    if cfg.data.train_tokens and t.validate and not cfg.data.val_tokens:
+    if m.vocab_size == 1:
+        errors.append("model.vocab_size: must be >= 2, or 0 to take it from a prepared data.train_tokens (got 1)")
+    elif m.vocab_size == 0 and cfg.task == "lm" and not _is_prepared_dir(cfg.data.train_tokens):
+        errors.append("model.vocab_size: 0 (take it from the data) needs data.train_tokens to be a prepared "
+                      "directory (python -m raytrain_llm.prepare)")
+    if cfg.data.train_tokens and t.validate and not cfg.data.val_tokens and not _is_prepared_dir(cfg.data.train_tokens):
         errors.append("data.val_tokens: a validation token file is needed with data.train_tokens "
                       "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
@@ -352,6 +359,11 @@ def inactive_keys(cfg: Config) -> dict[str, str]:
         switched_off([f"checkpoint.{k}" for k in ("every_n_steps", "keep_last", "keep_best")],
                      "checkpoint.enabled is false")
     return off
+
+
+def _is_prepared_dir(path: str) -> bool:
+    """A folder written by python -m raytrain_llm.prepare (its manifest names the splits)."""
+    return bool(path.strip()) and os.path.isfile(os.path.join(path.strip(), "manifest.json"))
 
 
 def folder_errors(cfg: Config) -> list[str]:
