@@ -1,0 +1,42 @@
+"""Preparation with Ray Data (local Ray, 2 CPUs) writes byte for byte what the local processes write."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the shared corpus helpers
+from prep_testing import prepare_args, stdlib_corpus  # noqa: E402
+
+from raytrain_llm.prepare.__main__ import main  # noqa: E402
+
+ARGS = ("--tokenizer", "train:600", "--val-fraction", "0.2", "--seed", "7", "--shard-tokens", "25000")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.timeout(300)
+def test_ray_data_preparation_is_byte_identical_to_the_local_one(ray_local, tmp_path, capsys):
+    corpus = stdlib_corpus(tmp_path / "src", count=24)
+    out = tmp_path / "data"
+    args = prepare_args([corpus[0].parent / "*.py"], out, *ARGS)
+    assert main([*args, "--workers", "2"]) == 0
+    local = _files(out)
+    os.replace(out, tmp_path / "local")  # same --out: the manifest records the command
+    assert main([*args, "--launcher", "ray", "--workers", "2"]) == 0
+    assert _files(out) == local
+    assert len([n for n in local if n.startswith("train-")]) >= 3 and "val-00000.bin" in local
+    # A file Ray's task cannot use is the same one-line usage error as locally, and nothing is published.
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.parquet").write_bytes(b"PAR1 not parquet PAR1")
+    capsys.readouterr()
+    assert main(prepare_args([tmp_path / "bad" / "a.parquet"], tmp_path / "bad_out", "--format", "parquet",
+                             "--tokenizer", str(out / "tokenizer.json"), "--launcher", "ray")) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("a.parquet is not a readable Parquet file: "
+                                                             "Parquet magic bytes not found in footer. Either the "
+                                                             "file is corrupted or this is not a parquet file.")
+    assert not (tmp_path / "bad_out").exists() and not (tmp_path / "bad_out.tmp-prepare").exists()
