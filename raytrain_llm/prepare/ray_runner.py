@@ -14,33 +14,30 @@ import os
 from typing import Iterator
 
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.prepare.encode import EncodeSettings, FileResult, encode_file
+from raytrain_llm.prepare.encode import SPLITS, EncodeSettings, FileResult, encode_file
 from raytrain_llm.prepare.sources import Source, read_source
 
 ERROR_COLUMN = "usage_error"
+FILES_PER_BLOCK = 16
 
 
-class _EncodeFiles:
+def _encode_files(batch: dict, settings: EncodeSettings):
     """map_batches function: a batch of (index, path) rows -> one result row per file."""
+    # One tokenizer thread per task: each task holds one CPU (the library would use every core).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    rows = []
+    for index, path in zip(batch["index"].tolist(), batch["path"].tolist()):
+        try:
+            row = encode_file(int(index), path, read_source(path), settings).to_row()
+            row[ERROR_COLUMN] = ""
+        except UsageError as exc:  # back to the driver as data: a task exception would be retried
+            row = FileResult(int(index), {s: b"" for s in SPLITS}, {s: b"" for s in SPLITS}).to_row()
+            row[ERROR_COLUMN] = str(exc)
+        rows.append(row)
+    # Arrow binary columns: numpy's fixed-width bytes would drop trailing zero bytes of token ids.
+    import pyarrow as pa
 
-    def __init__(self, settings: EncodeSettings):
-        self.settings = settings
-
-    def __call__(self, batch: dict) -> dict:
-        rows = []
-        for index, path in zip(batch["index"].tolist(), batch["path"].tolist()):
-            try:
-                row = encode_file(int(index), path, read_source(path), self.settings).to_row()
-                row[ERROR_COLUMN] = ""
-            except UsageError as exc:  # back to the driver as data: a task exception would be retried
-                row = FileResult(int(index), {s: b"" for s in ("train", "val")},
-                                 {s: b"" for s in ("train", "val")}).to_row()
-                row[ERROR_COLUMN] = str(exc)
-            rows.append(row)
-        # Arrow binary columns: numpy's fixed-width bytes would drop trailing zero bytes of token ids.
-        import pyarrow as pa
-
-        return pa.table({key: [r[key] for r in rows] for key in rows[0]})
+    return pa.table({key: [r[key] for r in rows] for key in rows[0]})
 
 
 def _init_ray(workers: int, address: str) -> None:
@@ -63,8 +60,11 @@ def encode_with_ray(sources: list[Source], settings: EncodeSettings, workers: in
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     items = [{"index": i, "path": s.path} for i, s in enumerate(sources)]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _EncodeFiles, fn_constructor_args=(settings,), batch_size=1, batch_format="numpy",
+    # Blocks of up to FILES_PER_BLOCK files (one task each: fewer scheduling round trips than a task
+    # per file), but at least 4 per worker so that uneven files still balance.
+    blocks = min(len(items), max(4 * workers, -(-len(items) // FILES_PER_BLOCK)))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        _encode_files, fn_kwargs={"settings": settings}, batch_size=1, batch_format="numpy",
         concurrency=max(1, min(workers, len(items))), num_cpus=1)
     for row in dataset.iter_rows():
         if row[ERROR_COLUMN]:
