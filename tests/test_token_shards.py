@@ -111,3 +111,17 @@ def test_resume_across_shard_boundaries_is_bit_identical(prepared, tmp_path):
     ref, got = final_state(tmp_path / "ref")["model"], final_state(run)["model"]
     assert ref.keys() == got.keys() and all(np.array_equal(ref[k].numpy(), got[k].numpy()) for k in ref)
     assert load_state(checkpoints(run)[-1])["progress"]["epoch"] == 0
+
+
+def test_two_ranks_at_batch_b_read_what_one_rank_reads_at_2b(prepared, tmp_path):
+    out, _ = prepared
+    from raytrain_llm.data.token_shards import ShardedTokenDataModule
+
+    cfg = make_config(tmp_path, "lm", **{**LM, "data.train_tokens": str(out), "model.vocab_size": 512})
+    module = ShardedTokenDataModule(cfg)
+    one = list(module.train_batches(epoch=1, start_batch=2, batch_size=8, rank=0, world_size=1))
+    ranks = [list(module.train_batches(epoch=1, start_batch=2, batch_size=4, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) > 10
+    for i in (0, 5, len(one) - 1):
+        both = np.concatenate([ranks[0][i]["input_ids"].numpy(), ranks[1][i]["input_ids"].numpy()])
+        assert np.array_equal(one[i]["input_ids"].numpy(), both)

@@ -39,3 +39,34 @@ def test_ray_data_preparation_is_byte_identical_to_the_local_one(ray_local, tmp_
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("error: --input: ") and "a.parquet is not a readable Parquet file" in last, last
     assert not (tmp_path / "bad_out").exists() and not (tmp_path / "bad_out.tmp-prepare").exists()
+
+
+@pytest.mark.timeout(300)
+def test_ray_train_on_prepared_shards_matches_one_process_at_twice_the_batch(ray_local, tmp_path):
+    import hashlib
+
+    import torch
+    from ray_testing import final_params, fit, ray_config
+    from rt_testing import final_state, train
+
+    corpus = stdlib_corpus(tmp_path / "src", count=12)
+    data = tmp_path / "data"
+    assert main(prepare_args([corpus[0].parent / "*.py"], data, "--tokenizer", "train:300", "--val-fraction", "0.2",
+                             "--shard-tokens", "8000")) == 0
+    lm = {"model.vocab_size": 0, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.seq_len": 32,
+          "data.train_tokens": str(data), "training.lr_schedule": "constant", "training.max_steps": 6,
+          "training.epochs": 1}
+    config = ray_config(tmp_path, "lm", **{k.replace(".", "__"): v for k, v in lm.items()},
+                        training__batch_size=4, checkpoint__every_n_steps=3)
+    result, resolved = fit(config)
+    assert result.error is None
+    ray_params = final_params(resolved)
+    want = hashlib.sha256((data / "tokenizer.json").read_bytes()).hexdigest()
+    run = tmp_path / "run"
+    for folder in [run] + sorted((run / "checkpoints").glob("step-*")):
+        assert hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest() == want, folder
+    assert ray_params["tok_emb.weight"].shape[0] == 300  # model.vocab_size 0: from the manifest
+    train(tmp_path / "one", "lm", **lm, **{"training.batch_size": 8, "checkpoint.every_n_steps": 3,
+                                           "training.val_every_n_steps": 4, "training.limit_val_batches": 1})
+    one = final_state(tmp_path / "one")["model"]
+    assert all(torch.allclose(ray_params[k], one[k], atol=1e-5) for k in one)
