@@ -14,7 +14,7 @@ import shlex
 import shutil
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -29,6 +29,9 @@ from raytrain_llm.prepare.sources import Source, expand_inputs, read_source
 from raytrain_llm.prepare.writer import ShardWriter
 
 FINGERPRINT_FILE = ".fingerprint"
+# The options that shape the output (the fingerprint's, with each input's path, size and mtime).
+RESULT_KEYS = ("inputs", "tokenizer", "fmt", "text_field", "val_fraction", "seed", "shard_tokens", "eod_token",
+               "tokenizer_train_bytes")
 
 
 @dataclass
@@ -48,8 +51,6 @@ class PrepareOptions:
     workers: int = 0  # local processes or concurrent Ray tasks; 0: the CPU count
     ray_address: str = ""
     progress: Optional[bool] = None  # None: when stderr is a terminal
-    result_keys: tuple = field(default=("inputs", "out", "tokenizer", "fmt", "text_field", "val_fraction", "seed",
-                                        "shard_tokens", "eod_token", "tokenizer_train_bytes"), repr=False)
 
     def trained_vocab(self) -> Optional[int]:
         if not self.tokenizer.startswith("train:"):
@@ -93,7 +94,7 @@ class PrepareOptions:
         return shlex.join(args)
 
     def fingerprint(self, sources: list[Source]) -> str:
-        options = {k: v for k, v in asdict(self).items() if k in self.result_keys and k != "out"}
+        options = {k: v for k, v in asdict(self).items() if k in RESULT_KEYS}
         if self.trained_vocab() is None:
             options["tokenizer_sha256"] = file_sha256(self.tokenizer)
         blob = json.dumps({"format_version": FORMAT_VERSION, "options": options,
