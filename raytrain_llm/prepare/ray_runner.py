@@ -65,7 +65,7 @@ def encode_with_ray(sources: list[Source], settings: EncodeSettings, workers: in
     blocks = min(len(items), max(4 * workers, -(-len(items) // FILES_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         _encode_files, fn_kwargs={"settings": settings}, batch_size=1, batch_format="numpy",
-        concurrency=max(1, min(workers, len(items))), num_cpus=1)
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(items)))), num_cpus=1)
     for row in dataset.iter_rows():
         if row[ERROR_COLUMN]:
             raise UsageError(row[ERROR_COLUMN])
