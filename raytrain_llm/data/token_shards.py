@@ -83,7 +83,9 @@ def resolve_source(spec: str, key: str, dtype: str) -> TokenSource:
         shards = manifest.get("splits", {}).get(split, {}).get("shards", [])
         if not shards:
             raise UsageError(f"{key}: the prepared data in {spec} has no {split} shards"
-                             + (" (prepared with --val-fraction 0?)" if split == "val" else ""))
+                             + (f" (val_fraction {manifest.get('val_fraction')} of {manifest.get('documents')} "
+                                "documents chose none: prepare again with a larger --val-fraction, or set "
+                                "training.validate=false)" if split == "val" else ""))
         return TokenSource([os.path.join(spec, s["file"]) for s in shards], manifest["dtype"], manifest,
                            folder=spec, token_counts=[int(s["tokens"]) for s in shards])
     paths: list[str] = []

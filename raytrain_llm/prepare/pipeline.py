@@ -194,6 +194,9 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
         "seed": options.seed, "val_fraction": options.val_fraction, "command": options.command(),
         "fingerprint": fingerprint,
     }
+    if options.val_fraction > 0 and not splits["val"]["documents"]:
+        log(f"warning: no document fell into the val split ({documents} documents, --val-fraction "
+            f"{options.val_fraction}); training from this folder needs a larger fraction or training.validate=false")
     os.unlink(os.path.join(tmp, FINGERPRINT_FILE))
     atomic_write_json(os.path.join(tmp, MANIFEST_FILE), manifest)  # last: it vouches for the shards
     log(f"{options.out}: {splits['train']['tokens']} train tokens in {len(splits['train']['shards'])} shards, "
