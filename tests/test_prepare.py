@@ -179,3 +179,21 @@ def test_help_names_the_options(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and "--text-field" in out and "train:VOCAB" in out and "--launcher" in out
+
+
+def test_uri_globs_and_zstd_text_are_read(corpus, tmp_path):
+    # A pyarrow-filesystem URI with a glob, and a .zst document beside plain ones.
+    texts = [p.read_text(encoding="utf-8") for p in corpus[:3]]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, text in enumerate(texts[:2]):
+        (folder / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    with pa.CompressedOutputStream(str(folder / "doc2.txt.zst"), "zstd") as fh:
+        fh.write(texts[2].encode("utf-8"))
+    out = tmp_path / "out"
+    assert main(prepare_args([f"file://{folder}/doc*"], out, "--tokenizer", "train:300", "--val-fraction", "0")) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert [s["path"] for s in m["sources"]] == [f"file://{folder}/doc{i}.txt" for i in range(2)] + \
+        [f"file://{folder}/doc2.txt.zst"]
+    t = TextTokenizer.load(str(out / "tokenizer.json"))
+    assert [t.decode(d) for d in t.split_documents(split_tokens(out, "train", m))] == texts
