@@ -32,7 +32,14 @@ def encode_locally(sources: list[Source], settings: EncodeSettings, workers: int
         _init(settings)
         yield from map(_work, items)
         return
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    context = multiprocessing.get_context("fork")
-    with context.Pool(min(workers, len(items)), initializer=_init, initargs=(settings,)) as pool:
-        yield from pool.imap(_work, items, chunksize=1)
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children at fork
+    try:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(workers, len(items)), initializer=_init, initargs=(settings,)) as pool:
+            yield from pool.imap(_work, items, chunksize=1)
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
