@@ -92,21 +92,27 @@ def test_split_is_deterministic_and_independent_of_workers_and_rerun_skips(corpu
     assert "holds data prepared by another command" in capsys.readouterr().err
 
 
-def test_an_interrupted_run_reuses_its_tokenizer_and_publishes_nothing_partial(corpus, tmp_path, capsys):
+def test_a_killed_run_publishes_nothing_and_its_rerun_finishes_the_same_bytes(corpus, prepared, tmp_path, capsys):
+    reference, _ = prepared
     out = tmp_path / "data"
-    args = prepare_args([corpus[0], corpus[1]], out, "--tokenizer", "train:300", "--val-fraction", "0")
-    assert main(args) == 0
-    reference = _files(out)
-    # As a kill after the tokenizer and one shard would leave it: a temp folder, no manifest, no out.
+    args = prepare_args([corpus[0].parent / "*.py"], out, *ARGS, "--workers", "2")
+    # Killed (os._exit, as SIGKILL would leave it) after 20 of the 36 files: shards closed before then
+    # were recorded in .progress.json; the open ones hold bytes past the record.
+    p = subprocess.run([sys.executable, "-m", "raytrain_llm.prepare", *args], cwd=REPO, timeout=120,
+                       env=cli_env(RAYTRAIN_PREPARE_EXIT_AFTER_FILES="20"), capture_output=True, text=True)
     tmp = tmp_path / "data.tmp-prepare"
-    os.replace(out, tmp)
-    os.unlink(tmp / "manifest.json")
-    (tmp / ".fingerprint").write_text(reference["manifest.json"] and json.loads(reference["manifest.json"])["fingerprint"])
-    (tmp / "train-00000.bin").write_bytes(b"partial")
+    assert p.returncode == 137 and not out.exists() and (tmp / ".progress.json").exists(), p.stderr
+    saved = json.loads((tmp / ".progress.json").read_text())
+    assert 0 < len(saved["per_source"]) < 20 and (tmp / "tokenizer.json").exists()
     capsys.readouterr()
     assert main(args) == 0
-    assert "reusing the tokenizer" in capsys.readouterr().err
-    assert _files(out) == reference and not tmp.exists()
+    err = capsys.readouterr().err
+    assert "reusing the tokenizer" in err and f"resuming after the {len(saved['per_source'])} files" in err
+    got, want = _files(out), _files(reference)
+    manifests = [json.loads(files.pop("manifest.json")) for files in (got, want)]
+    assert got == want and not tmp.exists()  # the shards and the tokenizer, byte for byte
+    assert [{k: v for k, v in m.items() if k != "command"} for m in manifests][0] == \
+        {k: v for k, v in manifests[1].items() if k != "command"}  # (the command names another --out)
 
 
 def test_jsonl_gz_and_parquet_count_bad_records(corpus, tmp_path):

@@ -26,8 +26,9 @@ def _work(item: tuple[int, str]) -> FileResult:
     return encode_file(index, path, read_source(path), _SETTINGS)
 
 
-def encode_locally(sources: list[Source], settings: EncodeSettings, workers: int) -> Iterator[FileResult]:
-    items = [(i, s.path) for i, s in enumerate(sources)]
+def encode_locally(sources: list[Source], settings: EncodeSettings, workers: int, start: int = 0) -> Iterator[FileResult]:
+    """Results of `sources`, numbered from `start` (their position in the whole input list)."""
+    items = [(i, s.path) for i, s in enumerate(sources, start)]
     if workers <= 1 or len(items) <= 1:
         _init(settings)
         yield from map(_work, items)

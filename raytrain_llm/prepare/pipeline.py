@@ -3,7 +3,8 @@
 Everything is written into `<out>.tmp-prepare` and renamed to `<out>` after the manifest, so a
 killed preparation never leaves a manifest pointing at partial shards. Rerunning the same command
 (same fingerprint: options and each input's path, size and mtime) finds the finished `<out>` and
-does nothing; after a kill it reuses the tokenizer already trained in the temporary folder.
+does nothing; after a kill it reuses the tokenizer already trained in the temporary folder and
+goes on after the files its shards had recorded (progress.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, Optional
@@ -25,6 +27,7 @@ from raytrain_llm.data.token_shards import FORMAT_VERSION, MANIFEST_FILE, read_m
 from raytrain_llm.data.tokenizer import TOKENIZER_FILE, TextTokenizer, check_trainable_vocab, file_sha256
 from raytrain_llm.prepare.documents import FORMATS, is_validation, parse_documents
 from raytrain_llm.prepare.encode import SPLITS, EncodeSettings, FileResult
+from raytrain_llm.prepare.progress import PROGRESS_FILE, SAVE_EVERY_S, exit_if_injected, load_progress, save_progress
 from raytrain_llm.prepare.sources import Source, expand_inputs, read_source
 from raytrain_llm.prepare.writer import ShardWriter
 
@@ -156,10 +159,13 @@ def _start_tmp(tmp: str, fingerprint: str) -> None:
                 same = fh.read().strip() == fingerprint
         except OSError:
             same = False
-        if same:  # a killed run of this command: keep its tokenizer, redo the shards
-            for name in os.listdir(tmp):
-                if name.endswith(".bin") or name == MANIFEST_FILE:
-                    os.unlink(os.path.join(tmp, name))
+        if same:  # a killed run of this command: keep its tokenizer and what progress.py recorded
+            if load_progress(tmp, fingerprint) is None:
+                for name in os.listdir(tmp):
+                    if name.endswith(".bin"):
+                        os.unlink(os.path.join(tmp, name))
+            if os.path.exists(os.path.join(tmp, MANIFEST_FILE)):
+                os.unlink(os.path.join(tmp, MANIFEST_FILE))
             return
         shutil.rmtree(tmp)
     os.makedirs(tmp)
@@ -171,17 +177,31 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
     tokenizer = _tokenizer(tmp, options, sources, log)
     settings = EncodeSettings(options.fmt, options.text_field, options.seed, options.val_fraction, tokenizer.dtype,
                               tokenizer.tokenizer.to_str(), options.eod_token)
-    results = _run(options, sources, settings)
-    writers = {s: ShardWriter(tmp, s, options.shard_tokens) for s in SPLITS}
-    bad, per_source, text_bytes = Counter(), [], 0
     itemsize = np.dtype(tokenizer.dtype).itemsize
-    for result in _with_progress(results, sources, options.progress):
+    writers = {s: ShardWriter(tmp, s, options.shard_tokens, itemsize) for s in SPLITS}
+    bad, per_source, text_bytes = Counter(), [], 0
+    saved = load_progress(tmp, fingerprint)
+    if saved is not None:
         for split in SPLITS:
-            writers[split].add(result.tokens[split], np.frombuffer(result.doc_lengths[split], np.int64), itemsize)
+            writers[split].restore(saved["writers"][split])
+        bad, per_source, text_bytes = Counter(saved["bad"]), saved["per_source"], saved["text_bytes"]
+        log(f"resuming after the {len(per_source)} files an interrupted run of this command had written")
+    start = len(per_source)
+    results = _run(options, sources[start:], settings, start)
+    last_save, closed = time.monotonic(), sum(w.closed_shards for w in writers.values())
+    for result in _with_progress(results, sources, options.progress, start):
+        for split in SPLITS:
+            writers[split].add(result.tokens[split], np.frombuffer(result.doc_lengths[split], np.int64))
         bad.update(result.bad)
         text_bytes += result.text_bytes
         per_source.append({"path": sources[result.index].path, "bytes": sources[result.index].size,
                            "documents": result.documents, "bad_records": sum(result.bad.values())})
+        now_closed = sum(w.closed_shards for w in writers.values())
+        if now_closed > closed or time.monotonic() - last_save > SAVE_EVERY_S:
+            save_progress(tmp, {"fingerprint": fingerprint, "writers": {s: w.state() for s, w in writers.items()},
+                                "bad": dict(bad), "per_source": per_source, "text_bytes": text_bytes})
+            last_save, closed = time.monotonic(), now_closed
+        exit_if_injected(len(per_source))
     splits = {s: w.finish() for s, w in writers.items()}
     documents = sum(s["documents"] for s in per_source)
     _report_bad(bad, documents, options, log)
@@ -197,7 +217,9 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
     if options.val_fraction > 0 and not splits["val"]["documents"]:
         log(f"warning: no document fell into the val split ({documents} documents, --val-fraction "
             f"{options.val_fraction}); training from this folder needs a larger fraction or training.validate=false")
-    os.unlink(os.path.join(tmp, FINGERPRINT_FILE))
+    for name in (FINGERPRINT_FILE, PROGRESS_FILE):
+        if os.path.exists(os.path.join(tmp, name)):
+            os.unlink(os.path.join(tmp, name))
     atomic_write_json(os.path.join(tmp, MANIFEST_FILE), manifest)  # last: it vouches for the shards
     log(f"{options.out}: {splits['train']['tokens']} train tokens in {len(splits['train']['shards'])} shards, "
         f"{splits['val']['tokens']} val tokens in {len(splits['val']['shards'])}; {documents} documents; "
@@ -246,15 +268,16 @@ def _training_texts(options: PrepareOptions, sources: list[Source], seen: dict) 
                 return
 
 
-def _run(options: PrepareOptions, sources: list[Source], settings: EncodeSettings) -> Iterable[FileResult]:
+def _run(options: PrepareOptions, sources: list[Source], settings: EncodeSettings, start: int) -> Iterable[FileResult]:
+    """Results of `sources` (the inputs from index `start` on), in order."""
     workers = options.workers or os.cpu_count() or 1
     if options.launcher == "ray":
         from raytrain_llm.prepare.ray_runner import encode_with_ray
 
-        return encode_with_ray(sources, settings, workers, options.ray_address)
+        return encode_with_ray(sources, settings, workers, options.ray_address, start)
     from raytrain_llm.prepare.local_runner import encode_locally
 
-    return encode_locally(sources, settings, workers)
+    return encode_locally(sources, settings, workers, start)
 
 
 def _report_bad(bad: Counter, documents: int, options: PrepareOptions, log: Callable[[str], None]) -> None:
@@ -269,11 +292,12 @@ def _report_bad(bad: Counter, documents: int, options: PrepareOptions, log: Call
         log(f"skipped {total} bad records of {total + documents}: {what}")
 
 
-def _with_progress(results: Iterable[FileResult], sources: list[Source], progress: Optional[bool]) -> Iterator[FileResult]:
+def _with_progress(results: Iterable[FileResult], sources: list[Source], progress: Optional[bool],
+                   start: int) -> Iterator[FileResult]:
     show = sys.stderr.isatty() if progress is None else progress
     total = sum(s.size for s in sources) or 1
-    done = 0
-    for i, result in enumerate(results):
+    done = sum(s.size for s in sources[:start])
+    for i, result in enumerate(results, start):
         done += sources[result.index].size
         if result.index != i:
             raise RuntimeError(f"file results out of order: got file {result.index} at position {i}")

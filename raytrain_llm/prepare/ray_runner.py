@@ -52,14 +52,18 @@ def _init_ray(workers: int, address: str) -> None:
         ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
 
 
-def encode_with_ray(sources: list[Source], settings: EncodeSettings, workers: int, address: str) -> Iterator[FileResult]:
+def encode_with_ray(sources: list[Source], settings: EncodeSettings, workers: int, address: str,
+                    start: int = 0) -> Iterator[FileResult]:
+    """Results of `sources`, numbered from `start` (their position in the whole input list)."""
     import ray
 
     _init_ray(workers, address)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    items = [{"index": i, "path": s.path} for i, s in enumerate(sources)]
+    items = [{"index": i, "path": s.path} for i, s in enumerate(sources, start)]
+    if not items:
+        return
     # Blocks of up to FILES_PER_BLOCK files (one task each: fewer scheduling round trips than a task
     # per file), but at least 4 per worker so that uneven files still balance.
     blocks = min(len(items), max(4 * workers, -(-len(items) // FILES_PER_BLOCK)))
