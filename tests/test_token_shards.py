@@ -69,6 +69,13 @@ def test_vocab_size_comes_from_the_manifest_or_must_match_it(prepared, tmp_path)
         LanguageModelingTask(cfg)
     with pytest.raises(ConfigError, match=r"model.vocab_size: 0 \(take it from the data\) needs data.train_tokens"):
         make_config(tmp_path, "lm", **LM)
+    other = tmp_path / "other"  # the same shards, as if made with another tokenizer
+    other.mkdir()
+    changed = dict(manifest, tokenizer_sha256="0" * 64)
+    (other / "manifest.json").write_text(json.dumps(changed))
+    cfg = make_config(tmp_path, "lm", **{**LM, "data.train_tokens": str(out), "data.val_tokens": str(other)})
+    with pytest.raises(UsageError, match=r"data.val_tokens: .*other was tokenized with another tokenizer"):
+        LanguageModelingTask(cfg)
 
 
 def _unigram_entropy(tokens: np.ndarray) -> float:

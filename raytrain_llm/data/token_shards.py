@@ -205,6 +205,13 @@ def resolve_vocab_size(config) -> None:
             raise UsageError("model.vocab_size: 0 (take it from the data) needs data.train_tokens to be a "
                              "prepared directory (python -m raytrain_llm.prepare)")
         return
+    val = config.data.val_tokens.strip()
+    if val and is_prepared_dir(val):
+        other = read_manifest(val, "data.val_tokens")
+        if other.get("tokenizer_sha256") != manifest.get("tokenizer_sha256"):
+            raise UsageError(f"data.val_tokens: {val} was tokenized with another tokenizer than data.train_tokens "
+                             f"{spec} (tokenizer_sha256 {str(other.get('tokenizer_sha256'))[:12]}… vs "
+                             f"{str(manifest.get('tokenizer_sha256'))[:12]}…)")
     have = int(manifest["vocab_size"])
     if m.vocab_size == 0:
         m.vocab_size = have
