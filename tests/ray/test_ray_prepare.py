@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the shared corpus helpers
-from prep_testing import prepare_args, stdlib_corpus  # noqa: E402
-
-from raytrain_llm.prepare.__main__ import main  # noqa: E402
+from prep_testing import prepare_args, stdlib_corpus  # tests/ is on sys.path (tests/conftest.py)
+from raytrain_llm.prepare.__main__ import main
 
 ARGS = ("--tokenizer", "train:600", "--val-fraction", "0.2", "--seed", "7", "--shard-tokens", "25000")
 
