@@ -103,7 +103,8 @@ def test_a_killed_run_publishes_nothing_and_its_rerun_finishes_the_same_bytes(co
     tmp = tmp_path / "data.tmp-prepare"
     assert p.returncode == 137 and not out.exists() and (tmp / ".progress.json").exists(), p.stderr
     saved = json.loads((tmp / ".progress.json").read_text())
-    assert 0 < len(saved["per_source"]) < 20 and (tmp / "tokenizer.json").exists()
+    # (How many: the last shard closed at or before file 20, which moves with the split, a hash of the paths.)
+    assert 0 < len(saved["per_source"]) <= 20 and (tmp / "tokenizer.json").exists()
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
