@@ -50,7 +50,7 @@ def test_shards_decode_back_to_exactly_the_documents(corpus, prepared):
     assert [s["path"] for s in manifest["sources"]] == paths
     for split in ("train", "val"):
         want = [p.read_text(encoding="utf-8") for p in corpus
-                if is_validation(3, str(p), 0, 0.15) == (split == "val")]
+                if is_validation(3, p.name, 0, 0.15) == (split == "val")]
         tokens = split_tokens(out, split, manifest)
         assert tokens[-1] == tok.eod_id  # every document, the last included, ends with the EOD token
         assert [tok.decode(d) for d in tok.split_documents(tokens)] == want
@@ -103,7 +103,7 @@ def test_a_killed_run_publishes_nothing_and_its_rerun_finishes_the_same_bytes(co
     tmp = tmp_path / "data.tmp-prepare"
     assert p.returncode == 137 and not out.exists() and (tmp / ".progress.json").exists(), p.stderr
     saved = json.loads((tmp / ".progress.json").read_text())
-    # (How many: the last shard closed at or before file 20, which moves with the split, a hash of the paths.)
+    # (How many: the files up to the last shard closed at or before file 20.)
     assert 0 < len(saved["per_source"]) <= 20 and (tmp / "tokenizer.json").exists()
     capsys.readouterr()
     assert main(args) == 0

@@ -7,9 +7,10 @@ Formats:
 A record is bad when it is not UTF-8 (or not JSON), lacks the field (or holds a non-string),
 or is empty (only whitespace); bad records are counted by kind and skipped.
 
-The split is a pure function of (seed, source path, record index): a document goes to
-validation when a hash of those falls below the fraction. It depends on nothing else (not on
-the other files, the number of workers or the launcher).
+The split is a pure function of (seed, file key, record index): a document goes to validation
+when a hash of those falls below the fraction. The key is the file's path below its glob's fixed
+folder, or its base name (sources.py), so a corpus moved elsewhere splits the same; the split
+depends on nothing else (not on the other files, the number of workers or the launcher).
 """
 from __future__ import annotations
 

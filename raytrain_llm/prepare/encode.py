@@ -66,7 +66,8 @@ def tokenizer_for(settings: EncodeSettings) -> TextTokenizer:
     return _TOKENIZERS[key]
 
 
-def encode_file(index: int, path: str, data: bytes, settings: EncodeSettings) -> FileResult:
+def encode_file(index: int, path: str, key: str, data: bytes, settings: EncodeSettings) -> FileResult:
+    """`key`: the file's name in the split hash (Source.key)."""
     docs, bad = parse_documents(data, settings.fmt, settings.text_field, path)
     tokenizer = tokenizer_for(settings)
     encoded = tokenizer.encode_documents([text for _, text in docs]) if docs else []
@@ -75,7 +76,7 @@ def encode_file(index: int, path: str, data: bytes, settings: EncodeSettings) ->
     for split in SPLITS:
         want_val = split == "val"
         chosen = [ids for (record, _), ids in zip(docs, encoded)
-                  if is_validation(settings.seed, path, record, settings.val_fraction) == want_val]
+                  if is_validation(settings.seed, key, record, settings.val_fraction) == want_val]
         flat = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
         result.tokens[split] = flat.astype(settings.dtype).tobytes()
         result.doc_lengths[split] = np.array([len(c) for c in chosen], dtype=np.int64).tobytes()

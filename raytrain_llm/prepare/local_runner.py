@@ -21,14 +21,14 @@ def _init(settings: EncodeSettings) -> None:
     _SETTINGS = settings
 
 
-def _work(item: tuple[int, str]) -> FileResult:
-    index, path = item
-    return encode_file(index, path, read_source(path), _SETTINGS)
+def _work(item: tuple[int, str, str]) -> FileResult:
+    index, path, key = item
+    return encode_file(index, path, key, read_source(path), _SETTINGS)
 
 
 def encode_locally(sources: list[Source], settings: EncodeSettings, workers: int, start: int = 0) -> Iterator[FileResult]:
     """Results of `sources`, numbered from `start` (their position in the whole input list)."""
-    items = [(i, s.path) for i, s in enumerate(sources, start)]
+    items = [(i, s.path, s.key) for i, s in enumerate(sources, start)]
     if workers <= 1 or len(items) <= 1:
         _init(settings)
         yield from map(_work, items)

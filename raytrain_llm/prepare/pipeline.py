@@ -101,7 +101,7 @@ class PrepareOptions:
         if self.trained_vocab() is None:
             options["tokenizer_sha256"] = file_sha256(self.tokenizer)
         blob = json.dumps({"format_version": FORMAT_VERSION, "options": options,
-                           "sources": [[s.path, s.size, s.mtime_ns] for s in sources]}, sort_keys=True)
+                           "sources": [[s.path, s.key, s.size, s.mtime_ns] for s in sources]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -194,7 +194,8 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
             writers[split].add(result.tokens[split], np.frombuffer(result.doc_lengths[split], np.int64))
         bad.update(result.bad)
         text_bytes += result.text_bytes
-        per_source.append({"path": sources[result.index].path, "bytes": sources[result.index].size,
+        per_source.append({"path": sources[result.index].path, "split_key": sources[result.index].key,
+                           "bytes": sources[result.index].size,
                            "documents": result.documents, "bad_records": sum(result.bad.values())})
         now_closed = sum(w.closed_shards for w in writers.values())
         if now_closed > closed or time.monotonic() - last_save > SAVE_EVERY_S:
@@ -259,7 +260,7 @@ def _training_texts(options: PrepareOptions, sources: list[Source], seen: dict) 
         docs, bad = parse_documents(read_source(source.path), options.fmt, options.text_field, source.path)
         seen["bad"].update(bad)
         for record, text in docs:
-            if is_validation(options.seed, source.path, record, options.val_fraction):
+            if is_validation(options.seed, source.key, record, options.val_fraction):
                 continue
             seen["documents"] += 1
             yield text

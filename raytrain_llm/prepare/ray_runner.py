@@ -26,9 +26,9 @@ def _encode_files(batch: dict, settings: EncodeSettings):
     # One tokenizer thread per task: each task holds one CPU (the library would use every core).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     rows = []
-    for index, path in zip(batch["index"].tolist(), batch["path"].tolist()):
+    for index, path, key in zip(batch["index"].tolist(), batch["path"].tolist(), batch["key"].tolist()):
         try:
-            row = encode_file(int(index), path, read_source(path), settings).to_row()
+            row = encode_file(int(index), path, key, read_source(path), settings).to_row()
             row[ERROR_COLUMN] = ""
         except UsageError as exc:  # back to the driver as data: a task exception would be retried
             row = FileResult(int(index), {s: b"" for s in SPLITS}, {s: b"" for s in SPLITS}).to_row()
@@ -61,7 +61,7 @@ def encode_with_ray(sources: list[Source], settings: EncodeSettings, workers: in
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    items = [{"index": i, "path": s.path} for i, s in enumerate(sources, start)]
+    items = [{"index": i, "path": s.path, "key": s.key} for i, s in enumerate(sources, start)]
     if not items:
         return
     # Blocks of up to FILES_PER_BLOCK files (one task each: fewer scheduling round trips than a task

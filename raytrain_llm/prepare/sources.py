@@ -2,6 +2,7 @@
 whole (decompressed when named .gz or .zst)."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ class Source:
     path: str  # as read: an absolute local path or a URI
     size: int  # bytes on storage (compressed, if it is)
     mtime_ns: int
+    key: str = ""  # the name the split hashes: the path below its glob's fixed folder, or the base name
 
 
 def _is_uri(path: str) -> bool:
@@ -49,20 +51,39 @@ def _info(path: str) -> Source:
 def expand_inputs(inputs: list[str]) -> list[Source]:
     """Every file the inputs name, in the order given, a glob's matches sorted by name; a file
     named twice is read once. A UsageError for a missing file or an empty glob."""
-    paths: list[str] = []
+    paths: list[tuple[str, str]] = []  # (path, key)
     for spec in inputs:
         if _is_uri(spec):
-            paths += _expand_uri(spec)
+            found = _expand_uri(spec)
         elif glob.has_magic(spec):
-            matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
-            if not matches:
+            found = [os.path.abspath(p) for p in sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+                     if os.path.isfile(p)]
+            if not found:
                 raise UsageError(f"--input: no file matches {spec}")
-            paths += [os.path.abspath(p) for p in matches]
         else:
-            paths.append(os.path.abspath(os.path.expanduser(spec)))
+            found = [os.path.abspath(os.path.expanduser(spec))]
+        base = _fixed_folder(spec) if glob.has_magic(spec) else None
+        paths += [(p, _key(p, base)) for p in found]
     seen: set[str] = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
-    return [_info(p) for p in unique]
+    unique = [(p, k) for p, k in paths if not (p in seen or seen.add(p))]
+    return [dataclasses.replace(_info(p), key=k) for p, k in unique]
+
+
+def _fixed_folder(spec: str) -> str:
+    """The folders of a glob before its first wildcard: 'data/**/x*.txt' -> 'data'."""
+    parts = spec.split("/")
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return "/".join(parts[:fixed])
+
+
+def _key(path: str, base) -> str:
+    """A file's name for the split hash: below its glob's fixed folder, or its base name. Moving
+    or copying the corpus elsewhere keeps the split."""
+    if base is None:
+        return path.rstrip("/").rsplit("/", 1)[-1]
+    base_path = base if _is_uri(base) else os.path.abspath(os.path.expanduser(base or "."))
+    rel = path[len(base_path):] if path.startswith(base_path) else path
+    return rel.lstrip("/")
 
 
 def _expand_uri(spec: str) -> list[str]:
