@@ -38,6 +38,7 @@ LAYER_OF_PREFIX = {
     "raytrain_llm.launchers.ray_train": "launchers.ray_train",
     "raytrain_llm.launchers.tune": "launchers.tune",
     "raytrain_llm.inference": "inference",
+    "raytrain_llm.prepare": "prepare",
     "raytrain_llm.cli": "cli",
     "raytrain_llm.sample": "cli",
     "raytrain_llm.evaluate": "cli",
@@ -55,6 +56,7 @@ MAY_IMPORT = {
     "launchers.ray_train": BELOW_LAUNCHERS | {"launchers"},
     "launchers.tune": BELOW_LAUNCHERS | {"launchers", "launchers.ray_train"},
     "inference": BELOW_LAUNCHERS | {"launchers"},
+    "prepare": {"core", "data"},
     "cli": BELOW_LAUNCHERS | {"launchers", "launchers.local", "launchers.ray_train", "launchers.tune", "inference"},
 }
 # Layers that run without Ray installed (a GPU box, a notebook, the in-process and spawn launchers).

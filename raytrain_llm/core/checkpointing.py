@@ -109,6 +109,7 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.is_main = is_main
         self.logger = logger
+        self.extra_files: dict[str, str] = {}  # name in each checkpoint folder -> source path (e.g. tokenizer.json)
         if is_main:
             os.makedirs(self.directory, exist_ok=True)
 
@@ -184,6 +185,8 @@ class CheckpointManager:
         atomic_write_json(os.path.join(tmp, META_FILE), {"step": step, "epoch": epoch, "metrics": clean_metrics})
         if config_yaml:
             atomic_write_text(os.path.join(tmp, "config.yaml"), config_yaml)
+        for extra_name, src in self.extra_files.items():
+            shutil.copyfile(src, os.path.join(tmp, extra_name))
         if os.path.exists(final):
             # Same step saved twice (e.g. epoch end and every-N coincide): swap in the newer.
             old = final + f".old-{os.getpid()}"

@@ -39,7 +39,7 @@ class ModelConfig:
     input_dim: int = setting(16, "regression MLP: input features", ge=1)
     hidden_dim: int = setting(64, "regression MLP: hidden width", ge=1)
     # Decoder-only transformer (the `lm` task).
-    vocab_size: int = setting(64, "token ids are 0 .. vocab_size - 1", ge=2)
+    vocab_size: int = setting(64, "token ids are 0 .. vocab_size - 1; 0: the prepared data's (its manifest)", ge=0)
     d_model: int = setting(64, "residual stream width (a multiple of n_heads)", ge=1)
     n_layers: int = setting(2, "transformer blocks", ge=1)
     n_heads: int = setting(4, "attention heads per block", ge=1)
@@ -107,8 +107,8 @@ class DataConfig:
     markov_concentration: float = setting(0.1, "synthetic lm data: lower is more predictable", gt=0)
     # lm data from files instead: flat token ids (.npy, or raw .bin of token_dtype, as nanoGPT's
     # prepare scripts write). Every window of seq_len + 1 tokens is a sample; num_*_samples unused.
-    train_tokens: str = setting("", "lm: training token file (.npy, or raw .bin of token_dtype); empty: synthetic")
-    val_tokens: str = setting("", "lm: validation token file (needed with train_tokens when validating)")
+    train_tokens: str = setting("", "lm: a token file (.npy, or raw .bin of token_dtype), a prepared directory, or a glob / comma-separated list of shards; empty: synthetic")
+    val_tokens: str = setting("", "lm: validation tokens, as train_tokens; empty with a prepared train_tokens directory: its val split")
     token_dtype: str = setting("uint16", "element type of raw .bin token files",
                                choices=("uint8", "uint16", "uint32", "int32", "int64"))
     check_token_ids: bool = setting(True, "one pass over the token files at start (~0.3 s/GB cached) "
@@ -299,7 +299,9 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append("distributed.gpus_per_worker: set distributed.use_gpu=true to reserve GPUs")
     if cfg.data.val_tokens and not cfg.data.train_tokens:
         errors.append("data.val_tokens: needs data.train_tokens (token files are used for both splits or neither)")
-    if cfg.data.train_tokens and t.validate and not cfg.data.val_tokens:
+    if m.vocab_size == 1:
+        errors.append("model.vocab_size: must be >= 2, or 0 to take it from a prepared data.train_tokens (got 1)")
+    if cfg.data.train_tokens and t.validate and not cfg.data.val_tokens and not _is_prepared_dir(cfg.data.train_tokens):
         errors.append("data.val_tokens: a validation token file is needed with data.train_tokens "
                       "(or set training.validate=false)")
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
@@ -358,6 +360,11 @@ def switched_off_keys(cfg: Config) -> dict[str, str]:
         switched_off([f"checkpoint.{k}" for k in ("every_n_steps", "keep_last", "keep_best")],
                      "checkpoint.enabled is false")
     return off
+
+
+def _is_prepared_dir(path: str) -> bool:
+    """A folder written by python -m raytrain_llm.prepare (its manifest names the splits)."""
+    return bool(path.strip()) and os.path.isfile(os.path.join(path.strip(), "manifest.json"))
 
 
 def folder_errors(cfg: Config) -> list[str]:

@@ -16,8 +16,10 @@ from torch import nn
 
 from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 from raytrain_llm.core.task import StepOutput, TrainingTask, schedule_inactive_keys
+from raytrain_llm.core.callbacks.run_files import CopyRunFiles
 from raytrain_llm.data.token_data import MarkovTokenDataModule
-from raytrain_llm.data.token_file import TokenFileDataModule
+from raytrain_llm.data.token_shards import ShardedTokenDataModule, resolve_vocab_size
+from raytrain_llm.data.tokenizer import TOKENIZER_FILE
 from raytrain_llm.models import GPT, flops_per_token
 from raytrain_llm.models.wrappers import unwrap
 
@@ -40,6 +42,7 @@ class LanguageModelingTask(TrainingTask):
 
     def __init__(self, config):
         super().__init__(config)
+        resolve_vocab_size(config)  # model.vocab_size 0 -> the prepared data's; a mismatch is a usage error
         self._pending_counts: Optional[torch.Tensor] = None  # [L_moe, E] since the last optimizer step
 
     @classmethod
@@ -63,7 +66,7 @@ class LanguageModelingTask(TrainingTask):
 
     def build_data_module(self):
         if self.config.data.train_tokens:
-            return TokenFileDataModule(self.config)
+            return ShardedTokenDataModule(self.config)
         return MarkovTokenDataModule(self.config)
 
     def train_step(self, model: nn.Module, batch: Any, criterion: Optional[nn.Module]) -> StepOutput:
@@ -105,6 +108,12 @@ class LanguageModelingTask(TrainingTask):
         return out
 
     def configure_callbacks(self) -> list:
+        # Prepared text data: its tokenizer travels with the run and every checkpoint.
+        tokenizer = ShardedTokenDataModule(self.config).tokenizer_path() if self.config.data.train_tokens else None
+        callbacks = [CopyRunFiles({TOKENIZER_FILE: tokenizer})] if tokenizer else []
+        return callbacks + self._sample_writers()
+
+    def _sample_writers(self) -> list:
         o = self.options
         if not o.sample_prompts:
             return []

@@ -37,7 +37,8 @@ def resolve_paths(config: Config, *, name: Optional[str] = None, storage_path: O
         cfg.checkpoint.resume = _abs(cfg.checkpoint.resume)
     for key in ("train_tokens", "val_tokens"):
         if getattr(cfg.data, key):
-            setattr(cfg.data, key, _abs(getattr(cfg.data, key)))
+            # a comma-separated list of shards: each made absolute
+            setattr(cfg.data, key, ",".join(_abs(p.strip()) for p in getattr(cfg.data, key).split(",") if p.strip()))
     d = cfg.distributed
     # A user task's `pkg.mod:Class` would put a colon in folder names and storage URIs.
     d.run_name = name or d.run_name or f"{re.sub(r'[^A-Za-z0-9._-]', '-', cfg.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
