@@ -268,7 +268,12 @@ def test_best_config_round_trips_and_plots_and_tensorboard_exist(sweep, tmp_path
     proc = subprocess.run([sys.executable, "train.py", "--config", best_path, "--print-config"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load(proc.stdout) == yaml.safe_load(dump_yaml(expected))  # the CLI reads it as written
+    # The CLI reads it as written; it prints the task's options resolved (the lm task's defaults filled in).
+    from raytrain_llm.core.task_options import options_dict, parse_task_options
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
+    want = yaml.safe_load(dump_yaml(expected))
+    want["task_options"] = options_dict(parse_task_options(LanguageModelingTask.Options, want["task_options"], "lm"))
+    assert yaml.safe_load(proc.stdout) == want
     plots = [Path(p) for p in sweep["summary"]["plots"]]
     assert {p.name for p in plots} == {"val_loss_vs_num_experts.png", "loss_curves.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
