@@ -199,3 +199,25 @@ class CustomValTask(OptionsTask):
     def validation_step(self, model, batch, criterion):
         out = super().validation_step(model, batch, criterion)
         return StepOutput(loss=out.loss, metrics={"acc": 1.0})
+
+
+class SignalAtStepTask(RegressionTask):
+    """Sends itself (or, RT_SIGNAL_TARGET=parent, spawn's parent) $RT_SIGNAL (TERM or INT) right after
+    optimizer step $RT_SIGNAL_AT_STEP, on rank $RT_SIGNAL_RANK (0), $RT_SIGNAL_TIMES times (1):
+    what a preempted machine's scheduler or a Ctrl-C does, at a known step."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.at = int(os.environ.get("RT_SIGNAL_AT_STEP", "0"))
+        self.signum = getattr(signal, "SIG" + os.environ.get("RT_SIGNAL", "TERM"))
+        self.times = int(os.environ.get("RT_SIGNAL_TIMES", "1"))
+        self.rank = int(os.environ.get("RT_SIGNAL_RANK", "0"))
+        self.steps = 0
+
+    def on_optimizer_step(self, model) -> None:
+        self.steps += 1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if self.at and self.steps == self.at and rank == self.rank:
+            target = os.getppid() if os.environ.get("RT_SIGNAL_TARGET") == "parent" else os.getpid()
+            for _ in range(self.times):
+                os.kill(target, self.signum)

@@ -58,6 +58,7 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
         self.should_stop = False
         self.stopped_early = False
         self.stop_reason = ""
+        self._validate_at_stop = True  # request_stop(validate=False): no validation at the stop
         self.last_val_metrics: dict[str, float] = {}
         self.last_train_record: dict[str, Any] = {}
         self._val_step = -1
@@ -122,8 +123,9 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
     def _num_batches(self) -> int:
         return self.data_module.num_train_batches(self.config.training.batch_size, self.dist.world_size)
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, *, validate: bool = True) -> None:
         self.should_stop, self.stopped_early, self.stop_reason = True, True, reason
+        self._validate_at_stop = validate
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, Any]:
@@ -142,7 +144,8 @@ class TrainingEngine(EngineStateMixin, ValidationMixin):
                     self.batch_in_epoch = 0
                     self._validate_if_needed()
                     self._checkpoint_if_needed()
-            self._validate_if_needed()
+            if self._validate_at_stop:
+                self._validate_if_needed()
             self._checkpoint_if_needed()
             if self.stopped_early:
                 self.logger.info(f"stopped at step {self.global_step}: {self.stop_reason}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from raytrain_llm.core.callbacks.base import Callback, CallbackList
 from raytrain_llm.core.callbacks.early_stopping import EarlyStopping
+from raytrain_llm.core.callbacks.graceful_stop import GracefulStop
 from raytrain_llm.core.callbacks.lr_scheduler import LRSchedulerCallback
 from raytrain_llm.core.callbacks.metrics_logger import MetricsLogger
 from raytrain_llm.core.callbacks.profiler import Profiler
@@ -13,6 +14,7 @@ from raytrain_llm.core.callbacks.tensorboard_logger import TensorBoardLogger
 def default_callbacks(config, logger=None) -> list[Callback]:
     log_dir = config.logging.dir
     cbs: list[Callback] = [
+        GracefulStop(),  # first: a stop signal is acted on before any other callback sees the step
         MetricsLogger(log_dir, monitor=config.checkpoint.monitor, mode=config.checkpoint.mode),
         LRSchedulerCallback(monitor=config.checkpoint.monitor, logger=logger),
     ]
@@ -30,5 +32,5 @@ def default_callbacks(config, logger=None) -> list[Callback]:
     return cbs
 
 
-__all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger",
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "GracefulStop", "LRSchedulerCallback", "MetricsLogger",
            "Profiler", "ProgressBar", "TensorBoardLogger", "default_callbacks"]
