@@ -28,6 +28,9 @@ class _State:
     agreed = 0  # the stop signal the ranks agreed on (agreed_signal), 0 until they have
     # What to do besides recording it (spawn's parent passes it on to its workers)
     forward: Optional[Callable[[int], None]] = None
+    # Whether a notice of this node's coming preemption arrived (a launcher's, e.g. Ray's drain
+    # notice): answered at each step boundary, so it must be cheap and not collective.
+    notice: Optional[Callable[[], bool]] = None
 
 
 _state = _State()
@@ -92,23 +95,28 @@ def ignore(sig: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def agreed_signal(dist, device=None) -> int:
-    """The stop signal any rank received (the largest number when several did), the same on
-    every rank. Collective when a process group exists: one all_reduce of one int per call."""
-    signum = received()
+def watch_notice(notice: Optional[Callable[[], bool]]) -> None:
+    """Ask `notice()` at each step boundary whether this node will soon be taken away (None: stop asking)."""
+    _state.notice = notice
+
+
+def agree(dist, device=None) -> tuple[int, bool]:
+    """(the stop signal any rank received, 0 if none; whether any rank has a preemption notice),
+    the same on every rank. Collective when a process group exists: one all_reduce of two ints."""
+    signum, notice = received(), bool(_state.notice and _state.notice())
     if dist.enabled:
         import torch
         import torch.distributed
 
-        flag = torch.tensor([signum], dtype=torch.int32, device=device or "cpu")
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        signum = int(flag.item())
+        flags = torch.tensor([signum, int(notice)], dtype=torch.int32, device=device or "cpu")
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        signum, notice = int(flags[0].item()), bool(flags[1].item())
     _state.agreed = _state.agreed or signum
-    return signum
+    return signum, notice
 
 
 def agreed() -> int:
-    """The stop signal the ranks of this process's run agreed on, or 0 (see `agreed_signal`)."""
+    """The stop signal the ranks of this process's run agreed on, or 0 (see `agree`)."""
     return _state.agreed
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import time
 from typing import Any, Optional
 
 from raytrain_llm.core.callbacks import Callback
@@ -64,15 +66,18 @@ class RayReportCallback(Callback):
 class KillAtStep(Callback):
     """Test-only: SIGKILL this worker at a chosen step, as a crashed machine would die.
 
-    Spec `rank=1,step=6,marker=/abs/file[,times=1]`: rank `rank` kills itself right after optimizer
-    step `step` while the marker file records fewer than `times` kills (so a restarted run that
-    reaches the step again goes on, or keeps dying when `times` exceeds the retries).
+    Spec `rank=1,step=6,marker=/abs/file[,times=1][,signal=TERM]`: rank `rank` kills itself right
+    after optimizer step `step` while the marker file records fewer than `times` kills (so a
+    restarted run that reaches the step again goes on, or keeps dying when `times` exceeds the
+    retries). With `signal=TERM` it sends itself SIGTERM instead, as a reclaimed node's worker gets
+    it, and waits for the handler on the worker's main thread to see it.
     """
 
     def __init__(self, spec: str):
         fields = dict(part.split("=", 1) for part in spec.split(",") if part)
         self.rank, self.step = int(fields["rank"]), int(fields["step"])
         self.marker, self.times = fields["marker"], int(fields.get("times", 1))
+        self.signal = fields.get("signal", "KILL")
 
     @classmethod
     def from_spec(cls, spec: Optional[str]) -> list[Callback]:
@@ -91,4 +96,11 @@ class KillAtStep(Callback):
             fh.write(f"{os.getpid()}\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.kill(os.getpid(), 9)
+        if self.signal == "KILL":
+            os.kill(os.getpid(), signal.SIGKILL)
+        from raytrain_llm.core import interruption
+
+        os.kill(os.getpid(), getattr(signal, f"SIG{self.signal}"))
+        deadline = time.monotonic() + 30  # the main thread runs the handler when it next runs Python
+        while not interruption.received() and time.monotonic() < deadline:
+            time.sleep(0.01)

@@ -51,12 +51,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str
     A usage error that every rank raised alike (see `UsageError.on_every_rank`) ends the run as
     a normal return carrying its message (`fit` raises it in the driver): as a worker failure it
     would print each rank's traceback and be retried `max_failures` times, to fail the same way."""
+    from raytrain_llm.launchers.ray_interruption import raise_if_interrupted, watch_for_preemption
+
+    watch_for_preemption()
     try:
         _train(loop_config)
     except UsageError as exc:
         if not exc.on_every_rank:
             raise
         return {USAGE_ERROR_KEY: str(exc)}
+    raise_if_interrupted()  # SIGTERM: saved and reported; failing lets Ray restart from there
     return None
 
 
@@ -180,6 +184,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raytrain_llm.launchers.ray_data import build_ray_datasets
+    from raytrain_llm.launchers.ray_interruption import stop_signals_on_workers
     from raytrain_llm.tasks.registry import resolve_task
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
@@ -191,7 +196,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local.check_data_up_front)
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
-        name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
+        name=d.run_name, storage_path=d.storage_path, callbacks=[*run_callbacks, stop_signals_on_workers()],
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
