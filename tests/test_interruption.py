@@ -103,3 +103,25 @@ def test_spawn_sigterm_to_the_parent_stops_both_workers_at_one_step(tmp_path):
     p = run_cli([*args, "--set", "checkpoint.resume=auto"], timeout=200)
     assert p.returncode == 0, p.stderr[-2000:]
     assert_same_state(final_state(ref), final_state(run))
+
+
+def test_a_preemption_notice_saves_once_at_the_next_step_and_training_goes_on(tmp_path):
+    from raytrain_llm.core import interruption
+
+    seen = []
+
+    def notice() -> bool:  # a launcher's notice source (Ray's drain notice), asked at each step boundary
+        seen.append(1)
+        return len(seen) >= 7
+
+    interruption.watch_notice(notice)
+    try:
+        train(tmp_path / "run", task=TASK, **RUN)
+    finally:
+        interruption.watch_notice(None)
+    # Step 7's save is the notice's own (no periodic saves); the run went on to its end.
+    assert [ckpt_step(c) for c in checkpoints(tmp_path / "run")] == [7, 16, 32]
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["global_step"] == 32 and summary["interrupted"] is None
+    train(tmp_path / "ref", task=TASK, **RUN)
+    assert_same_state(final_state(tmp_path / "ref"), final_state(tmp_path / "run"))
