@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def launch(config):
+    from raytrain_llm.core.output_dirs import check_output_dirs
+
+    check_output_dirs(config)  # before any worker or Ray starts
     launcher = config.distributed.launcher
     if launcher == "local":
         from raytrain_llm.launchers.local import run_in_process
