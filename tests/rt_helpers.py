@@ -221,3 +221,12 @@ class SignalAtStepTask(RegressionTask):
             target = os.getppid() if os.environ.get("RT_SIGNAL_TARGET") == "parent" else os.getpid()
             for _ in range(self.times):
                 os.kill(target, self.signum)
+
+
+class SlowTask(RegressionTask):
+    """Sleeps $RT_STEP_SLEEP seconds in each optimizer step: a run that lasts long enough to be looked at."""
+
+    def on_optimizer_step(self, model) -> None:
+        import time
+
+        time.sleep(float(os.environ.get("RT_STEP_SLEEP", "0.2")))

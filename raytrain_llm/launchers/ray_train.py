@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_cluster import init_ray, warn_if_unplaceable, worker_resources
+from raytrain_llm.launchers.ray_cluster import (init_ray, keep_private_ray_on_loopback, warn_if_unplaceable,
+                                                worker_resources)
 from raytrain_llm.launchers.ray_report import FAULT_ENV, SCORE_KEY
 from raytrain_llm.launchers.ray_results import failure_message, summarize, worker_usage_error
 
@@ -251,9 +252,10 @@ def _failure(cfg: Config, exc: BaseException) -> Exception:
 
 def run_ray(config: Config) -> dict[str, Any]:
     """Train on Ray (an existing cluster or a private local one); returns final metrics and paths."""
+    cfg = resolve_paths(config)
+    keep_private_ray_on_loopback(cfg)  # before Ray is imported
     import ray
 
-    cfg = resolve_paths(config)
     started = init_ray(cfg)
     try:
         if not started:
