@@ -68,6 +68,10 @@ def test_ctrl_c_in_process_stops_after_the_step_and_restores_handlers(tmp_path, 
     assert signal.getsignal(signal.SIGINT) is before  # pytest's Ctrl-C works again
     assert read_json(tmp_path / "summary.json")["interrupted"] == "SIGINT"
     assert [ckpt_step(c) for c in checkpoints(tmp_path)] == [5]
+    # The signal was this run's: a later run in this process (no handlers installed) trains on.
+    monkeypatch.delenv("RT_SIGNAL_AT_STEP")
+    result, _ = train(tmp_path / "later", task=TASK, **RUN)
+    assert result["step"] == 32
 
 
 @pytest.mark.timeout(180)

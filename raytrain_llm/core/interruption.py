@@ -25,6 +25,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class _State:
     signum = 0  # the first stop signal this process received (0: none)
+    armed = False  # handlers installed and not yet restored: only then does `signum` stop a run
     agreed = 0  # the stop signal the ranks agreed on (agreed_signal), 0 until they have
     # What to do besides recording it (spawn's parent passes it on to its workers)
     forward: Optional[Callable[[int], None]] = None
@@ -69,7 +70,7 @@ def install(signals=STOP_SIGNALS, forward: Optional[Callable[[int], None]] = Non
     Clears an earlier run's flag. Handlers stay until `restore` or the process ends."""
     if threading.current_thread() is not threading.main_thread():
         return False
-    _state.signum, _state.agreed, _state.forward = 0, 0, forward
+    _state.signum, _state.agreed, _state.forward, _state.armed = 0, 0, forward, True
     for sig in signals:
         signal.signal(sig, _handle)
     return True
@@ -85,7 +86,7 @@ def handling(signals=STOP_SIGNALS, forward: Optional[Callable[[int], None]] = No
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        _state.forward = None
+        _state.forward, _state.armed = None, False  # `received` still tells the launcher what arrived
 
 
 def ignore(sig: int) -> None:
@@ -103,7 +104,7 @@ def watch_notice(notice: Optional[Callable[[], bool]]) -> None:
 def agree(dist, device=None) -> tuple[int, bool]:
     """(the stop signal any rank received, 0 if none; whether any rank has a preemption notice),
     the same on every rank. Collective when a process group exists: one all_reduce of two ints."""
-    signum, notice = received(), bool(_state.notice and _state.notice())
+    signum, notice = (received() if _state.armed else 0), bool(_state.notice and _state.notice())
     if dist.enabled:
         import torch
         import torch.distributed
