@@ -230,3 +230,33 @@ class SlowTask(RegressionTask):
         import time
 
         time.sleep(float(os.environ.get("RT_STEP_SLEEP", "0.2")))
+
+
+class PreemptionDrillTask(RegressionTask):
+    """For the preemption drill (Ray only). Until the file $RT_RELEASE exists: after optimizer step
+    $RT_NOTICE_STEP each rank waits for Ray's preemption notice (the test drains a node), and after
+    step $RT_HOLD_STEP it waits for the file (the test removes the drained node meanwhile). A
+    restarted run finds the file and trains straight through."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.notice_step = int(os.environ.get("RT_NOTICE_STEP", "0"))
+        self.hold_step = int(os.environ.get("RT_HOLD_STEP", "0"))
+        self.release = os.environ.get("RT_RELEASE", "")
+        self.steps = 0
+
+    def on_optimizer_step(self, model) -> None:
+        import time
+
+        from raytrain_llm.launchers.ray_interruption import preemption_notice
+
+        self.steps += 1
+        if not self.release or os.path.exists(self.release):
+            return
+        deadline = time.monotonic() + 120
+        if self.steps == self.notice_step:
+            while not preemption_notice() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        elif self.steps == self.hold_step:
+            while not os.path.exists(self.release) and time.monotonic() < deadline:
+                time.sleep(0.05)
