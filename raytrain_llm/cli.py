@@ -44,6 +44,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def launch(config):
+    from raytrain_llm.core.output_dirs import check_output_dirs
+
+    check_output_dirs(config)  # before any worker or Ray starts
     launcher = config.distributed.launcher
     if launcher == "local":
         from raytrain_llm.launchers.local.in_process import run_in_process
@@ -101,7 +104,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             run_sweep(config, args.tune, cli_keys)
             return 0
-        _print_result(launch(config))
+        from raytrain_llm.core import interruption
+
+        result = launch(config)
+        _print_result(result)
+        if interruption.received():  # stopped by SIGTERM / Ctrl-C after saving: the shell's status for it
+            signum = interruption.received()
+            print(f"interrupted by {interruption.signal_name(signum)}: stopped after a whole step, checkpoint and "
+                  "summary.json written (checkpoint.resume=auto continues from it)", file=sys.stderr)
+            return interruption.exit_code(signum)
         return 0
     except RaytrainError as exc:
         print(f"error: {exc}", file=sys.stderr)

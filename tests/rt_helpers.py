@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 
 import torch
 
@@ -39,10 +40,13 @@ class KillAtStepTask(RegressionTask):
 class KillRankAtStep(Callback):
     """SIGKILLs the worker of rank `rank` right after optimizer step `step`, as a crashed machine
     dies, while the `marker` file records fewer than `times` kills (a restarted run that reaches
-    the step again goes on, or keeps dying when `times` exceeds the retries)."""
+    the step again goes on, or keeps dying when `times` exceeds the retries). With
+    `signal="TERM"` it sends itself SIGTERM instead, as a reclaimed node's worker gets it, and
+    waits for the handler on the worker's main thread to see it."""
 
-    def __init__(self, rank: int, step: int, marker: str, times: int):
+    def __init__(self, rank: int, step: int, marker: str, times: int, signal_name: str = "KILL"):
         self.rank, self.step, self.marker, self.times = rank, step, marker, times
+        self.signal_name = signal_name
 
     def on_batch_end(self, engine, step: int, outputs) -> None:
         if engine.dist.rank != self.rank or step != self.step:
@@ -57,7 +61,14 @@ class KillRankAtStep(Callback):
             fh.write(f"{os.getpid()}\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
+        if self.signal_name == "KILL":
+            os.kill(os.getpid(), signal.SIGKILL)
+        from raytrain_llm.core import interruption
+
+        os.kill(os.getpid(), getattr(signal, f"SIG{self.signal_name}"))
+        deadline = time.monotonic() + 30  # the main thread runs the handler when it next runs Python
+        while not interruption.received() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 class KillRankTask(RegressionTask):
@@ -69,10 +80,11 @@ class KillRankTask(RegressionTask):
         step: int
         marker: str
         times: int = 1
+        signal: str = "KILL"  # KILL or TERM
 
     def configure_callbacks(self):
         o = self.options
-        return [KillRankAtStep(o.rank, o.step, o.marker, o.times)]
+        return [KillRankAtStep(o.rank, o.step, o.marker, o.times, o.signal)]
 
 
 class NaNAtStepTask(RegressionTask):
@@ -239,3 +251,64 @@ class CustomValTask(OptionsTask):
     def validation_step(self, model, batch, criterion):
         out = super().validation_step(model, batch, criterion)
         return StepOutput(loss=out.loss, metrics={"acc": 1.0})
+
+
+class SignalAtStepTask(RegressionTask):
+    """Sends itself (or, RT_SIGNAL_TARGET=parent, spawn's parent) $RT_SIGNAL (TERM or INT) right after
+    optimizer step $RT_SIGNAL_AT_STEP, on rank $RT_SIGNAL_RANK (0), $RT_SIGNAL_TIMES times (1):
+    what a preempted machine's scheduler or a Ctrl-C does, at a known step."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.at = int(os.environ.get("RT_SIGNAL_AT_STEP", "0"))
+        self.signum = getattr(signal, "SIG" + os.environ.get("RT_SIGNAL", "TERM"))
+        self.times = int(os.environ.get("RT_SIGNAL_TIMES", "1"))
+        self.rank = int(os.environ.get("RT_SIGNAL_RANK", "0"))
+        self.steps = 0
+
+    def on_optimizer_step(self, model) -> None:
+        self.steps += 1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if self.at and self.steps == self.at and rank == self.rank:
+            target = os.getppid() if os.environ.get("RT_SIGNAL_TARGET") == "parent" else os.getpid()
+            for _ in range(self.times):
+                os.kill(target, self.signum)
+
+
+class SlowTask(RegressionTask):
+    """Sleeps $RT_STEP_SLEEP seconds in each optimizer step: a run that lasts long enough to be looked at."""
+
+    def on_optimizer_step(self, model) -> None:
+        import time
+
+        time.sleep(float(os.environ.get("RT_STEP_SLEEP", "0.2")))
+
+
+class PreemptionDrillTask(RegressionTask):
+    """For the preemption drill (Ray only). Until the file $RT_RELEASE exists: after optimizer step
+    $RT_NOTICE_STEP each rank waits for Ray's preemption notice (the test drains a node), and after
+    step $RT_HOLD_STEP it waits for the file (the test removes the drained node meanwhile). A
+    restarted run finds the file and trains straight through."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.notice_step = int(os.environ.get("RT_NOTICE_STEP", "0"))
+        self.hold_step = int(os.environ.get("RT_HOLD_STEP", "0"))
+        self.release = os.environ.get("RT_RELEASE", "")
+        self.steps = 0
+
+    def on_optimizer_step(self, model) -> None:
+        import time
+
+        from raytrain_llm.launchers.ray_train.interruption import preemption_notice
+
+        self.steps += 1
+        if not self.release or os.path.exists(self.release):
+            return
+        deadline = time.monotonic() + 120
+        if self.steps == self.notice_step:
+            while not preemption_notice() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        elif self.steps == self.hold_step:
+            while not os.path.exists(self.release) and time.monotonic() < deadline:
+                time.sleep(0.05)

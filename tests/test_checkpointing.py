@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -167,14 +168,16 @@ def test_resume_from_a_run_folder_points_at_its_newest_checkpoint(tmp_path):
 def test_tmp_folders_are_never_checkpoints(tmp_path):
     train(tmp_path, **{"training.lr_schedule": "constant", "training.max_steps": 8, "checkpoint.every_n_steps": 4})
     ckdir = tmp_path / "checkpoints"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
     # A save killed before its rename: a complete-looking folder under the temporary name, newer step.
-    fake = ckdir / ".tmp-step-00000099-4242"
+    fake = ckdir / f".tmp-step-00000099-{dead.pid}"
     shutil.copytree(ckdir / "step-00000008", fake)
     state = torch.load(fake / "state.pt", weights_only=True)
     state["progress"]["global_step"] = 99
     torch.save(state, fake / "state.pt")
-    shutil.copytree(ckdir / "step-00000004", ckdir / "step-00000004.old-4242")
-    m = CheckpointManager(str(ckdir))
+    shutil.copytree(ckdir / "step-00000004", ckdir / f"step-00000004.old-{dead.pid}")
+    m = CheckpointManager(str(ckdir), is_main=False)
     assert [c["step"] for c in m.checkpoints()] == [4, 8]
     path, loaded = m.load_latest_valid()
     assert path.endswith("step-00000008") and loaded["progress"]["global_step"] == 8
@@ -182,7 +185,8 @@ def test_tmp_folders_are_never_checkpoints(tmp_path):
                                    "checkpoint.resume": "auto"})
     assert result["step"] == 16
     assert "at step 8 " in (tmp_path / "logs" / "rank0.log").read_text()
-    assert fake.exists()  # left alone, never loaded, never rotated as a checkpoint
+    # Never loaded or rotated as a checkpoint, and removed when the run started in the folder.
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-00000012", "step-00000016"]
 
 
 def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
@@ -192,8 +196,8 @@ def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypa
 
     def dying_save(obj, f, *a, **k):
         real_save(obj, f, *a, **k)
-        with open(f, "r+b") as fh:  # half-written file, then the process "dies"
-            fh.truncate(10)
+        f.flush()
+        f.truncate(10)  # half-written file, then an exception (a kill leaves the folder: see above)
         raise KeyboardInterrupt
 
     monkeypatch.setattr("raytrain_llm.core.checkpointing.torch.save", dying_save)
@@ -203,7 +207,7 @@ def test_crash_during_save_leaves_previous_checkpoints_intact(tmp_path, monkeypa
     assert [c["step"] for c in m.checkpoints()] == [1]
     path, state = m.load_latest_valid()
     assert path.endswith("step-00000001") and state["progress"]["global_step"] == 1
-    assert any(n.startswith(".tmp-step-00000002") for n in os.listdir(tmp_path))
+    assert not any(n.startswith(".tmp-step-00000002") for n in os.listdir(tmp_path))  # removed on the way out
 
 
 def test_refuses_to_save_non_finite_weights(tmp_path):

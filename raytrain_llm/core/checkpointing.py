@@ -8,6 +8,7 @@ Ray's `Checkpoint.from_directory` takes as is.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -26,6 +27,11 @@ from raytrain_llm.core.errors import CheckpointError, UsageError
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 _NAME = re.compile(r"^step-(\d{8,})$")
+# What a save leaves behind if its process dies mid-way: the folder being written, and the
+# previous copy of a step saved twice while the new one is swapped in (see `save`).
+_TMP = re.compile(r"^\.tmp-(step-\d{8,})-(\d+)$")
+_OLD = re.compile(r"^(step-\d{8,})\.old-(\d+)$")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 REQUIRED_KEYS = ("model", "optimizer", "progress")
 
 
@@ -101,6 +107,38 @@ def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def non_finite_optimizer_state(optimizer_state: dict[str, Any]) -> list[str]:
+    """`optimizer param <i> <name>` for each non-finite floating tensor of an optimizer's
+    state_dict (Adam's moments, ...): a resumed run would turn them into NaN weights at once."""
+    per_param = (optimizer_state or {}).get("state") or {}
+    return [f"optimizer param {index} {name}" for index, values in per_param.items()
+            for name in non_finite_tensors(values if isinstance(values, dict) else {})]
+
+
+def _os_error(exc: BaseException) -> Optional[OSError]:
+    """The OSError behind `exc`: torch.save raises its own RuntimeError ("unexpected pos") while
+    the file's OSError (ENOSPC) propagates, leaving the OSError as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 class CheckpointManager:
     def __init__(self, directory: str, *, keep_last: int = 2, keep_best: int = 1,
                  monitor: str = "val/loss", mode: str = "min", is_main: bool = True, logger=None):
@@ -112,6 +150,27 @@ class CheckpointManager:
         self.extra_files: dict[str, str] = {}  # name in each checkpoint folder -> source path (e.g. tokenizer.json)
         if is_main:
             os.makedirs(self.directory, exist_ok=True)
+            self.clean_stale()
+
+    def clean_stale(self) -> None:
+        """What saves of dead processes left here: `.tmp-step-*` folders are removed; a
+        `step-N.old-*` is removed when step-N exists, else (the process died between the two
+        renames of a swap) renamed back to step-N. Folders of a live process here are left alone."""
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            tmp, old = _TMP.match(name), _OLD.match(name)
+            match = tmp or old
+            if match is None or _pid_alive(int(match.group(2))):
+                continue
+            final = os.path.join(self.directory, match.group(1))
+            if old and not os.path.exists(final):
+                os.replace(path, final)
+                what = f"restored {match.group(1)} from {name}"
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                what = f"removed {name}"
+            if self.logger:
+                self.logger.warning(f"{what}, left in {self.directory} by a save that did not finish")
 
     # --- listing ---
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -170,23 +229,24 @@ class CheckpointManager:
         """Write a checkpoint (main rank only) and rotate; returns its folder."""
         if not self.is_main:
             return None
-        bad = non_finite_tensors(state["model"])
+        bad = non_finite_tensors(state["model"]) + non_finite_optimizer_state(state.get("optimizer"))
         if bad:
             raise CheckpointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}")
         name = f"step-{step:08d}"
         final = os.path.join(self.directory, name)
         tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        torch.save(state, os.path.join(tmp, STATE_FILE))
-        with open(os.path.join(tmp, STATE_FILE), "rb+") as fh:
-            os.fsync(fh.fileno())
-        clean_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        atomic_write_json(os.path.join(tmp, META_FILE), {"step": step, "epoch": epoch, "metrics": clean_metrics})
-        if config_yaml:
-            atomic_write_text(os.path.join(tmp, "config.yaml"), config_yaml)
-        for extra_name, src in self.extra_files.items():
-            shutil.copyfile(src, os.path.join(tmp, extra_name))
+        try:
+            self._write(tmp, state, step, epoch, metrics, config_yaml)
+        except BaseException as exc:
+            # A partial checkpoint would keep the disk full and count against the quota; the
+            # checkpoints saved before are untouched (nothing was renamed yet).
+            shutil.rmtree(tmp, ignore_errors=True)
+            os_error = _os_error(exc)
+            if os_error is not None:
+                cause = "no space left on device" if os_error.errno in _NO_SPACE else (os_error.strerror or str(os_error))
+                raise CheckpointError(f"cannot save checkpoint {final}: {cause} (the partial checkpoint was "
+                                      f"removed; earlier checkpoints in {self.directory} are intact)") from None
+            raise
         if os.path.exists(final):
             # Same step saved twice (e.g. epoch end and every-N coincide): swap in the newer.
             old = final + f".old-{os.getpid()}"
@@ -198,6 +258,23 @@ class CheckpointManager:
         fsync_dir(self.directory)
         self._rotate()
         return final
+
+    def _write(self, tmp: str, state: dict[str, Any], step: int, epoch: int, metrics: dict[str, float],
+               config_yaml: str) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        # Through a Python file: a full disk is then an OSError(ENOSPC), where torch.save(path)
+        # reports "[enforce fail at inline_container.cc] unexpected pos".
+        with open(os.path.join(tmp, STATE_FILE), "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        clean_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        atomic_write_json(os.path.join(tmp, META_FILE), {"step": step, "epoch": epoch, "metrics": clean_metrics})
+        if config_yaml:
+            atomic_write_text(os.path.join(tmp, "config.yaml"), config_yaml)
+        for extra_name, src in self.extra_files.items():
+            shutil.copyfile(src, os.path.join(tmp, extra_name))
 
     def _rotate(self) -> None:
         ckpts = self.checkpoints()

@@ -68,6 +68,7 @@ class TrainingEngine:
         self.dist = dist or DistributedManager()
         self.logger = logger or Logger(level=config.logging.level, log_dir=config.logging.dir, rank=self.dist.rank)
         self.progress = Progress()
+        self._validate_at_stop = True  # request_stop(validate=False): no validation at the stop
         self.last_train_record: dict[str, Any] = {}
         self._saved_at: Optional[tuple] = None  # progress.save_key() of the last save
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
@@ -135,8 +136,11 @@ class TrainingEngine:
         """The run continues another run's checkpoint, named by the user (known once fit starts)."""
         return self.resumer.resumed_from_elsewhere
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, *, validate: bool = True) -> None:
+        """End the run after the current step (saving as at any end); `validate=False` skips the
+        end-of-run validation (an interruption stops as soon as it can)."""
         self.progress.request_stop(reason)
+        self._validate_at_stop = validate
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, Any]:
@@ -155,7 +159,8 @@ class TrainingEngine:
                     self.batch_in_epoch = 0
                     self._validate_if_needed()
                     self._checkpoint_if_needed()
-            self._validate_if_needed()
+            if self._validate_at_stop:
+                self._validate_if_needed()
             self._checkpoint_if_needed()
             if self.stopped_early:
                 self.logger.info(f"stopped at step {self.global_step}: {self.stop_reason}")

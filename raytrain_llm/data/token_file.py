@@ -3,8 +3,11 @@
 The layout nanoGPT's prepare scripts write (`train.bin`/`val.bin`: raw uint16), or a 1-D `.npy`.
 Sample i is the window of seq_len + 1 tokens starting at i * seq_len (inputs and next-token
 targets overlap by one), a pure function of i like every `IndexedDataset`: exact resume and
-deterministic sharding hold as for the synthetic data. Files are memory-mapped, never read whole,
-and a dataset pickles as its path (Ray Data and DataLoader workers map the file themselves).
+deterministic sharding hold as for the synthetic data. Files are read with positioned reads of
+the windows a batch needs, never whole, and a dataset pickles as its path (Ray Data and
+DataLoader workers open the file themselves). Not memory-mapped: a mapped file cut short while a
+run reads it ends the process with SIGBUS and no message; a short read here is an error naming
+the file. A file replaced by a rename is read on from the version that was opened.
 """
 from __future__ import annotations
 
@@ -13,39 +16,88 @@ from typing import Optional
 
 import numpy as np
 
-from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.data.base import DataModule, IndexedDataset
 
 
-def open_tokens(path: str, dtype: str, key: str) -> np.ndarray:
-    """The file's token ids as a read-only 1-D memory map; a UsageError naming `key` if unusable."""
+class TokenFile:
+    """A token file's ids, read with pread: `tokens[a:b]` is a fresh array, `len(tokens)` the
+    count when it was opened. The descriptor stays open, so a file replaced by a rename is read on
+    from the opened version; one cut short is a TrainingError naming it (exit 1)."""
+
+    def __init__(self, path: str, dtype: np.dtype, offset: int, length: int):
+        self.path, self.dtype, self.offset, self.length = path, np.dtype(dtype), offset, length
+        self.ndim = 1
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, span: slice) -> np.ndarray:
+        start, stop, step = span.indices(self.length)
+        if step != 1:
+            raise ValueError("token files are read in contiguous spans")
+        count = max(0, stop - start)
+        nbytes = count * self.dtype.itemsize
+        data = os.pread(self._fd, nbytes, self.offset + start * self.dtype.itemsize) if nbytes else b""
+        if len(data) != nbytes:
+            now = os.fstat(self._fd).st_size
+            raise TrainingError(f"token file {self.path} changed while the run reads it: it is now {now} bytes, "
+                                f"{self.offset + self.length * self.dtype.itemsize} when the run opened it (a "
+                                "token file must not be rewritten in place during a run; write a new file and "
+                                "rename it over the old one)")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _npy_layout(path: str) -> tuple[np.dtype, int, tuple]:
+    """(dtype, data offset, shape) from a .npy header."""
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":  # else numpy blames pickled data and allow_pickle
+            raise ValueError("it is not a .npy file (no NumPy header); raw token ids need a name "
+                             "other than .npy, read as data.token_dtype")
+    mapped = np.load(path, mmap_mode="r")  # for its header only: no page of the data is touched
+    try:
+        return mapped.dtype, int(getattr(mapped, "offset", 0)), mapped.shape
+    finally:
+        del mapped
+
+
+def open_tokens(path: str, dtype: str, key: str) -> TokenFile:
+    """The file's token ids (read on demand); a UsageError naming `key` if unusable."""
     if not os.path.isfile(path):
         raise UsageError(f"{key}: no token file at {path}")
     try:
         if path.endswith(".npy"):
-            with open(path, "rb") as fh:
-                if fh.read(6) != b"\x93NUMPY":  # else numpy blames pickled data and allow_pickle
-                    raise ValueError("it is not a .npy file (no NumPy header); raw token ids need a name "
-                                     "other than .npy, read as data.token_dtype")
-            tokens = np.load(path, mmap_mode="r")
+            file_dtype, offset, shape = _npy_layout(path)
         else:
             size, itemsize = os.path.getsize(path), np.dtype(dtype).itemsize
             if size % itemsize:
                 raise ValueError(f"its size ({size} bytes) is not a multiple of {dtype}'s {itemsize} bytes "
                                  "(data.token_dtype)")
-            tokens = np.memmap(path, dtype=dtype, mode="r")
+            file_dtype, offset, shape = np.dtype(dtype), 0, (size // itemsize,)
+        if len(shape) == 1 and os.path.getsize(path) < offset + shape[0] * file_dtype.itemsize:
+            raise ValueError(f"it is cut short: {os.path.getsize(path)} bytes, its header promises "
+                             f"{offset + shape[0] * file_dtype.itemsize}")
     except (ValueError, OSError) as exc:
         raise UsageError(f"{key}: cannot read {path}: {exc}") from None
-    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+    if len(shape) != 1 or file_dtype.kind not in "iu":
         raise UsageError(f"{key}: {path} must hold a 1-D array of integer token ids "
-                         f"(got {tokens.dtype} of shape {tokens.shape})")
-    return tokens
+                         f"(got {file_dtype} of shape {shape})")
+    return TokenFile(path, file_dtype, offset, shape[0])
 
 
 class TokenFileDataset(IndexedDataset):
     def __init__(self, path: str, dtype: str, seq_len: int, vocab_size: int, key: str, *, empty: bool = False):
         self.path, self.dtype, self.seq_len, self.vocab_size, self.key = path, dtype, seq_len, vocab_size, key
-        self._tokens: Optional[np.ndarray] = None
+        self._tokens: Optional[TokenFile] = None
         num_tokens = len(self.tokens)
         if num_tokens < seq_len + 1:
             raise UsageError(f"{key}: {path} holds {num_tokens} tokens, fewer than one sample of "
@@ -53,13 +105,13 @@ class TokenFileDataset(IndexedDataset):
         super().__init__(0 if empty else (num_tokens - 1) // seq_len, seed=0)
 
     @property
-    def tokens(self) -> np.ndarray:
+    def tokens(self) -> TokenFile:
         if self._tokens is None:
             self._tokens = open_tokens(self.path, self.dtype, self.key)
         return self._tokens
 
     def __getstate__(self) -> dict:
-        # A memmap would pickle as a full in-memory copy of the file.
+        # The reader holds a descriptor of this process: a copy opens the file by its path.
         return {**self.__dict__, "_tokens": None}
 
     def check_ids(self, chunk: int = 1 << 24) -> None:

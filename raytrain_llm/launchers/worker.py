@@ -13,6 +13,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.logger import Logger
+from raytrain_llm.core.output_dirs import check_output_dirs
 from raytrain_llm.launchers.task_resolution import resolve_task
 
 
@@ -22,6 +23,8 @@ def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
                  resume_from: Optional[str] = None, data_checked: bool = False) -> dict[str, Any]:
     """`data_checked`: the launcher ran the data module's `check_data` before the workers started."""
     dist = dist or DistributedManager()
+    with dist.usage_errors_on_every_rank():  # before the first step, not at the first save
+        check_output_dirs(config, writes_checkpoints=dist.is_main)
     logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank)
     try:
         with dist.usage_errors_on_every_rank():  # e.g. a task module a worker cannot import

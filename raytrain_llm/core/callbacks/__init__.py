@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from raytrain_llm.core.callbacks.base import Callback, CallbackList
 from raytrain_llm.core.callbacks.early_stopping import EarlyStopping
+from raytrain_llm.core.callbacks.graceful_stop import GracefulStop
 from raytrain_llm.core.callbacks.lr_scheduler import LRSchedulerCallback
 from raytrain_llm.core.callbacks.metrics_logger import MetricsLogger
 from raytrain_llm.core.callbacks.mlflow_logger import MLflowLogger
@@ -15,6 +16,7 @@ from raytrain_llm.core.callbacks.wandb_logger import WandbLogger
 def default_callbacks(config, logger=None) -> list[Callback]:
     log_dir = config.logging.dir
     cbs: list[Callback] = [
+        GracefulStop(),  # first: a stop signal is acted on before any other callback sees the step
         MetricsLogger(log_dir, monitor=config.checkpoint.monitor, mode=config.checkpoint.mode),
         LRSchedulerCallback(monitor=config.checkpoint.monitor, logger=logger),
     ]
@@ -38,5 +40,5 @@ def default_callbacks(config, logger=None) -> list[Callback]:
     return cbs
 
 
-__all__ = ["Callback", "CallbackList", "EarlyStopping", "LRSchedulerCallback", "MetricsLogger", "MLflowLogger",
-           "Profiler", "ProgressBar", "TensorBoardLogger", "WandbLogger", "default_callbacks"]
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "GracefulStop", "LRSchedulerCallback", "MetricsLogger",
+           "MLflowLogger", "Profiler", "ProgressBar", "TensorBoardLogger", "WandbLogger", "default_callbacks"]

@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Optional
 
+from raytrain_llm.core import interruption
 from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text
 from raytrain_llm.core.callbacks.base import Callback
 
@@ -116,6 +117,9 @@ class MetricsLogger(Callback):
             "global_step": engine.global_step,
             "epochs_completed": engine.epoch,
             "stopped_early": engine.stopped_early,
+            "stop_reason": engine.stop_reason or None,
+            # the stop signal (SIGTERM, SIGINT) the run stopped on, saved at its last step; else null
+            "interrupted": interruption.signal_name(interruption.agreed()) if interruption.agreed() else None,
             "skipped_steps": engine.skipped_steps,
             "final": self.last,
             "best": {"monitor": self.monitor, "mode": self.mode, "value": self.best_value,

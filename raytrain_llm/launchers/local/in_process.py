@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from raytrain_llm.core import interruption
 from raytrain_llm.core.config import Config
 from raytrain_llm.launchers.task_resolution import resolve_task
 from raytrain_llm.launchers.worker import train_worker
@@ -14,7 +15,8 @@ def run_in_process(config: Config) -> dict[str, Any]:
     if config.distributed.launcher == "local" and workers > 1:  # spawn with 1 worker also lands here
         print(f"warning: distributed.launcher=local trains in this one process; distributed.num_workers={workers} "
               f"is ignored (launcher=spawn or ray runs {workers} workers)", file=sys.stderr)
-    return train_worker(config)
+    with interruption.handling():  # SIGTERM / Ctrl-C: finish the step, save, then return
+        return train_worker(config)
 
 
 def check_data_up_front(config: Config) -> None:

@@ -6,12 +6,15 @@ baseline against which the Ray launcher's overhead is measured.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 from typing import Any
 
 import torch
 
+from raytrain_llm.core import interruption
 from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_summary
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
@@ -28,6 +31,9 @@ def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int)
     os.environ["LOCAL_RANK"] = str(rank)
     if use_cuda:
         torch.cuda.set_device(rank % torch.cuda.device_count())
+    # The parent passes SIGTERM and Ctrl-C on as SIGTERM; the terminal's own Ctrl-C copy is ignored.
+    interruption.install(signals=(signal.SIGTERM,))
+    interruption.ignore(signal.SIGINT)
     dist = DistributedManager()
     dist.init_process_group(pick_backend(d.backend, use_cuda), rank, world_size, d.master_addr, port)
     try:
@@ -80,6 +86,16 @@ def check_port_free(host: str, port: int) -> None:
                              "pick another port, or 0 for a free one per run") from None
 
 
+def _stop_workers(signum: int) -> None:
+    """spawn's parent passes a stop signal on to its workers (SIGTERM, also for a Ctrl-C):
+    Kubernetes and Slurm signal the main process only."""
+    for child in multiprocessing.active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 def run_spawn(config: Config) -> dict[str, Any]:
     world = config.distributed.num_workers
     if world == 1:
@@ -93,7 +109,8 @@ def run_spawn(config: Config) -> dict[str, Any]:
     # failure itself is reported below, in one line.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     try:
-        torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
+        with interruption.handling(forward=_stop_workers):
+            torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
         kind, message = child_exception(str(exc))
         if kind.rsplit(".", 1)[-1] in ("UsageError", "ConfigError"):  # keep a usage error a usage error

@@ -118,6 +118,21 @@ def _answers_http(conn: socket.socket) -> bool:
         return False
 
 
+# Ray's switch for macOS/Windows behaviour: when off, a local node's IP is 127.0.0.1 and every
+# Ray process of it (GCS, raylet, agents, workers) listens on loopback only. Read when `ray` is
+# imported, so it is set before that (and inherited by the processes Ray starts).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_private_ray_on_loopback(config: Config) -> bool:
+    """For a run that will start its own Ray (no cluster named): bind it to loopback. Call
+    before the first `import ray`; True if it will take effect."""
+    if cluster_address(config) or "ray" in sys.modules:
+        return False
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    return os.environ[LOOPBACK_ENV] == "0"
+
+
 def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
@@ -148,8 +163,9 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
         problems = unmet_resources(config, {"CPU": float(num_cpus), "GPU": float(local_num_gpus())}, nodes=1)
         if problems:
             raise UsageError(f"this machine cannot place the run: {'; '.join(problems)}")
+        loopback = {"_node_ip_address": "127.0.0.1"} if os.environ.get(LOOPBACK_ENV) == "0" else {}
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
-                 dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **common)
+                 dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **loopback, **common)
     return True
 
 

@@ -16,9 +16,11 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable, worker_resources
+from raytrain_llm.launchers.ray_train.cluster import (init_ray, keep_private_ray_on_loopback, warn_if_unplaceable,
+                                                     worker_resources)
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
+
 
 USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
 
@@ -52,12 +54,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str
     A usage error that every rank raised alike (see `UsageError.on_every_rank`) ends the run as
     a normal return carrying its message (`fit` raises it in the driver): as a worker failure it
     would print each rank's traceback and be retried `max_failures` times, to fail the same way."""
+    from raytrain_llm.launchers.ray_train.interruption import raise_if_interrupted, watch_for_preemption
+
+    watch_for_preemption()
     try:
         _train(loop_config)
     except UsageError as exc:
         if not exc.on_every_rank:
             raise
         return {USAGE_ERROR_KEY: str(exc)}
+    raise_if_interrupted()  # SIGTERM: saved and reported; failing lets Ray restart from there
     return None
 
 
@@ -181,6 +187,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
 
     from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
     from raytrain_llm.launchers.task_resolution import resolve_task
+    from raytrain_llm.launchers.ray_train.interruption import stop_signals_on_workers
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint
@@ -191,7 +198,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     data_module.check_data()  # here, not on rank 0 while the other ranks wait (see local/in_process.check_data_up_front)
     keep = ck.keep_last + ck.keep_best if ck.keep_last else None
     run_config = ray.train.RunConfig(
-        name=d.run_name, storage_path=d.storage_path, callbacks=list(run_callbacks),
+        name=d.run_name, storage_path=d.storage_path, callbacks=[*run_callbacks, stop_signals_on_workers()],
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
@@ -244,9 +251,10 @@ def _failure(cfg: Config, exc: BaseException) -> Exception:
 
 def run_ray(config: Config) -> dict[str, Any]:
     """Train on Ray (an existing cluster or a private local one); returns final metrics and paths."""
+    cfg = resolve_paths(config)
+    keep_private_ray_on_loopback(cfg)  # before Ray is imported
     import ray
 
-    cfg = resolve_paths(config)
     started = init_ray(cfg)
     try:
         if not started:
