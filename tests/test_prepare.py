@@ -92,14 +92,30 @@ def test_split_is_deterministic_and_independent_of_workers_and_rerun_skips(corpu
     assert "holds data prepared by another command" in capsys.readouterr().err
 
 
+DIE_AFTER_20_FILES = """
+import os, sys
+from raytrain_llm.prepare import pipeline
+from raytrain_llm.prepare.__main__ import main
+loop = pipeline._with_progress
+def dying(*args, **kwargs):
+    for i, result in enumerate(loop(*args, **kwargs)):
+        if i == 20:  # 20 files written (and their progress saved where a shard closed)
+            os._exit(137)
+        yield result
+pipeline._with_progress = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_killed_run_publishes_nothing_and_its_rerun_finishes_the_same_bytes(corpus, prepared, tmp_path, capsys):
     reference, _ = prepared
     out = tmp_path / "data"
     args = prepare_args([corpus[0].parent / "*.py"], out, *ARGS, "--workers", "2")
     # Killed (os._exit, as SIGKILL would leave it) after 20 of the 36 files: shards closed before then
-    # were recorded in .progress.json; the open ones hold bytes past the record.
-    p = subprocess.run([sys.executable, "-m", "raytrain_llm.prepare", *args], cwd=REPO, timeout=120,
-                       env=cli_env(RAYTRAIN_PREPARE_EXIT_AFTER_FILES="20"), capture_output=True, text=True)
+    # were recorded in .progress.json; the open ones hold bytes past the record. The kill comes from
+    # this test, wrapped around the command's loop over finished files.
+    p = subprocess.run([sys.executable, "-c", DIE_AFTER_20_FILES, *map(str, args)], cwd=REPO, timeout=120,
+                       env=cli_env(), capture_output=True, text=True)
     tmp = tmp_path / "data.tmp-prepare"
     assert p.returncode == 137 and not out.exists() and (tmp / ".progress.json").exists(), p.stderr
     saved = json.loads((tmp / ".progress.json").read_text())

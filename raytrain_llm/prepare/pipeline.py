@@ -27,7 +27,7 @@ from raytrain_llm.data.token_shards import FORMAT_VERSION, MANIFEST_FILE, read_m
 from raytrain_llm.data.tokenizer import TOKENIZER_FILE, TextTokenizer, check_trainable_vocab, file_sha256
 from raytrain_llm.prepare.documents import FORMATS, is_validation, parse_documents
 from raytrain_llm.prepare.encode import SPLITS, EncodeSettings, FileResult
-from raytrain_llm.prepare.progress import PROGRESS_FILE, SAVE_EVERY_S, exit_if_injected, load_progress, save_progress
+from raytrain_llm.prepare.progress import PROGRESS_FILE, SAVE_EVERY_S, load_progress, save_progress
 from raytrain_llm.prepare.sources import Source, expand_inputs, read_source
 from raytrain_llm.prepare.writer import ShardWriter
 
@@ -202,7 +202,6 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
             save_progress(tmp, {"fingerprint": fingerprint, "writers": {s: w.state() for s, w in writers.items()},
                                 "bad": dict(bad), "per_source": per_source, "text_bytes": text_bytes})
             last_save, closed = time.monotonic(), now_closed
-        exit_if_injected(len(per_source))
     splits = {s: w.finish() for s, w in writers.items()}
     documents = sum(s["documents"] for s in per_source)
     _report_bad(bad, documents, options, log)

@@ -16,7 +16,6 @@ from raytrain_llm.core.atomic_io import atomic_write_json
 
 PROGRESS_FILE = ".progress.json"
 SAVE_EVERY_S = 60.0
-EXIT_AFTER_FILES_ENV = "RAYTRAIN_PREPARE_EXIT_AFTER_FILES"  # test-only: die (as a kill would) after N files
 
 
 def load_progress(folder: str, fingerprint: str) -> Optional[dict[str, Any]]:
@@ -30,9 +29,3 @@ def load_progress(folder: str, fingerprint: str) -> Optional[dict[str, Any]]:
 
 def save_progress(folder: str, state: dict[str, Any]) -> None:
     atomic_write_json(os.path.join(folder, PROGRESS_FILE), state)
-
-
-def exit_if_injected(files_done: int) -> None:
-    limit = os.environ.get(EXIT_AFTER_FILES_ENV)
-    if limit and files_done >= int(limit):
-        os._exit(137)
