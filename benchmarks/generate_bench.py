@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raytrain_llm.core.config import Config, ModelConfig  # noqa: E402
+from raytrain_llm.data.text_codec import TokenIdCodec  # noqa: E402
 from raytrain_llm.inference.checkpoint_source import TrainedModel  # noqa: E402
 from raytrain_llm.inference.hf_export.writer import export  # noqa: E402
-from raytrain_llm.data.text_codec import TokenIdCodec  # noqa: E402
 from raytrain_llm.models import GPT  # noqa: E402
 from raytrain_llm.models.generation import SamplingConfig, generate  # noqa: E402
 

@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from raytrain_llm.data.text_codec import codec_for
     from raytrain_llm.inference.checkpoint_source import load_trained_model
     from raytrain_llm.inference.hf_export.writer import export
-    from raytrain_llm.data.text_codec import codec_for
 
     trained = load_trained_model(args.checkpoint, "cpu")
     codec = codec_for(trained.config, trained.checkpoint_dir, trained.run_dir)

@@ -73,8 +73,8 @@ def main(args: argparse.Namespace) -> int:
     texts = read_prompts(args)
     import torch
 
-    from raytrain_llm.inference.checkpoint_source import load_trained_model
     from raytrain_llm.data.text_codec import codec_for
+    from raytrain_llm.inference.checkpoint_source import load_trained_model
     from raytrain_llm.models.generation import SamplingConfig, generate, max_new_tokens
 
     trained = load_trained_model(args.checkpoint, args.device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from raytrain_llm.data.synthetic import SyntheticDataModule
 from raytrain_llm.core.task import TrainingTask
+from raytrain_llm.data.synthetic import SyntheticDataModule
 from raytrain_llm.tasks.regression_task import RegressionTask
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rt_testing import ManualClock, Tick, checkpoints, ckpt_step, final_state, load_state, read_json, read_jsonl, train
 from raytrain_llm.core.callbacks import EarlyStopping, LRSchedulerCallback, ProgressBar
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.core.task import LRSchedule
+from rt_testing import ManualClock, Tick, checkpoints, ckpt_step, final_state, load_state, read_json, read_jsonl, train
 
 TRAIN_FIELDS = {"step", "epoch", "split", "loss", "lr", "grad_norm", "mae", "step_time", "data_wait",
                 "data_wait_share", "samples_per_s", "memory_gib"}

@@ -9,13 +9,24 @@ import subprocess
 import pytest
 import torch
 
-from rt_testing import (ManualClock, Tick, checkpoints, ckpt_step, load_state, read_json, read_jsonl, run_cli,
-                        set_args, settings, train)
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
+from rt_testing import (
+    ManualClock,
+    Tick,
+    checkpoints,
+    ckpt_step,
+    load_state,
+    read_json,
+    read_jsonl,
+    run_cli,
+    set_args,
+    settings,
+    train,
+)
 
 
 def steps(run_dir) -> list[int]:
@@ -350,9 +361,9 @@ def test_an_epochs_last_step_is_saved_once(tmp_path):
     # every_n_steps lands on each epoch's last step (16): the epoch-end save follows at once, so
     # the every-N one is skipped (one write, one Ray/Tune report), and the save holds the next
     # epoch's position and the epoch-end validation.
-    from rt_testing import make_config
     from raytrain_llm.core.callbacks import Callback
     from raytrain_llm.launchers.worker import train_worker
+    from rt_testing import make_config
 
     class Saves(Callback):
         def __init__(self):

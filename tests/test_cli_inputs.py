@@ -14,10 +14,10 @@ import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from rt_testing import REPO, cli_env, make_config, run_cli, train
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import ENV_NOT_FIELDS, load_config
 from raytrain_llm.core.errors import ConfigError, UsageError
+from rt_testing import REPO, cli_env, make_config, run_cli, train
 
 
 # ----------------------------------------------------------------------------- YAML

@@ -7,12 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from rt_testing import cli_env, run_cli
 from raytrain_llm.core.config import CHOICES, MAXIMUMS, MINIMUMS, SECTIONS, Config
 from raytrain_llm.core.config_loader import config_from_mapping, dump_yaml, load_config, parse_text
 from raytrain_llm.core.errors import ConfigError
+from rt_testing import cli_env, run_cli
 
 
 # ----------------------------------------------------------------------------- precedence
@@ -212,8 +214,8 @@ def test_print_config_reloads_to_same_config(tmp_path):
                                   "logging.dir=some dir/x: y"], environ={"RAYTRAIN_DATA__NOISE_STD": "0.3"},
                            task="lm")
     # The printed config holds the task's options resolved (the lm task's defaults filled in).
-    from raytrain_llm.tasks.lm_task import LanguageModelingTask
     from raytrain_llm.core.task_options import options_dict, parse_task_options
+    from raytrain_llm.tasks.lm_task import LanguageModelingTask
     expected.task_options = options_dict(parse_task_options(LanguageModelingTask.Options, {}, "lm"))
     assert reloaded == expected and reloaded.task == "lm" and reloaded.data.noise_std == 0.3
 

@@ -10,9 +10,21 @@ import socket
 import pytest
 import torch
 
-from rt_testing import (checkpoints, final_state, ckpt_step, cli_env, load_state, read_json, read_jsonl, run_cli, set_args,
-                      make_config, settings, train)
 from raytrain_llm.core.errors import TrainingError
+from rt_testing import (
+    checkpoints,
+    ckpt_step,
+    cli_env,
+    final_state,
+    load_state,
+    make_config,
+    read_json,
+    read_jsonl,
+    run_cli,
+    set_args,
+    settings,
+    train,
+)
 
 
 def assert_same_params(a: dict, b: dict, atol: float = 0.0) -> None:

@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rt_testing import read_json
-
 from raytrain_llm.evaluate import cli
+from rt_testing import read_json
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from test_generation import peaked_model  # noqa: E402
-
 from raytrain_llm.core.config import Config  # noqa: E402
+from raytrain_llm.data.text_codec import TokenIdCodec  # noqa: E402
 from raytrain_llm.export import cli  # noqa: E402
 from raytrain_llm.inference.checkpoint_source import TrainedModel  # noqa: E402
 from raytrain_llm.inference.hf_export.writer import export  # noqa: E402
-from raytrain_llm.data.text_codec import TokenIdCodec  # noqa: E402
 from raytrain_llm.models.generation import SamplingConfig, generate  # noqa: E402
+from test_generation import peaked_model  # noqa: E402
 
 ARCHS = {  # name: (model config, HF class)
     "gpt2": ({"position": "learned", "norm": "layernorm", "mlp_type": "gelu"}, "GPT2LMHeadModel"),

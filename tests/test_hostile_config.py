@@ -11,11 +11,11 @@ import tracemalloc
 
 import pytest
 
-from rt_testing import REPO, cli_env
 from raytrain_llm.core.bounded_yaml import MAX_DEPTH, MAX_NODES, load_text
 from raytrain_llm.core.config_loader import load_config, read_yaml
 from raytrain_llm.core.env_settings import env_setting
 from raytrain_llm.core.errors import QUOTE_LIMIT, ConfigError, quote
+from rt_testing import REPO, cli_env
 
 # 9 levels of 9 aliases: 9**9 (387 million) strings once expanded; a few hundred bytes.
 BOMB = "".join([f"a: &a [{', '.join(['lol'] * 9)}]\n"]

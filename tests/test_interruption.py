@@ -7,8 +7,19 @@ import signal
 import pytest
 import torch
 
-from rt_testing import (checkpoints, ckpt_step, cli_env, final_state, load_state, read_json, read_jsonl, run_cli,
-                        set_args, settings, train)
+from rt_testing import (
+    checkpoints,
+    ckpt_step,
+    cli_env,
+    final_state,
+    load_state,
+    read_json,
+    read_jsonl,
+    run_cli,
+    set_args,
+    settings,
+    train,
+)
 
 TASK = "rt_helpers:SignalAtStepTask"
 # 2 epochs of 16 steps, a cosine schedule, and no mid-epoch checkpoints: without the stop's own

@@ -7,9 +7,8 @@ import glob
 import pytest
 import torch
 
-from rt_testing import final_state, make_config, train
-
 from raytrain_llm.core.errors import UsageError
+from rt_testing import final_state, make_config, train
 
 SMALL = {"model.vocab_size": 48, "model.seq_len": 32, "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 4,
          "training.max_steps": 6, "training.val_every_n_steps": 3, "training.batch_size": 8,

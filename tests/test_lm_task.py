@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from rt_testing import final_state, read_jsonl, run_cli, set_args, settings, train
-
 from raytrain_llm.core.config_loader import load_config
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.lm_task import LanguageModelingTask
+from rt_testing import final_state, read_jsonl, run_cli, set_args, settings, train
 
 # Small enough for ~200 CPU steps in seconds, big enough to reach the data's entropy floor.
 TINY_LM = {

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from prep_testing import prepare_args, split_tokens, stdlib_corpus
-from rt_testing import REPO, cli_env
 from raytrain_llm.data.tokenizer import TextTokenizer
 from raytrain_llm.prepare.__main__ import main
 from raytrain_llm.prepare.documents import is_validation
+from rt_testing import REPO, cli_env
 
 ARGS = ("--tokenizer", "train:1024", "--val-fraction", "0.15", "--seed", "3", "--shard-tokens", "30000")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rt_testing import checkpoints, final_state, make_config, read_jsonl
 
 from raytrain_llm.core.callbacks import Callback
 from raytrain_llm.core.checkpointing import CheckpointManager
@@ -18,8 +17,9 @@ from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.resume import Resumer, Schedule
 from raytrain_llm.core.rng_state import seed_everything
-from raytrain_llm.launchers.worker import train_worker
 from raytrain_llm.launchers.task_resolution import resolve_task
+from raytrain_llm.launchers.worker import train_worker
+from rt_testing import checkpoints, final_state, make_config, read_jsonl
 
 OLD = Path(__file__).resolve().parent / "data" / "old_layout_checkpoint"
 # The settings the fixture's run used (see tests/data/old_layout_checkpoint/README.md).

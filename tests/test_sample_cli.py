@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from rt_testing import REPO, checkpoints, cli_env
-
 from raytrain_llm.sample import cli
+from rt_testing import REPO, checkpoints, cli_env
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ import textwrap
 import pytest
 import torch
 
-from rt_testing import REPO, checkpoints, cli_env, run_cli, set_args, settings
-
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.errors import CheckpointError
+from rt_testing import REPO, checkpoints, cli_env, run_cli, set_args, settings
 
 
 @contextlib.contextmanager

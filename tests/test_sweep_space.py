@@ -13,8 +13,8 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import ConfigError
 from raytrain_llm.launchers.tune.runner import trial_config
-from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
 from raytrain_llm.launchers.tune.search_space import build_points, inactive_keys
+from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
 from rt_helpers import OptionsTask
 
 REPO = Path(__file__).resolve().parents[1]

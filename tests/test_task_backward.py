@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rt_testing import cli_env, make_config, run_cli, set_args, settings
 
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.tasks.regression_task import RegressionTask
+from rt_testing import cli_env, make_config, run_cli, set_args, settings
 
 MESSAGE = r"^train_step called backward\(\): the engine owns backward .* return the loss instead"
 

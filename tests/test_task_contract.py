@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from rt_helpers import StepCounter
-from rt_testing import make_config
 from raytrain_llm.core.callbacks import default_callbacks
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.engine import TrainingEngine
 from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.launchers.local.spawn import child_exception, run_spawn
 from raytrain_llm.core.task import StepOutput, declared_validation_metrics
+from raytrain_llm.launchers.local.spawn import child_exception, run_spawn
 from raytrain_llm.tasks.regression_task import RegressionTask
+from rt_helpers import StepCounter
+from rt_testing import make_config
 
 
 def fit(tmp_path, task_cls, callbacks=(), **overrides):

@@ -7,9 +7,9 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
+from raytrain_llm.core.errors import ConfigError
 from rt_helpers import OptionsTask
 from rt_testing import TINY, cli_env, make_config, run_cli, set_args
-from raytrain_llm.core.errors import ConfigError
 
 
 def test_options_come_typed_from_every_source(tmp_path):

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from rt_testing import REPO, TINY, cli_env, make_config, set_args
 from raytrain_llm.launchers.task_resolution import import_root, resolve_task
+from rt_testing import REPO, TINY, cli_env, make_config, set_args
 
 TASK_SOURCE = '''
 from raytrain_llm.tasks.regression_task import RegressionTask

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_testing import REPO, cli_env, make_config, read_jsonl, train, write_token_files_with_a_bad_id
 from raytrain_llm.core.errors import ConfigError, UsageError
 from raytrain_llm.data.token_file import TokenFileDataset, write_tokens
+from rt_testing import REPO, cli_env, make_config, read_jsonl, train, write_token_files_with_a_bad_id
 
 
 def _dataset(path, **kw):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from prep_testing import prepare_args, split_tokens, stdlib_corpus
-from rt_testing import checkpoints, ckpt_step, final_state, load_state, make_config, read_jsonl, train
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.data.token_file import TokenFileDataset, write_tokens
 from raytrain_llm.data.token_shards import ShardedTokenDataset, resolve_source
 from raytrain_llm.prepare.__main__ import main
+from rt_testing import checkpoints, ckpt_step, final_state, load_state, make_config, read_jsonl, train
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rt_testing import make_config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.core.precision import Precision
 from raytrain_llm.core.validation import Validator
 from raytrain_llm.tasks.regression_task import RegressionTask
+from rt_testing import make_config
 
 
 def _validator(tmp_path, task_cls=RegressionTask, **overrides):

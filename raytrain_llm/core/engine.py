@@ -34,9 +34,9 @@ from raytrain_llm.core.progress import Progress, ProgressField, planned_total_st
 from raytrain_llm.core.resume import Resumer, Schedule
 from raytrain_llm.core.rng_state import capture_rng, seed_everything
 from raytrain_llm.core.step_checks import check_loss
+from raytrain_llm.core.task import StepOutput, TrainingTask, as_step_output, samples_in_batch
 from raytrain_llm.core.train_metrics import Sums, TrainMetrics, accumulate
 from raytrain_llm.core.validation import Validator, preserved_rng
-from raytrain_llm.core.task import StepOutput, TrainingTask, as_step_output, samples_in_batch
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:

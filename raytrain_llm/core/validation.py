@@ -10,8 +10,13 @@ import torch
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.precision import Precision, to_device
-from raytrain_llm.core.step_checks import (check_declared_validation, check_metric_names, check_metric_values,
-                                           check_monitor, metric_float)
+from raytrain_llm.core.step_checks import (
+    check_declared_validation,
+    check_metric_names,
+    check_metric_values,
+    check_monitor,
+    metric_float,
+)
 from raytrain_llm.core.task import TrainingTask, as_step_output, declared_validation_metrics, samples_in_batch
 
 

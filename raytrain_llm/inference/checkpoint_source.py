@@ -110,8 +110,8 @@ def pick_device(name: str) -> torch.device:
 def load_trained_model(path: str, device: str = "cpu") -> TrainedModel:
     """The run's model (built by its task, so a subclass of the lm task works too) with the
     checkpoint's weights, in eval mode."""
-    from raytrain_llm.models.wrappers import unwrap
     from raytrain_llm.launchers.task_resolution import resolve_task
+    from raytrain_llm.models.wrappers import unwrap
 
     checkpoint_dir = resolve_checkpoint(path)
     config, weights = read_checkpoint(checkpoint_dir)

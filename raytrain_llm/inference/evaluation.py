@@ -17,9 +17,9 @@ import torch
 
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.core.precision import Precision, to_device
-from raytrain_llm.inference.checkpoint_source import TrainedModel
-from raytrain_llm.data.text_codec import TokenIdCodec, codec_for
 from raytrain_llm.core.task import as_step_output, samples_in_batch
+from raytrain_llm.data.text_codec import TokenIdCodec, codec_for
+from raytrain_llm.inference.checkpoint_source import TrainedModel
 
 TOKEN_SUFFIXES = (".bin", ".npy")
 

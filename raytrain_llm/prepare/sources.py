@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from raytrain_llm.core.errors import UsageError
 
+
 @dataclass(frozen=True)
 class Source:
     path: str  # as read: an absolute local path or a URI

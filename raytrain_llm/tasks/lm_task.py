@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from raytrain_llm.core.callbacks.run_files import CopyRunFiles
 from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 from raytrain_llm.core.task import StepOutput, TrainingTask, schedule_inactive_keys
-from raytrain_llm.core.callbacks.run_files import CopyRunFiles
 from raytrain_llm.data.token_data import MarkovTokenDataModule
 from raytrain_llm.data.token_shards import ShardedTokenDataModule, resolve_vocab_size
 from raytrain_llm.data.tokenizer import TOKENIZER_FILE

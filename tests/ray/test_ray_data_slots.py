@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ray_testing import ray_config
 from raytrain_llm.data.base import ResumableBatchSampler
 from raytrain_llm.launchers.ray_train.data_shards import SlotGenerator, train_batches_needed
-
-from ray_testing import ray_config
 
 
 def _shard(gen: SlotGenerator, rank: int) -> list[tuple[int, int, list[int]]]:

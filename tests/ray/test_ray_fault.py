@@ -7,10 +7,9 @@ import sys
 import pytest
 import torch
 
+from ray_testing import final_params, fit, ray_config
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.errors import TrainingError
-
-from ray_testing import final_params, fit, ray_config
 
 
 @pytest.mark.timeout(300)
@@ -92,8 +91,12 @@ class _OneRank:
 def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
     """Ray can lose a report when a worker dies within a poll interval of it; the folder still has it."""
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train.trainer import (_engine_checkpoint_after, _refuse_stale_checkpoints,
-                                                  ray_restores_run, resolve_paths)
+    from raytrain_llm.launchers.ray_train.trainer import (
+        _engine_checkpoint_after,
+        _refuse_stale_checkpoints,
+        ray_restores_run,
+        resolve_paths,
+    )
 
     config = resolve_paths(ray_config(tmp_path))
     assert not _engine_checkpoint_after(config, _OneRank(), -1)  # nothing on disk: a fresh start
@@ -114,9 +117,7 @@ def test_restart_without_ray_checkpoint_resumes_from_engine_folder(tmp_path):
 @pytest.mark.timeout(240)
 def test_a_usage_error_in_the_workers_stays_a_usage_error(tmp_path, ray_local):
     from raytrain_llm.core.errors import UsageError
-    from raytrain_llm.launchers.ray_train.trainer import run_ray
-
-    from raytrain_llm.launchers.ray_train.trainer import build_trainer, check_result
+    from raytrain_llm.launchers.ray_train.trainer import build_trainer, check_result, run_ray
 
     # Rank 1 alone refuses to start; rank 0 must stop with it rather than wait in an all-reduce.
     # The workers return normally with the message: no failure, so no worker tracebacks and no

@@ -15,8 +15,9 @@ from ray_testing import final_params, fit, ray_config
 
 @pytest.mark.timeout(300)
 def test_two_nodes_match_one_node(tmp_path, reference_2w):
-    import ray
     from ray.cluster_utils import Cluster
+
+    import ray
 
     ray.shutdown()  # leave the shared session; the next test that needs it starts it again
     # 2 logical CPUs per node: 0.5 for the worker, the rest for Ray Data tasks (which take 1 CPU each).

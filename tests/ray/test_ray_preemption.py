@@ -32,8 +32,9 @@ def _wait_for(path: Path, timeout: float) -> None:
 @pytest.mark.skip(reason="preemption drill not yet verified on this machine; run it once, then drop this skip")
 @pytest.mark.timeout(400)
 def test_a_drained_node_gets_a_checkpoint_and_the_restart_loses_nothing(tmp_path, reference_2w, monkeypatch):
-    import ray
     from ray.cluster_utils import Cluster
+
+    import ray
 
     ray.shutdown()  # leave the shared session; the next test that needs it starts it again
     monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.2")  # inherited by the nodes started here

@@ -43,6 +43,7 @@ def test_ray_train_on_prepared_shards_matches_one_process_at_twice_the_batch(ray
     import hashlib
 
     import torch
+
     from ray_testing import final_params, fit, ray_config
     from rt_testing import final_state, train
 

@@ -98,8 +98,8 @@ def test_cli_bad_sweep_file_exits_2(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_random_points_reproducible_and_invalid_draws_resampled_or_skipped(tmp_path):
-    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
     from raytrain_llm.launchers.tune.search_space import build_points
+    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
 
     base = base_config(tmp_path)
     body = {"num_samples": 12, "seed": 3, "search_space": {
@@ -180,7 +180,6 @@ def test_asha_judges_a_trial_on_validated_reports_only(tmp_path):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, _ray_session_owner):
     from conftest import ensure_local_ray
-
     from raytrain_llm.launchers.tune.runner import run_sweep
 
     ensure_local_ray()
@@ -232,7 +231,6 @@ def test_sweep_completes_and_asha_stops_a_bad_trial(sweep):
 @pytest.mark.timeout(120)
 def test_results_table_matches_what_tune_reported(sweep):
     from ray import tune
-
     from raytrain_llm.launchers.tune.runner import run_trial
 
     grid = tune.Tuner.restore(str(sweep["dir"]), run_trial).get_results()
@@ -344,7 +342,6 @@ def test_a_sweep_refused_before_it_ran_leaves_its_name_free(tmp_path):
 @pytest.mark.timeout(240)
 def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_session_owner):
     from conftest import ensure_local_ray
-
     from raytrain_llm.core.errors import UsageError
     from raytrain_llm.launchers.tune.runner import run_sweep
 
@@ -368,8 +365,8 @@ def test_a_misspelt_metric_is_named_with_what_trials_reported(tmp_path, _ray_ses
 def test_a_resumed_trials_row_keeps_the_reports_tune_dropped(tmp_path):
     # Tune's history of a resumed trial starts over at the restore point; the engine's
     # metrics.jsonl still holds every validation once, up to the last report.
-    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
     from raytrain_llm.launchers.tune.report import logged_metric, make_row
+    from raytrain_llm.launchers.tune.sweep_spec import parse_sweep
 
     folder = tmp_path / "t000"
     folder.mkdir()

@@ -16,9 +16,9 @@ import torch
 
 from raytrain_llm.core.atomic_io import atomic_write_json
 from raytrain_llm.core.errors import UsageError
+from raytrain_llm.data.text_codec import TOKENIZER_FILE, ByteCodec, TokenizerCodec
 from raytrain_llm.inference.checkpoint_source import TrainedModel
 from raytrain_llm.inference.hf_export import architecture, hf_config, weights
-from raytrain_llm.data.text_codec import TOKENIZER_FILE, ByteCodec, TokenizerCodec
 
 FORMATS = ("hf", "safetensors")
 

@@ -16,11 +16,14 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.distributed import pick_backend
 from raytrain_llm.core.errors import TrainingError, UsageError
-from raytrain_llm.launchers.ray_train.cluster import (init_ray, keep_private_ray_on_loopback, warn_if_unplaceable,
-                                                     worker_resources)
+from raytrain_llm.launchers.ray_train.cluster import (
+    init_ray,
+    keep_private_ray_on_loopback,
+    warn_if_unplaceable,
+    worker_resources,
+)
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
-
 
 USAGE_ERROR_KEY = "usage_error"  # in the value train_loop_per_worker returns
 
@@ -186,8 +189,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
-    from raytrain_llm.launchers.task_resolution import resolve_task
     from raytrain_llm.launchers.ray_train.interruption import stop_signals_on_workers
+    from raytrain_llm.launchers.task_resolution import resolve_task
 
     cfg = resolve_paths(config, name=name, storage_path=storage_path)
     d, ck = cfg.distributed, cfg.checkpoint

@@ -164,7 +164,6 @@ def run_sweep(base_config: Config, sweep_path: str, cli_keys: Optional[set[str]]
     # from failing a trial over a result that lacks the metric.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray
-
     from raytrain_llm.launchers.ray_train.cluster import init_ray, warn_if_unplaceable
 
     cfgs = [trial_config(base, p, spec.sweep_dir) for p in points]
