@@ -12,7 +12,7 @@ the file. A file replaced by a rename is read on from the version that was opene
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -70,6 +70,21 @@ def _npy_layout(path: str) -> tuple[np.dtype, int, tuple]:
         del mapped
 
 
+
+def check_ids_in_vocab(tokens: Any, vocab_size: int, key: str, path: str, chunk: int = 1 << 24) -> None:
+    """Every id of `tokens` (a 1-D array or TokenFile) is in [0, vocab_size): a UsageError naming
+    `key`, `path` and the first position that is not. Read in chunks (a file may be larger than
+    memory); skipped when the dtype cannot hold an id outside the vocabulary."""
+    info = np.iinfo(tokens.dtype)
+    if info.min >= 0 and info.max < vocab_size:
+        return
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start:start + chunk])
+        bad = np.flatnonzero((part >= vocab_size) | (part < 0))
+        if len(bad):
+            raise UsageError(f"{key}: token id {int(part[bad[0]])} at position {start + int(bad[0])} of "
+                             f"{path} is outside model.vocab_size ({vocab_size})")
+
 def open_tokens(path: str, dtype: str, key: str) -> TokenFile:
     """The file's token ids (read on demand); a UsageError naming `key` if unusable."""
     if not os.path.isfile(path):
@@ -115,18 +130,9 @@ class TokenFileDataset(IndexedDataset):
         return {**self.__dict__, "_tokens": None}
 
     def check_ids(self, chunk: int = 1 << 24) -> None:
-        """Every token id of the file is inside the vocabulary: a UsageError naming the first that
-        is not. Read in chunks (a file may be larger than memory); skipped when the dtype cannot
-        hold an id outside it."""
-        tokens, info = self.tokens, np.iinfo(self.tokens.dtype)
-        if not self.num_samples or (info.min >= 0 and info.max < self.vocab_size):
-            return  # (an empty split is the training file itself: checked as that)
-        for start in range(0, len(tokens), chunk):
-            part = np.asarray(tokens[start:start + chunk])
-            bad = np.flatnonzero((part >= self.vocab_size) | (part < 0))
-            if len(bad):
-                raise UsageError(f"{self.key}: token id {int(part[bad[0]])} at position {start + int(bad[0])} of "
-                                 f"{self.path} is outside model.vocab_size ({self.vocab_size})")
+        """Every token id of the file is inside the vocabulary (`check_ids_in_vocab`)."""
+        if self.num_samples:  # (an empty split is the training file itself: checked as that)
+            check_ids_in_vocab(self.tokens, self.vocab_size, self.key, self.path, chunk)
 
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)

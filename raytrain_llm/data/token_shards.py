@@ -10,7 +10,7 @@
 A split's shards are read as one stream, their concatenation in order: sample i is the window of
 seq_len + 1 tokens at i * seq_len of that stream, crossing shard boundaries where it falls, so a
 split behaves exactly as the single file holding the same tokens would (same samples, same order
-from the seed, same resume position). Shards are memory-mapped, one map per shard, opened lazily;
+from the seed, same resume position). Each shard is opened lazily and read with pread (token_file.py);
 the dataset pickles as its paths.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from raytrain_llm.core.errors import UsageError
 from raytrain_llm.data.base import IndexedDataset
-from raytrain_llm.data.token_file import TokenFileDataModule, open_tokens
+from raytrain_llm.data.token_file import TokenFileDataModule, check_ids_in_vocab, open_tokens
 from raytrain_llm.data.tokenizer import TOKENIZER_FILE
 
 MANIFEST_FILE = "manifest.json"
@@ -130,7 +130,7 @@ class ShardedTokenDataset(IndexedDataset):
         return self._maps
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": None}  # a memmap would pickle as a copy of its file
+        return {**self.__dict__, "_maps": None}  # each process opens the shards by their paths
 
     def span(self, lo: int, hi: int) -> np.ndarray:
         """Tokens [lo, hi) of the stream, gathered across shards (int64)."""
@@ -144,19 +144,10 @@ class ShardedTokenDataset(IndexedDataset):
         return out
 
     def check_ids(self, chunk: int = 1 << 24) -> None:
-        """Every token id of every shard is inside the vocabulary (see TokenFileDataset.check_ids)."""
-        if not self.num_samples:
-            return
-        for path, tokens in zip(self.paths, self.maps):
-            info = np.iinfo(tokens.dtype)
-            if info.min >= 0 and info.max < self.vocab_size:
-                continue
-            for start in range(0, len(tokens), chunk):
-                part = np.asarray(tokens[start:start + chunk])
-                bad = np.flatnonzero((part >= self.vocab_size) | (part < 0))
-                if len(bad):
-                    raise UsageError(f"{self.key}: token id {int(part[bad[0]])} at position {start + int(bad[0])} "
-                                     f"of {path} is outside model.vocab_size ({self.vocab_size})")
+        """Every token id of every shard is inside the vocabulary."""
+        if self.num_samples:
+            for path, tokens in zip(self.paths, self.maps):
+                check_ids_in_vocab(tokens, self.vocab_size, self.key, path, chunk)
 
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
