@@ -140,7 +140,7 @@ class TrainingEngine:
         """End the run after the current step (saving as at any end); `validate=False` skips the
         end-of-run validation (an interruption stops as soon as it can)."""
         self.progress.request_stop(reason)
-        self._validate_at_stop = validate
+        self._validate_at_stop = self._validate_at_stop and validate
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, Any]:
@@ -329,6 +329,8 @@ class TrainingEngine:
                 self._checkpoint_if_needed()
         if self.dist.enabled:
             self.should_stop = self.dist.any_true(self.should_stop, self.device)
+            if self.should_stop:  # every rank is here: the end-of-run validation (collective) alike
+                self._validate_at_stop = not self.dist.any_true(not self._validate_at_stop, self.device)
 
     # ------------------------------------------------------------------ validation and logging
     def _validate_if_needed(self) -> None:

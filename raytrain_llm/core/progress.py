@@ -27,7 +27,11 @@ class Progress:
     stop_reason: str = ""
 
     def request_stop(self, reason: str) -> None:
-        self.should_stop, self.stopped_early, self.stop_reason = True, True, reason
+        """End after this step; the first reason given stands (a later one in the same step is
+        a consequence, e.g. early stopping after an interruption)."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self.should_stop, self.stopped_early = True, True
 
     def validated_now(self) -> bool:
         return self.val_step == self.global_step

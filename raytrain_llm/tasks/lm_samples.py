@@ -19,8 +19,11 @@ from raytrain_llm.models.generation import SamplingConfig, generate
 
 
 class SampleWriter(Callback):
-    def __init__(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0):
-        self.prompts, self.seed = list(prompts), seed
+    def __init__(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
+                 tokenizer_dir: str = ""):
+        # tokenizer_dir: the prepared data's folder, readable by every rank from the start (the
+        # run folder's copy is rank 0's, made in its own on_train_start).
+        self.prompts, self.seed, self.tokenizer_dir = list(prompts), seed, tokenizer_dir
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
         self.codec = None
         self.ids: list[list[int]] = []
@@ -29,7 +32,7 @@ class SampleWriter(Callback):
     def on_train_start(self, engine) -> None:
         # Every rank encodes, so a prompt the tokenizer cannot take stops all ranks alike, before step 1.
         config = engine.config
-        self.codec = codec_for(config, "", config.logging.dir)
+        self.codec = codec_for(config, self.tokenizer_dir, config.logging.dir)
         self.sampling.eod_id = self.codec.eod_id
         try:
             self.ids = [self.codec.encode(p) or ([self.codec.eod_id] if self.codec.eod_id is not None else [])

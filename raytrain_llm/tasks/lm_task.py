@@ -7,6 +7,7 @@ the data's entropy floor (`MarkovTokenDataModule.entropy_floor()`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -111,9 +112,9 @@ class LanguageModelingTask(TrainingTask):
         # Prepared text data: its tokenizer travels with the run and every checkpoint.
         tokenizer = ShardedTokenDataModule(self.config).tokenizer_path() if self.config.data.train_tokens else None
         callbacks = [CopyRunFiles({TOKENIZER_FILE: tokenizer})] if tokenizer else []
-        return callbacks + self._sample_writers()
+        return callbacks + self._sample_writers(os.path.dirname(tokenizer) if tokenizer else "")
 
-    def _sample_writers(self) -> list:
+    def _sample_writers(self, tokenizer_dir: str) -> list:
         o = self.options
         if not o.sample_prompts:
             return []
@@ -123,7 +124,8 @@ class LanguageModelingTask(TrainingTask):
                 f"(got {o.sample_max_new_tokens}, {o.sample_temperature})"))
         from raytrain_llm.tasks.lm_samples import SampleWriter
 
-        return [SampleWriter(o.sample_prompts, o.sample_max_new_tokens, o.sample_temperature)]
+        return [SampleWriter(o.sample_prompts, o.sample_max_new_tokens, o.sample_temperature,
+                             tokenizer_dir=tokenizer_dir)]
 
     def on_optimizer_step(self, model: nn.Module) -> None:
         counts, self._pending_counts = self._pending_counts, None

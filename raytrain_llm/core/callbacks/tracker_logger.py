@@ -22,6 +22,7 @@ import os
 import subprocess
 from typing import Any, Optional
 
+from raytrain_llm.core import interruption
 from raytrain_llm.core.atomic_io import atomic_write_json
 from raytrain_llm.core.callbacks.base import Callback
 from raytrain_llm.core.callbacks.metrics_logger import METRICS_FILE, SUMMARY_FILE, read_records
@@ -156,7 +157,9 @@ class TrackerLogger(Callback):
         files = [f for f in files if os.path.exists(f)]
         self.sender.submit(lambda: self.log_summary(summary), "the summary")
         self.sender.submit(lambda: self.log_files(files), "files " + ", ".join(os.path.basename(f) for f in files))
-        self.sender.submit(lambda: self.end_run("FINISHED"), "the run's end")
+        # A run stopped by SIGTERM / Ctrl-C ends normally (saved), but was not finished.
+        status = "KILLED" if interruption.agreed() else "FINISHED"
+        self.sender.submit(lambda: self.end_run(status), "the run's end")
         self._close(CLOSE_TIMEOUT_S)
 
     def on_exception(self, engine, exc) -> None:
