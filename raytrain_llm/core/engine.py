@@ -99,8 +99,7 @@ class TrainingEngine:
         seed_everything(cfg.training.seed)  # same init on every rank
         self.raw_model = self.task.build_model().to(self.device)
         self.optimizer = self.task.build_optimizer(self.raw_model)
-        # Listed once (walking the modules each step cost ~0.5% of a small CPU step). All of
-        # them: clipping skips those without a gradient, frozen now or unfrozen later.
+        # Listed once, all of them: clipping skips those without a gradient, frozen now or not.
         self._params = list(self.raw_model.parameters())
         self.data_module.require_a_batch(cfg.training.batch_size, self.dist.world_size)
         # Once, unless the launcher did it before any worker started (check_data=False): it may
@@ -173,9 +172,8 @@ class TrainingEngine:
             raise
 
     def _start(self) -> None:
-        # A missing or mismatched checkpoint, or a callback's check, stops every rank alike, so a
-        # launcher can end the run cleanly rather than handle a crashed worker (which Ray would
-        # restart, to fail the same way).
+        # A bad checkpoint or a callback's check stops every rank alike: a clean end, not a crashed
+        # worker (which Ray would restart, to fail the same way).
         with self.dist.usage_errors_on_every_rank():
             self._resume()
             self.resumer.warn_about_run_length(self.progress, Schedule(self.scheduler, self.total_steps))
@@ -312,10 +310,9 @@ class TrainingEngine:
         validates = bool(t.val_every_n_steps and step % t.val_every_n_steps == 0)
         saves = bool(ck.every_n_steps and step % ck.every_n_steps == 0)
         epoch_ends = self.batch_in_epoch >= self._num_batches()
-        # A train record also wherever a validation or a checkpoint follows (the epoch's or the
-        # run's end, every_n_steps): what they see (ReduceLROnPlateau, checkpoint.monitor, Ray
-        # reports) is then this step's, stamped with this epoch and timed before the pause that
-        # leaves their time out of throughput. (Logging is collective: from what every rank
+        # A train record also wherever a validation or a checkpoint follows: what they see
+        # (ReduceLROnPlateau, checkpoint.monitor, Ray reports) is this step's, timed before the pause
+        # that leaves their time out of throughput. (Logging is collective: from what every rank
         # agrees on, not should_stop, which is synced only below.)
         if (step % self.config.logging.log_every_n_steps == 0 or step == self.total_steps or epoch_ends
                 or (validates and t.validate) or (saves and ck.enabled)):
@@ -323,8 +320,7 @@ class TrainingEngine:
         with self.monitor.paused():
             if validates:
                 self._validate_if_needed()
-            # On an epoch's (or the run's) last step the save after the loop follows at once, with
-            # the next epoch's position: one save there, not two (and one Ray/Tune report).
+            # An epoch's (or the run's) last step is saved after the loop, once (one Ray/Tune report).
             if saves and not (epoch_ends or (t.max_steps and step >= t.max_steps)):
                 self._checkpoint_if_needed()
         if self.dist.enabled:
@@ -391,7 +387,7 @@ class TrainingEngine:
         self._saved_at = self.progress.save_key()
         if self.train_metrics.pending and self.last_train_record.get("step") != self.global_step:
             # A save between two logs: logged here, so the checkpoint's train metrics (which
-            # checkpoint.monitor may rank it by) are of the steps up to it, not of an older window.
+            # checkpoint.monitor may rank it by) are of the steps up to it.
             self._log_train()
         state = self.state_dict()
         metrics = self.progress.current_val_metrics()
