@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from raytrain_llm.core.errors import quote
+from raytrain_llm.core.parallel.options import strategy_errors, strategy_switched_off
 
 
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, choices: tuple = (),
@@ -132,6 +133,12 @@ class DistributedConfig:
     run_name: str = setting("", "Ray Train's run name; empty: derived from the task and time")
     max_failures: int = setting(0, "Ray: worker-group restarts before the run fails; -1: no limit", ge=-1)
     find_unused_parameters: bool = setting(False, "DDP: allow parameters that get no gradient in a step")
+    strategy: str = setting("ddp", "ddp: every worker holds the whole model; fsdp: parameters, gradients and "
+                                   "optimizer state sharded across workers (FSDP2)", choices=("ddp", "fsdp"))
+    fsdp_reshard_after_forward: bool = setting(True, "fsdp: free gathered parameters after forward "
+                                                     "(less memory, one more all-gather in backward)")
+    fsdp_cpu_offload: bool = setting(False, "fsdp: keep sharded parameters, gradients and optimizer state "
+                                            "in CPU memory (needs CUDA)")
     placement_strategy: str = setting("PACK", "Ray: how the workers are placed on nodes",
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
 
@@ -295,6 +302,7 @@ def cross_field_errors(cfg: Config) -> list[str]:
         errors.append("optimization.amp: fp16 needs a CUDA device (use bf16 on CPU)")
     if d.backend == "nccl" and not d.use_gpu and d.launcher != "local":
         errors.append("distributed.backend: nccl needs distributed.use_gpu=true")
+    errors += strategy_errors(cfg)
     if d.gpus_per_worker > 0 and not d.use_gpu:
         errors.append("distributed.gpus_per_worker: set distributed.use_gpu=true to reserve GPUs")
     if cfg.data.val_tokens and not cfg.data.train_tokens:
@@ -356,6 +364,7 @@ def switched_off_keys(cfg: Config) -> dict[str, str]:
         switched_off(["callbacks.profile_start_step"], "callbacks.profile_steps is 0")
     if not cfg.optimization.compile:
         switched_off(["optimization.compile_mode"], "optimization.compile is false")
+    switched_off(*strategy_switched_off(cfg.distributed))
     if not cfg.checkpoint.enabled:
         switched_off([f"checkpoint.{k}" for k in ("every_n_steps", "keep_last", "keep_best")],
                      "checkpoint.enabled is false")
