@@ -1,7 +1,9 @@
 """`CheckpointManager`: atomic checkpoint folders, latest/periodic/best-K retention, safe loading.
 
 Each checkpoint is a folder `step-XXXXXXXX/` holding `state.pt` (model, optimizer,
-scheduler, scaler, progress, RNG, callback state, config), `meta.json` and `config.yaml`.
+scheduler, scaler, progress, RNG, callback state, config), `meta.json` and `config.yaml`; a
+sharded one (`distributed.strategy=fsdp`) keeps model and optimizer in `sharded/` instead
+(`core/sharded/layout.py`).
 A folder is written under a temporary name and renamed into place, so a kill during a save
 never leaves a half-written checkpoint that looks complete; the folder format is also what
 Ray's `Checkpoint.from_directory` takes as is.
@@ -23,6 +25,7 @@ import torch
 
 from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
 from raytrain_llm.core.errors import CheckpointError, UsageError
+from raytrain_llm.core.sharded.layout import PATH_KEY, SHARDED_DIR, is_sharded, shard_problem
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -224,18 +227,33 @@ class CheckpointManager:
         return [m for _, m in scored]
 
     # --- saving ---
+    def make_temp(self, step: int) -> str:
+        """The empty temporary folder of step `step`'s checkpoint, for parts that all ranks write
+        into it before `save(..., prepared=it)` (main rank only)."""
+        tmp = self._temp_name(step)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        return tmp
+
+    def _temp_name(self, step: int) -> str:
+        return os.path.join(self.directory, f".tmp-step-{step:08d}-{os.getpid()}")
+
     def save(self, state: dict[str, Any], *, step: int, epoch: int, metrics: dict[str, float],
-             config_yaml: str = "") -> Optional[str]:
-        """Write a checkpoint (main rank only) and rotate; returns its folder."""
+             config_yaml: str = "", prepared: Optional[str] = None) -> Optional[str]:
+        """Write a checkpoint (main rank only) and rotate; returns its folder. `prepared`: the
+        `make_temp` folder already holding the checkpoint's sharded part (`state` has no model)."""
         if not self.is_main:
             return None
-        bad = non_finite_tensors(state["model"]) + non_finite_optimizer_state(state.get("optimizer"))
-        if bad:
-            raise CheckpointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}")
+        if state["model"] is not None:
+            bad = non_finite_tensors(state["model"]) + non_finite_optimizer_state(state.get("optimizer"))
+            if bad:
+                raise CheckpointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}")
         name = f"step-{step:08d}"
         final = os.path.join(self.directory, name)
-        tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}")
+        tmp = prepared or self._temp_name(step)
         try:
+            if not prepared:
+                self.make_temp(step)
             self._write(tmp, state, step, epoch, metrics, config_yaml)
         except BaseException as exc:
             # A partial checkpoint would keep the disk full and count against the quota; the
@@ -261,8 +279,6 @@ class CheckpointManager:
 
     def _write(self, tmp: str, state: dict[str, Any], step: int, epoch: int, metrics: dict[str, float],
                config_yaml: str) -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
         # Through a Python file: a full disk is then an OSError(ENOSPC), where torch.save(path)
         # reports "[enforce fail at inline_container.cc] unexpected pos".
         with open(os.path.join(tmp, STATE_FILE), "wb") as fh:
@@ -300,6 +316,12 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {file} is corrupt or unreadable: {_load_failure(exc)}") from None
         if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
             raise CheckpointError(f"checkpoint {file} is missing model/optimizer/progress state")
+        if is_sharded(state):
+            shards = os.path.join(os.path.dirname(file), SHARDED_DIR)
+            problem = shard_problem(shards)
+            if problem:
+                raise CheckpointError(f"checkpoint {os.path.dirname(file)} is corrupt or unreadable: {problem}")
+            state[PATH_KEY] = shards
         return state
 
     def load_latest_valid(self, map_location: Any = "cpu") -> tuple[Optional[str], Optional[dict[str, Any]]]:

@@ -2,8 +2,9 @@
 
 The engine does backward, AMP, gradient accumulation (losses divided by the group size, so
 4 micro-batches of 8 give the gradient of one batch of 32), clipping, optimizer and
-scheduler steps, validation, callbacks and checkpoints. It wraps the model in DDP when a
-process group of more than one rank exists, whoever created it (spawn, Ray Train).
+scheduler steps, validation, callbacks and checkpoints. When a process group of more than one
+rank exists, whoever created it (spawn, Ray Train), it wraps the model in DDP or shards it with
+FSDP2 (`distributed.strategy`, `core/parallel/`).
 
 Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as
 a whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model
@@ -12,16 +13,14 @@ in, validation metrics out), `TrainMetrics` (train metrics between two logs) and
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Optional
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from raytrain_llm.core import task_backward
 from raytrain_llm.core.callbacks import Callback, CallbackList
-from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict, loadable_state
+from raytrain_llm.core.checkpointing import CheckpointManager, loadable_state
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import dump_yaml, save_config
 from raytrain_llm.core.distributed import DistributedManager
@@ -29,6 +28,7 @@ from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
+from raytrain_llm.core.parallel.strategy import build_strategy
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.progress import Progress, ProgressField, planned_total_steps
 from raytrain_llm.core.resume import Resumer, Schedule
@@ -78,6 +78,7 @@ class TrainingEngine:
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
             self.device = resolve_device(config.training.device, self.dist.local_rank)
             self.precision = Precision(config.optimization.amp, self.device)
+            self.parallel = build_strategy(config, self.dist, self.device)  # DDP or FSDP (core/parallel)
             self.checkpoint_manager = CheckpointManager(
                 config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
                 monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
@@ -98,6 +99,7 @@ class TrainingEngine:
             self.logger.debug("glibc malloc keeps freed memory (optimization.keep_host_memory)")
         seed_everything(cfg.training.seed)  # same init on every rank
         self.raw_model = self.task.build_model().to(self.device)
+        self.parallel.shard(self.raw_model, self.task.fsdp_units(self.raw_model))  # before the optimizer sees it
         self.optimizer = self.task.build_optimizer(self.raw_model)
         # Listed once, all of them: clipping skips those without a gradient, frozen now or not.
         self._params = list(self.raw_model.parameters())
@@ -117,11 +119,7 @@ class TrainingEngine:
         # A compiled module must not be truth-tested (`a or b` calls len() on it).
         self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
             if cfg.optimization.compile else self.raw_model
-        self.model = self.eval_model
-        if self.dist.enabled:
-            self.model = DistributedDataParallel(
-                self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.distributed.find_unused_parameters)
+        self.model = self.parallel.wrap(self.eval_model)
         # Dropout and other step randomness differ per rank, as independent samples should.
         seed_everything(cfg.training.seed + 1 + 1000 * self.dist.rank)
         self.monitor = PerformanceMonitor(self.device, self.task.flops_per_token(self.raw_model))
@@ -234,15 +232,14 @@ class TrainingEngine:
                 return None
             batch = to_device(batch, self.device, self.non_blocking)
             self.monitor.data_end()
-            sync = self.dist.enabled and i < group - 1
-            with (self.model.no_sync() if sync else contextlib.nullcontext()):
+            with self.parallel.no_sync(self.model, i < group - 1):
                 out = self._forward_backward(batch, group)
             accumulate(sums, *self.train_metrics.values(out))
             samples += out.num_samples or samples_in_batch(batch)
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
         clip = self.config.training.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, clip if clip > 0 else float("inf"))
+        grad_norm = self.parallel.clip_grad_norm(self._params, clip)
         # Every micro-batch reports the loss first; its metrics may differ from step to step.
         totals = [values for _, values in sums.values()]
         loss = totals[0][0] if len(totals) == 1 else torch.stack([t[0] for t in totals]).sum()
@@ -334,7 +331,7 @@ class TrainingEngine:
             return
         # The callbacks' validation hooks leave the training's random streams alone too, as the
         # Validator's pass does: validating more or less often must not change the run.
-        with preserved_rng(self.device):
+        with preserved_rng(self.device), self.parallel.whole_model():
             self.progress.val_step = self.global_step
             self.callbacks.on_validation_start(self)
             metrics = self.validator.run(self.eval_model, self.last_train_record)
@@ -367,8 +364,7 @@ class TrainingEngine:
             scheduler = loadable_state(self.scheduler.state_dict(), "scheduler") \
                 if self.scheduler is not None else None
         return {
-            "model": clean_state_dict(self.raw_model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
+            **self.parallel.model_state(self.raw_model, self.optimizer),
             "scheduler": scheduler,
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": self.progress.state_dict(world_size=self.dist.world_size, total_steps=self.total_steps),
@@ -393,8 +389,8 @@ class TrainingEngine:
         metrics = self.progress.current_val_metrics()
         if self.last_train_record.get("step") == self.global_step:
             metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
-        path = self.checkpoint_manager.save(state, step=self.global_step, epoch=self.epoch, metrics=metrics,
-                                            config_yaml=dump_yaml(self.config))
+        path = self.parallel.save(self.checkpoint_manager, state, self.raw_model, self.optimizer, step=self.global_step,
+                                  epoch=self.epoch, metrics=metrics, config_yaml=dump_yaml(self.config))
         self.dist.barrier()
         self.callbacks.on_save_checkpoint(self, path, metrics)
         return path

@@ -14,13 +14,14 @@ from typing import Any, Optional
 
 import torch
 
-from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
+from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.rng_state import restore_rng
+from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer
 from raytrain_llm.core.task import LRSchedule, TrainingTask
 
 
@@ -87,8 +88,7 @@ class Resumer:
         (from step 0), `num_batches` the micro-batches of an epoch at this run's global batch."""
         planned = _group_settings(optimizer)  # from this run's config, before the load
         try:
-            model.load_state_dict(clean_state_dict(state["model"]))
-            optimizer.load_state_dict(state["optimizer"])
+            load_model_and_optimizer(state, model, optimizer)  # full or sharded, into whole or sharded
         except (RuntimeError, ValueError, KeyError) as exc:
             # The user's config no longer describes the saved run: a usage error (exit 2), and
             # the checkpoint folder is left as it is.

@@ -16,6 +16,7 @@ from torch import nn
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.parallel.fsdp import default_units
 from raytrain_llm.core.task_options import parse_task_options
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
@@ -264,6 +265,13 @@ class TrainingTask(ABC):
     def on_optimizer_step(self, model: nn.Module) -> None:
         """Called after every applied optimizer step (not a skipped one) with the unwrapped model,
         e.g. to update MoE router biases; every rank calls it, so a collective here is safe."""
+
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """distributed.strategy=fsdp: the submodules sharded as one unit each (gathered whole only
+        around their own forward and backward); the root model takes the parameters left over.
+        Receives the model on its device. Default: the children of every `nn.ModuleList` (a
+        transformer's blocks)."""
+        return default_units(model)
 
     def flops_per_token(self, model: nn.Module) -> Optional[float]:
         """Training FLOPs per token (forward + backward) of the unwrapped model, for the `tflops`
