@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Optional
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -47,12 +49,23 @@ def save_sharded(manager: CheckpointManager, dist: DistributedManager, device: t
         raise CheckpointError(f"refusing to save step {meta['step']}: non-finite values in {where}")
     tmp = dist.broadcast_object(manager.make_temp(meta["step"]) if dist.is_main else None)
     try:
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=os.path.join(tmp, SHARDED_DIR))
+        with _dcp_call() as alone:
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=os.path.join(tmp, SHARDED_DIR),
+                     no_dist=alone)
     except BaseException:
         if dist.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manager.save(state, prepared=tmp, **meta)
+
+
+@contextmanager
+def _dcp_call() -> Iterator[bool]:
+    """Yields whether this process is alone (no process group: DCP then reads and writes by itself).
+    DCP warns on every such call, even when told (no_dist): a 1-worker run is normal here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield not (torch.distributed.is_available() and torch.distributed.is_initialized())
 
 
 def _is_sharded_model(model: torch.nn.Module) -> bool:
@@ -84,7 +97,9 @@ def load_model_and_optimizer(state: dict[str, Any], model: torch.nn.Module,
     if is_sharded(state):
         model_sd, optim_sd = get_state_dict(model, optimizer)  # the tensors to read into
         try:
-            dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=storage_reader(state[PATH_KEY]))
+            with _dcp_call() as alone:
+                dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=storage_reader(state[PATH_KEY]),
+                         no_dist=alone)
         except dcp.api.CheckpointException as exc:  # a BaseException: one line of its first failure
             lines = [line for line in str(exc).splitlines() if line.strip()]
             raise RuntimeError(next((line for line in lines if "Error" in line), lines[0] if lines else "")) from None
