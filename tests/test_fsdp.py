@@ -143,3 +143,47 @@ def test_a_sharded_checkpoint_missing_a_shard_is_skipped(runs, tmp_path):
     path, state = manager.load_latest_valid()
     assert path == str(ckpts / "step-00000010") and state["progress"]["global_step"] == 10
     assert (ckpts / "unloadable-step-00000020").is_dir()  # kept, but no longer the latest
+
+
+_KILL_IN_SAVE = """
+import os, signal, sys
+import torch.distributed.checkpoint as dcp
+from raytrain_llm.cli import main
+
+finish = dcp.FileSystemWriter.finish
+saves = []
+
+def finish_or_die(self, metadata, results):
+    # The shards of the second save are written, its .metadata is not: the process dies here.
+    saves.append(1)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return finish(self, metadata, results)
+
+dcp.FileSystemWriter.finish = finish_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_run_killed_mid_sharded_save_resumes_from_the_previous_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from rt_fsdp import LM
+    from rt_testing import cli_env, set_args, settings
+
+    common = {**LM, **FSDP, **ONE, "checkpoint.every_n_steps": 5, "training.val_every_n_steps": 0}
+    killed = tmp_path / "killed"
+    p = subprocess.run([sys.executable, "-c", _KILL_IN_SAVE, "--task", "lm", *set_args(settings(killed, **common))],
+                       env=cli_env(), capture_output=True, text=True, timeout=200)
+    assert p.returncode == -9, p.stderr[-2000:]
+    left = sorted(os.listdir(killed / "checkpoints"))
+    assert left[1] == "step-00000005" and left[0].startswith(".tmp-step-00000010-"), left  # never renamed
+    train(killed, "lm", **common, **{"checkpoint.resume": "auto"})
+    assert sorted(os.listdir(killed / "checkpoints")) == ["step-00000005", "step-00000010", "step-00000015",
+                                                          "step-00000020"]  # the dead save's folder removed
+    train(tmp_path / "whole", "lm", **common)
+    resumed, whole = weights(killed), weights(tmp_path / "whole")
+    for k in whole[0]:
+        assert torch.equal(resumed[0][k], whole[0][k]), k
