@@ -187,3 +187,33 @@ def test_a_run_killed_mid_sharded_save_resumes_from_the_previous_checkpoint(tmp_
     resumed, whole = weights(killed), weights(tmp_path / "whole")
     for k in whole[0]:
         assert torch.equal(resumed[0][k], whole[0][k]), k
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["distributed.fsdp_cpu_offload=true"], "distributed.fsdp_cpu_offload"),
+    (["distributed.fsdp_reshard_after_forward=false"], "distributed.fsdp_reshard_after_forward"),
+    (["distributed.strategy=fsdp", "distributed.find_unused_parameters=true"], "distributed.find_unused_parameters"),
+    (["distributed.strategy=fsdp", "optimization.amp=fp16", "training.device=cuda"], "optimization.amp"),
+    (["distributed.strategy=fsdp", "distributed.fsdp_cpu_offload=true", "distributed.num_workers=2"],
+     "distributed.fsdp_cpu_offload"),  # offloading a GPU's state, on a CPU run
+])
+def test_options_of_the_other_strategy_are_config_errors_naming_the_key(sets, key):
+    from raytrain_llm.core.config_loader import load_config
+    from raytrain_llm.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["training.device=cpu", *sets], environ={})
+    assert [p.partition(":")[0] for p in err.value.problems] == [key], err.value.problems
+    load_config(None, ["distributed.strategy=fsdp", "distributed.fsdp_reshard_after_forward=false"], environ={})
+
+
+def test_a_sweep_refuses_the_other_strategys_options():
+    from raytrain_llm.core.config import switched_off_keys
+    from raytrain_llm.core.config_loader import load_config
+
+    ddp = switched_off_keys(load_config(None, [], environ={}))
+    fsdp = switched_off_keys(load_config(None, ["distributed.strategy=fsdp"], environ={}))
+    assert ddp["distributed.fsdp_cpu_offload"] == "distributed.strategy is ddp"
+    assert "distributed.find_unused_parameters" not in ddp
+    assert fsdp["distributed.find_unused_parameters"] == "distributed.strategy is fsdp"
+    assert "distributed.fsdp_reshard_after_forward" not in fsdp

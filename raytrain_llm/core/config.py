@@ -138,7 +138,7 @@ class DistributedConfig:
     fsdp_reshard_after_forward: bool = setting(True, "fsdp: free gathered parameters after forward "
                                                      "(less memory, one more all-gather in backward)")
     fsdp_cpu_offload: bool = setting(False, "fsdp: keep sharded parameters, gradients and optimizer state "
-                                            "in CPU memory (needs CUDA)")
+                                            "in CPU memory (needs CUDA and 2+ workers)")
     placement_strategy: str = setting("PACK", "Ray: how the workers are placed on nodes",
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
 

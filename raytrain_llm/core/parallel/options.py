@@ -20,14 +20,18 @@ def strategy_errors(cfg: Any) -> list[str]:
                    "fsdp_cpu_offload": d.fsdp_cpu_offload}
         errors += [f"distributed.{key}: applies to distributed.strategy=fsdp only (the strategy is ddp)"
                    for key in FSDP_ONLY if changed[key]]
-    elif d.find_unused_parameters:
+        return errors
+    if d.find_unused_parameters:
         errors.append("distributed.find_unused_parameters: applies to distributed.strategy=ddp only "
                       "(fsdp needs no such setting)")
-    if d.strategy == "fsdp" and cfg.optimization.amp == "fp16":
+    if cfg.optimization.amp == "fp16":
         errors.append("optimization.amp: fp16 (a gradient scaler over shards) is not supported with "
                       "distributed.strategy=fsdp; use bf16")
     if d.fsdp_cpu_offload and cfg.training.device == "cpu":
         errors.append("distributed.fsdp_cpu_offload: offloads a GPU's state to the CPU, but training.device is cpu")
+    elif d.fsdp_cpu_offload and d.num_workers < 2:
+        errors.append("distributed.fsdp_cpu_offload: needs distributed.num_workers >= 2 (one worker trains "
+                      "the model unsharded, with nothing to offload)")
     return errors
 
 
