@@ -153,7 +153,8 @@ class TrainingTask(ABC):
     @abstractmethod
     def build_model(self) -> nn.Module:
         """Returns the model, on the CPU: the engine moves it to the device, wraps it (compile,
-        DDP) and seeds the RNG first, so every rank builds the same initial weights."""
+        DDP) or shards it (fsdp) and seeds the RNG first, so every rank builds the same initial
+        weights."""
 
     @abstractmethod
     def build_data_module(self):
@@ -221,8 +222,8 @@ class TrainingTask(ABC):
         return None
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """Receives the model on its device (before compile/DDP); returns its optimizer, whose
-        state the engine checkpoints. Default: AdamW with training.lr/betas/weight_decay; no
+        """Receives the model on its device (before compile/DDP; under fsdp already sharded: its
+        parameters are DTensors); returns its optimizer, whose state the engine checkpoints. Default: AdamW with training.lr/betas/weight_decay; no
         weight decay on biases, norms and embeddings (1-D params, the weights of every
         nn.Embedding, and params tagged `_no_weight_decay`); fused where the device allows."""
         t = self.config.training
