@@ -180,6 +180,13 @@ def configs(draw):
     cfg.distributed.use_gpu = cfg.distributed.use_gpu or cfg.distributed.gpus_per_worker > 0 \
         or cfg.distributed.backend == "nccl"
     m.moe_every_n_layers = min(m.moe_every_n_layers, m.n_layers)
+    m.vocab_size = 2 if m.vocab_size == 1 else m.vocab_size
+    dist = cfg.distributed  # no option of the other strategy
+    if dist.strategy == "ddp":
+        dist.fsdp_reshard_after_forward, dist.fsdp_cpu_offload = True, False
+    else:
+        dist.find_unused_parameters = False
+        dist.fsdp_cpu_offload = dist.fsdp_cpu_offload and cfg.training.device != "cpu" and dist.num_workers >= 2
     cfg.training.validate = cfg.training.validate or cfg.callbacks.early_stopping
     cfg.checkpoint.enabled = cfg.checkpoint.enabled or cfg.checkpoint.resume == "auto"
     d = cfg.data

@@ -217,3 +217,12 @@ def test_a_sweep_refuses_the_other_strategys_options():
     assert "distributed.find_unused_parameters" not in ddp
     assert fsdp["distributed.find_unused_parameters"] == "distributed.strategy is fsdp"
     assert "distributed.fsdp_reshard_after_forward" not in fsdp
+
+
+def test_a_sharded_checkpoint_of_another_model_is_a_usage_error(runs, tmp_path):
+    from raytrain_llm.core.errors import UsageError
+    from rt_fsdp import LM
+
+    with pytest.raises(UsageError, match="model.n_layers is 3 here, 2 in the checkpoint"):
+        train(tmp_path, "lm", **{**LM, **FSDP, **ONE, "model.n_layers": 3,
+                                 "checkpoint.resume": str(step_dir(runs["b"], 10))})

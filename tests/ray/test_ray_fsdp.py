@@ -2,6 +2,7 @@
 mid-run is restarted from the reported sharded checkpoint and the run ends bit-identical."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -19,7 +20,7 @@ def sharded_weights(config) -> dict[str, torch.Tensor]:
     path = CheckpointManager(config.checkpoint_dir, is_main=False).latest_path()
     state = CheckpointManager.load(path)
     assert state["format"] == "sharded" and state["model"] is None
-    task = RegressionTask(config)
+    task = RegressionTask(dataclasses.replace(config, task_options={}))  # KillRankTask's options aside
     model = task.build_model()
     load_model_and_optimizer(state, model, task.build_optimizer(model))
     return model.state_dict()

@@ -47,16 +47,33 @@ def save_sharded(manager: CheckpointManager, dist: DistributedManager, device: t
     if dist.any_true(bool(bad), device):
         where = ", ".join(bad[:3]) or "another rank's shards"
         raise CheckpointError(f"refusing to save step {meta['step']}: non-finite values in {where}")
-    tmp = dist.broadcast_object(manager.make_temp(meta["step"]) if dist.is_main else None)
+    tmp = problem = None
+    if dist.is_main:
+        try:
+            tmp = manager.make_temp(meta["step"])
+        except OSError as exc:  # told to every rank: the others would wait for the folder forever
+            problem = f"cannot save checkpoint step {meta['step']} in {manager.directory}: {exc.strerror or exc}"
+    tmp, problem = dist.broadcast_object((tmp, problem))
+    if problem:
+        raise CheckpointError(problem)
     try:
         with _dcp_call() as alone:
             dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=os.path.join(tmp, SHARDED_DIR),
                      no_dist=alone)
-    except BaseException:
-        if dist.is_main:
+    except BaseException as exc:
+        if dist.is_main:  # a partial checkpoint would hold the disk; earlier ones are untouched
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, dcp.api.CheckpointException):  # a rank's write failed (every rank gets it)
+            raise CheckpointError(f"cannot save checkpoint step {meta['step']} in {manager.directory}: "
+                                  f"{_first_failure(exc)} (the partial checkpoint was removed)") from None
         raise
     return manager.save(state, prepared=tmp, **meta)
+
+
+def _first_failure(exc: BaseException) -> str:
+    """One line of a DCP CheckpointException (it lists every rank's traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if "Error" in line), lines[0] if lines else type(exc).__name__)[:300]
 
 
 @contextmanager
@@ -101,8 +118,7 @@ def load_model_and_optimizer(state: dict[str, Any], model: torch.nn.Module,
                 dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=storage_reader(state[PATH_KEY]),
                          no_dist=alone)
         except dcp.api.CheckpointException as exc:  # a BaseException: one line of its first failure
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            raise RuntimeError(next((line for line in lines if "Error" in line), lines[0] if lines else "")) from None
+            raise RuntimeError(_first_failure(exc)) from None
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     elif _is_sharded_model(model):  # a full checkpoint (DDP) into shards: each rank keeps its slice
         set_state_dict(model, optimizer, model_state_dict=clean_state_dict(state["model"]),
