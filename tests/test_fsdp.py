@@ -42,9 +42,10 @@ def runs(tmp_path_factory):
     # One worker, fsdp (not sharded, but checkpoints in the sharded format).
     train(r["b"], "lm", **LM, **FSDP, **ONE)
     mid = lambda name: {"checkpoint.resume": str(step_dir(r[name], 10))}  # noqa: E731
+    samples = {"task_options.sample_prompts": '["1 2 3"]'}  # rank 0 alone generates at each validation
     run_two_ranks([
-        (str(r["a"]), {**FSDP, **TWO}),
-        (str(r["c"]), {**DDP, **TWO}),
+        (str(r["a"]), {**FSDP, **TWO, **samples}),
+        (str(r["c"]), {**DDP, **TWO, **samples}),
         (str(r["d"]), {**FSDP, "training.batch_size": 4, "training.grad_accum_steps": 2}),
         (str(r["a2"]), {**FSDP, **TWO, **mid("a")}),
         (str(r["b_to_2"]), {**FSDP, **TWO, **mid("b")}),
@@ -90,6 +91,14 @@ def test_fsdp_trains_like_ddp(runs):
     for step in fsdp:
         assert fsdp[step] == pytest.approx(ddp[step], rel=1e-5), step
     assert_close(weights(runs["a"])[0], weights(runs["c"])[0], 1e-5)
+
+
+def test_rank_0_alone_samples_from_the_sharded_model_as_from_ddp(runs):
+    def samples(run) -> list[str]:
+        lines = (run / "logs" / "rank0.log").read_text().splitlines()
+        return [line.partition(" sample ")[2] for line in lines if " sample 0 at step " in line]
+
+    assert len(samples(runs["a"])) == 2 and samples(runs["a"]) == samples(runs["c"])
 
 
 def test_accumulation_under_fsdp_equals_one_batch(runs):
