@@ -34,10 +34,10 @@ class StateBytes(Callback):
         path.write_text(json.dumps(counts))
 
 
-def _run_plan(rank: int, port: int, plan: list[tuple[str, dict]]) -> None:
+def _run_plan(rank: int, port: int, plan: list[tuple[str, dict]], world_size: int) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
     from raytrain_llm.launchers.worker import train_worker
 
     try:
@@ -48,15 +48,16 @@ def _run_plan(rank: int, port: int, plan: list[tuple[str, dict]]) -> None:
         dist.destroy_process_group()
 
 
-def run_two_ranks(plan: list[tuple[str, dict]], port: int, timeout_s: float) -> None:
-    """Each (logging.dir, settings) of `plan` trained in turn by the same 2 gloo processes."""
-    context = mp.start_processes(_run_plan, args=(port, plan), nprocs=2, join=False, start_method="spawn")
+def run_two_ranks(plan: list[tuple[str, dict]], port: int, timeout_s: float, world_size: int = 2) -> None:
+    """Each (logging.dir, settings) of `plan` trained in turn by the same `world_size` gloo processes."""
+    context = mp.start_processes(_run_plan, args=(port, plan, world_size), nprocs=world_size, join=False,
+                                 start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            raise TimeoutError(f"the two ranks did not finish in {timeout_s} s")
+            raise TimeoutError(f"the {world_size} ranks did not finish in {timeout_s} s")
 
 
 def checkpoint_weights(path, **overrides) -> tuple[dict, dict]:

@@ -127,6 +127,14 @@ def test_reshard_two_to_one_and_one_to_two(runs):
     assert_close(weights(runs["b_to_2"])[0], weights(runs["a"])[0], 1e-5)
 
 
+@pytest.mark.slow  # 4 more processes on this 2-core machine
+def test_reshard_two_to_four(runs, tmp_path):
+    run_two_ranks([(str(tmp_path / "a_to_4"), {**FSDP, "training.batch_size": 4,
+                                                "checkpoint.resume": str(step_dir(runs["a"], 10))})],
+                  port=_port(), timeout_s=300, world_size=4)
+    assert_close(weights(tmp_path / "a_to_4")[0], weights(runs["a"])[0], 1e-5)
+
+
 def test_ddp_and_fsdp_checkpoints_resume_each_other(runs):
     assert_close(weights(runs["c_to_f"])[0], weights(runs["a"])[0], 1e-5)  # DDP checkpoint -> fsdp
     assert_close(weights(runs["a_to_ddp"])[0], weights(runs["c"])[0], 1e-5)  # fsdp checkpoint -> DDP
