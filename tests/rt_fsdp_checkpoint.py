@@ -1,0 +1,59 @@
+"""`python tests/rt_fsdp_checkpoint.py FOLDER PORT`: a sharded checkpoint folder of the lm task's
+GPT as FSDP2 leaves it, written by 2 gloo processes: each block and the root `fully_shard`ed
+(parameters and AdamW moments are DTensors, each rank holding half), one AdamW step taken,
+then DCP saves {"model", "optimizer"} from every rank into FOLDER/sharded and rank 0 writes
+state.pt ("format": "sharded", no model/optimizer tensors) and, for the test to compare with,
+the full weights gathered from the shards as FOLDER/full_weights.pt."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+MODEL = {"vocab_size": 48, "seq_len": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
+
+
+def lm_config():
+    from raytrain_llm.core.config import Config, ModelConfig
+
+    return Config(task="lm", model=ModelConfig(**MODEL))
+
+
+def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    from raytrain_llm.models import GPT
+
+    warnings.simplefilter("ignore")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = GPT(lm_config().model)
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tokens = torch.randint(0, MODEL["vocab_size"], (4, MODEL["seq_len"] + 1), generator=torch.Generator().manual_seed(rank))
+    logits = model(tokens[:, :-1])[0]  # [B, T, vocab]
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    optimizer.step()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    assert type(model_state["blocks.0.attn.qkv.weight"]).__name__ == "DTensor"
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=os.path.join(folder, "sharded"))
+    full = {k: v.full_tensor() for k, v in model_state.items()}  # collective: every rank
+    if rank == 0:
+        torch.save(full, os.path.join(folder, "full_weights.pt"))
+        torch.save({"model": None, "optimizer": None, "format": "sharded", "config": lm_config().to_dict(),
+                    "progress": {"global_step": 1}}, os.path.join(folder, "state.pt"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    mp.spawn(save_from_two_ranks, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)
