@@ -1,5 +1,5 @@
-"""`python tests/rt_fsdp_checkpoint.py FOLDER PORT`: a sharded checkpoint folder of the lm task's
-GPT as FSDP2 leaves it, written by 2 gloo processes: each block and the root `fully_shard`ed
+"""`write_fsdp_checkpoint(folder)`: a sharded checkpoint folder of the lm task's GPT as FSDP2
+leaves it, written by 2 spawned gloo processes: each block and the root `fully_shard`ed
 (parameters and AdamW moments are DTensors, each rank holding half), one AdamW step taken,
 then DCP saves {"model", "optimizer"} from every rank into FOLDER/sharded and rank 0 writes
 state.pt ("format": "sharded", no model/optimizer tensors) and, for the test to compare with,
@@ -7,7 +7,7 @@ the full weights gathered from the shards as FOLDER/full_weights.pt."""
 from __future__ import annotations
 
 import os
-import sys
+import time
 import warnings
 
 import torch
@@ -31,6 +31,7 @@ def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
     from raytrain_llm.models import GPT
 
     warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -54,6 +55,16 @@ def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    mp.spawn(save_from_two_ranks, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)
+def write_fsdp_checkpoint(folder: str, timeout_s: float = 120.0) -> None:
+    """Runs the two ranks; a rank's error is raised here, and ranks still running after
+    timeout_s are killed (TimeoutError)."""
+    from raytrain_llm.launchers.local.spawn import free_port
+
+    context = mp.start_processes(save_from_two_ranks, args=(str(folder), free_port("127.0.0.1")), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the 2 ranks saving an FSDP2 checkpoint ran past {timeout_s:.0f} s")

@@ -68,7 +68,7 @@ def zeroed(value):
 
 def assert_same(got, want):
     if isinstance(want, dict):
-        assert list(got) == list(want)
+        assert sorted(got) == sorted(want)
         for k in want:
             assert_same(got[k], want[k])
     elif torch.is_tensor(want):
