@@ -131,6 +131,17 @@ def test_crafted_metadata_and_byte_items_are_refused_and_run_nothing(tmp_path):
 
 def test_missing_and_garbled_metadata_are_one_line_errors(tmp_path):
     folder = save_dcp({"model": {"w": torch.ones(2)}}, tmp_path / "ck")
+    metadata = read_dcp_metadata(folder)
+    (tmp_path / "ck" / "__0_0.distcp").rename(tmp_path / "data")
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*/ck is corrupt or unreadable: FileNotFoundError: "):
+        consolidate(folder)
+    (tmp_path / "data").rename(tmp_path / "ck" / "__0_0.distcp")
+    metadata.state_dict_metadata["model.w"].chunks.clear()  # the shards of a rank that never wrote
+    with open(f"{folder}/.metadata", "wb") as fh:
+        pickle.dump(metadata, fh)
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*/ck: model.w has 0 of its 2 elements saved: its "
+                                              r"shards do not cover it$"):
+        consolidate(folder)
     with pytest.raises(CheckpointError, match=r"^checkpoint .*/nowhere/\.metadata not found: not a complete "):
         consolidate(str(tmp_path / "nowhere"))
     with pytest.raises(CheckpointError, match="holds nothing under 'optimizer'$"):

@@ -60,7 +60,8 @@ class _MetadataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         admitted = (module, name) in _DCP_METADATA_GLOBALS or (
-            module == "torch" and "." not in name and isinstance(getattr(torch, name, None), _TORCH_CONSTANTS))
+            # vars(), not getattr(): torch's module __getattr__ imports submodules on demand.
+            module == "torch" and isinstance(vars(torch).get(name), _TORCH_CONSTANTS))
         if not admitted:
             raise _refusal(self.where, f"{module}.{name}", "not DCP metadata")
         return super().find_class(module, name)
