@@ -6,6 +6,7 @@ checkpoint comes from 2 gloo processes whose parameters were FSDP2 DTensor shard
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -89,10 +90,11 @@ def test_the_consolidate_command_writes_pt_and_safetensors(twins, tmp_path, caps
             (["--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "x.pt"], "--checkpoint: .*/nowhere does not exist"),
             (["--checkpoint", sharded, "--out", tmp_path / "w.safetensors"], "--out .*/w.safetensors already exists"),
             (["--checkpoint", sharded, "--out", tmp_path / "w.bin"], "--out .*/w.bin: name the file .pt .* or .safetensors"),
+            (["--checkpoint", sharded, "--out", tmp_path / "w.safetensors" / "x.pt"], "--out: cannot create .*/w.safetensors: "),
             (["--checkpoint", sharded], "the following arguments are required: --out")):
         code, out, err = run_cli(consolidate_cli, args, capsys)
         assert code == 2 and out == "" and len(err.splitlines()) == 1, err
-        assert __import__("re").match(f"error: {message}", err), err
+        assert re.match(f"error: {message}", err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing lost
 
 

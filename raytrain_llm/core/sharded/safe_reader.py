@@ -144,17 +144,19 @@ def checkpoint_error_of(exc: BaseException, path: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {path} is corrupt or unreadable: {type(causes[0]).__name__}: {first}")
 
 
-def load_sharded(state_dict: dict[str, Any], path: str, *, process_group=None, no_dist: bool = False) -> None:
+def load_sharded(state_dict: dict[str, Any], path: str, *, process_group=None, no_dist: bool = False,
+                 planner=None) -> None:
     """`dcp.load(state_dict, ...)` from the DCP folder `path` through SafeFileSystemReader: fills
-    state_dict's tensors (plain or DTensor, resharded to their placements) in place, collective
-    over `process_group` unless no_dist. The metadata is read (safely) first, so a missing or
-    refused file is one CheckpointError on every rank, before any collective."""
+    state_dict's tensors (plain or DTensor, resharded to their placements) in place and replaces
+    its non-tensor values, collective over `process_group` unless no_dist; `planner` as dcp.load's
+    (default: DefaultLoadPlanner). The metadata is read (safely) first, so a missing or refused
+    file is one CheckpointError on every rank, before any collective."""
     read_dcp_metadata(path)
     try:
         with warnings.catch_warnings():
             # no_dist=True warns that it assumes one process, which is what it was asked.
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state_dict, storage_reader=SafeFileSystemReader(path), process_group=process_group,
-                     no_dist=no_dist)
+                     no_dist=no_dist, planner=planner)
     except (Exception, CheckpointException) as exc:
         raise checkpoint_error_of(exc, path) from None
