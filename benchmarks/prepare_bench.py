@@ -9,7 +9,9 @@ path. A tokenizer is trained first (not timed). Then, one JSON line each:
 - `local`: `python -m raytrain_llm.prepare` in-process with --workers = CPU count (read, parse,
   tokenize, split, shards, manifest), with `ratio` = its MB/s over the mean of the two bare loops' (goal >= 0.9);
 - `ray1` / `ray2`: the same with --launcher ray on a local Ray of 2 CPUs, 1 and 2 concurrent tasks
-  (Ray started before timing), with `ratio` = ray2 / ray1 (goal >= 1.6);
+  (Ray started before timing), with `ratio` = ray2 / ray1 (goal >= 1.6), each pair followed by `pool1` /
+  `pool2`: the local path with 1 and 2 processes (no Ray), the same scaling on the same cores as a
+  yardstick; `driver_cpu_s` is the CPU time of the driver process (it receives the ids, writes the shards);
 - `train`: the lm task on the prepared shards (the cpu-small model of engine_overhead.py:
   d_model 128, 4 layers, seq 128, batch 8, vocabulary --vocab), with the median `data_wait_share`
   of its logged windows (goal <= 0.02).
@@ -70,12 +72,13 @@ def bare_loop(files: list[str], tokenizer_path: str, batch: int = 64) -> dict:
 
 def run_prepare(files: list[str], tokenizer_path: str, out: str, **kw) -> dict:
     options = PrepareOptions(inputs=files, out=out, tokenizer=tokenizer_path, val_fraction=0.01, progress=False, **kw)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     manifest = prepare(options, log=lambda _: None)
-    seconds = time.perf_counter() - t0
+    seconds, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
     shutil.rmtree(out)
     tokens = sum(manifest["splits"][s]["tokens"] for s in ("train", "val")) - manifest["documents"]  # without EODs
-    return {"seconds": seconds, "tokens": tokens, "mb": manifest["text_bytes"] / 1e6, "manifest": manifest}
+    return {"seconds": seconds, "tokens": tokens, "mb": manifest["text_bytes"] / 1e6, "manifest": manifest,
+            "driver_cpu_s": round(driver_cpu, 2)}
 
 
 def line(name: str, r: dict, **extra) -> dict:
@@ -119,6 +122,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--parts", default="local,ray,train")
     p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=1, help="ray1/ray2 pairs, interleaved")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     files = corpus(args.mb)
@@ -144,10 +148,14 @@ def main() -> None:
 
             ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
             run_prepare(files[:20], tok_path, os.path.join(work, "warm"), launcher="ray", workers=2)  # workers up
-            one = run_prepare(files, tok_path, os.path.join(work, "r1"), launcher="ray", workers=1)
-            two = run_prepare(files, tok_path, os.path.join(work, "r2"), launcher="ray", workers=2)
-            r1 = line("ray1", one)
-            line("ray2", two, ratio=round((two["mb"] / two["seconds"]) / r1["mb_per_s"], 3))
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # pool1: one thread, as one Ray task has
+            for _ in range(args.repeat):  # interleaved: load drifts between calls
+                for name, launcher in (("ray", "ray"), ("pool", "local")):  # pool: the same scaling without Ray
+                    one = run_prepare(files, tok_path, os.path.join(work, "r1"), launcher=launcher, workers=1)
+                    two = run_prepare(files, tok_path, os.path.join(work, "r2"), launcher=launcher, workers=2)
+                    r1 = line(f"{name}1", one, driver_cpu_s=one["driver_cpu_s"])
+                    line(f"{name}2", two, ratio=round((two["mb"] / two["seconds"]) / r1["mb_per_s"], 3),
+                         driver_cpu_s=two["driver_cpu_s"], load=round(os.getloadavg()[0], 2))
             ray.shutdown()
         if "train" in parts:
             data = os.path.join(work, "data")

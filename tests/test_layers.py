@@ -43,6 +43,7 @@ LAYER_OF_PREFIX = {
     "raytrain_llm.sample": "cli",
     "raytrain_llm.evaluate": "cli",
     "raytrain_llm.export": "cli",
+    "raytrain_llm.consolidate": "cli",
 }
 BELOW_LAUNCHERS = {"models", "core", "data", "tasks"}
 MAY_IMPORT = {

@@ -3,7 +3,8 @@ one checkpoint folder, written by any launcher, compiled or not, or a folder tha
 `export --format safetensors` wrote (model.safetensors + config.yaml).
 
 `read_checkpoint` is the one place that turns a checkpoint folder into (config, model state
-dict) on one process; a sharded layout (FSDP / expert-parallel) adds its reassembly there.
+dict) on one process; a sharded checkpoint (state.pt's "format": "sharded") has its model
+consolidated there from the DCP folder beside state.pt, through the safe reader.
 Every problem is a UsageError (exit 2): the user pointed at the wrong thing.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from raytrain_llm.core.checkpointing import STATE_FILE, CheckpointManager, clean
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import CheckpointError, UsageError
+from raytrain_llm.core.sharded import SHARDED_DIR, is_sharded
+from raytrain_llm.core.sharded.consolidate import consolidate
 from raytrain_llm.models import GPT
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -68,11 +71,12 @@ def read_checkpoint(checkpoint_dir: str) -> tuple[Config, dict[str, torch.Tensor
         return _read_safetensors_export(checkpoint_dir)
     try:
         state = CheckpointManager.load(checkpoint_dir, map_location="cpu")
+        if not isinstance(state.get("config"), dict):
+            raise CheckpointError(f"checkpoint {checkpoint_dir} holds no config")
+        weights = consolidate(os.path.join(checkpoint_dir, SHARDED_DIR)) if is_sharded(state) else state["model"]
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    if not isinstance(state.get("config"), dict):
-        raise UsageError(f"checkpoint {checkpoint_dir} holds no config")
-    return config_from_mapping(state["config"]), clean_state_dict(state["model"])
+    return config_from_mapping(state["config"]), clean_state_dict(weights)
 
 
 def _read_safetensors_export(folder: str) -> tuple[Config, dict[str, torch.Tensor]]:

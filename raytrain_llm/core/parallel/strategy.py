@@ -23,7 +23,7 @@ from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.parallel import fsdp
 from raytrain_llm.core.parallel.clipping import clip_sharded_grad_norm
 from raytrain_llm.core.sharded.checkpoint import save_sharded
-from raytrain_llm.core.sharded.layout import FORMAT_KEY, SHARDED
+from raytrain_llm.core.sharded.layout import FORMAT_KEY, SHARDED_FORMAT
 
 
 class Replicated:
@@ -96,7 +96,7 @@ class Sharded(Replicated):
         return clip_sharded_grad_norm(params, max_norm)
 
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {"model": None, "optimizer": None, FORMAT_KEY: SHARDED}
+        return {"model": None, "optimizer": None, FORMAT_KEY: SHARDED_FORMAT}
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:

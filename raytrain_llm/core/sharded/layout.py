@@ -9,18 +9,14 @@ ranks together (`__<rank>_0.distcp` per rank, `.metadata` from rank 0), keyed `m
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from raytrain_llm.core.sharded import SHARDED_DIR, SHARDED_FORMAT, is_sharded
 from raytrain_llm.core.sharded.io import storage_reader
 
-FORMAT_KEY = "format"
-SHARDED = "sharded"
-SHARDED_DIR = "sharded"  # the DCP folder inside a checkpoint folder
+__all__ = ["FORMAT_KEY", "PATH_KEY", "SHARDED_DIR", "SHARDED_FORMAT", "is_sharded", "shard_problem"]
+
+FORMAT_KEY = "format"  # state.pt's key saying SHARDED_FORMAT
 PATH_KEY = "sharded_path"  # set by CheckpointManager.load on a sharded state: its DCP folder, not saved
-
-
-def is_sharded(state: dict[str, Any]) -> bool:
-    return state.get(FORMAT_KEY) == SHARDED
 
 
 def shard_problem(folder: str) -> str:
