@@ -243,3 +243,13 @@ def test_a_sharded_checkpoint_of_another_model_is_a_usage_error(runs, tmp_path):
     with pytest.raises(UsageError, match="model.n_layers is 3 here, 2 in the checkpoint"):
         train(tmp_path, "lm", **{**LM, **FSDP, **ONE, "model.n_layers": 3,
                                  "checkpoint.resume": str(step_dir(runs["b"], 10))})
+
+
+def test_the_engines_sharded_checkpoint_consolidates_to_its_weights(runs):
+    from raytrain_llm.core.sharded.consolidate import consolidate
+
+    full = consolidate(step_dir(runs["a"], 20) / "sharded")  # what sample/evaluate/export read
+    model, _ = weights(runs["a"])
+    assert full.keys() == model.keys()
+    for k in model:
+        assert torch.equal(full[k], model[k]), k

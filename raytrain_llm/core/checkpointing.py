@@ -25,7 +25,7 @@ import torch
 
 from raytrain_llm.core.atomic_io import atomic_write_json, atomic_write_text, fsync_dir
 from raytrain_llm.core.errors import CheckpointError, UsageError
-from raytrain_llm.core.sharded.layout import PATH_KEY, SHARDED_DIR, is_sharded, shard_problem
+from raytrain_llm.core.sharded.layout import PATH_KEY, SHARDED_DIR, check_shards, is_sharded
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -318,9 +318,7 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {file} is missing model/optimizer/progress state")
         if is_sharded(state):
             shards = os.path.join(os.path.dirname(file), SHARDED_DIR)
-            problem = shard_problem(shards)
-            if problem:
-                raise CheckpointError(f"checkpoint {os.path.dirname(file)} is corrupt or unreadable: {problem}")
+            check_shards(shards)
             state[PATH_KEY] = shards
         return state
 
