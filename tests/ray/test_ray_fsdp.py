@@ -26,7 +26,7 @@ def sharded_weights(config) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-@pytest.mark.slow  # two Ray fits (reference and killed): 78 s on the shared 2-core machine at load 7-10
+@pytest.mark.slow  # two Ray fits (reference and killed): 56-93 s in all on the shared 2-core machine
 @pytest.mark.timeout(300)
 def test_killed_worker_under_fsdp_restarts_and_matches_uninterrupted_run(tmp_path, ray_local):
     reference, ref_config = fit(ray_config(tmp_path / "ref", distributed__strategy="fsdp"))
