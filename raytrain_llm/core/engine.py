@@ -5,10 +5,10 @@ The engine does backward, AMP, gradient accumulation (losses divided by the grou
 scheduler steps, validation, callbacks and checkpoints. It wraps the model in DDP when a
 process group of more than one rank exists, whoever created it (spawn, Ray Train).
 
-Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as
-a whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model
-in, validation metrics out), `TrainMetrics` (train metrics between two logs) and
-`CheckpointManager` (the checkpoint folders).
+Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as a
+whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model in,
+validation metrics out), `TrainMetrics` (train metrics between two logs), `CheckpointManager` (the
+checkpoint folders) and `ExpertParallel` (process groups of the model, its sharded parameters).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
+from raytrain_llm.core.parallel.expert_parallel import ExpertParallel
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.progress import Progress, ProgressField, planned_total_steps
 from raytrain_llm.core.resume import Resumer, Schedule
@@ -118,6 +119,7 @@ class TrainingEngine:
         self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
             if cfg.optimization.compile else self.raw_model
         self.model = self.eval_model
+        self.parallel = ExpertParallel(cfg, self.dist, self.raw_model, self.data_module, ddp_module=self.eval_model)
         if self.dist.enabled:
             self.model = DistributedDataParallel(
                 self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -186,9 +188,9 @@ class TrainingEngine:
         if state is None:
             return
         schedule = self.resumer.restore(
-            state, progress=self.progress, model=self.raw_model, optimizer=self.optimizer,
-            schedule=Schedule(self.scheduler, self.total_steps), scaler=self.precision.scaler,
-            num_batches=self._num_batches())
+            self.parallel.local_state(state, self.optimizer), progress=self.progress, model=self.raw_model,
+            optimizer=self.optimizer, schedule=Schedule(self.scheduler, self.total_steps),
+            scaler=self.precision.scaler, num_batches=self._num_batches())
         self.scheduler, self.total_steps = schedule.scheduler, schedule.total_steps
         self._saved_at = self.progress.save_key()
         self.callbacks.load_state_dict(state.get("callbacks") or {})
@@ -242,7 +244,7 @@ class TrainingEngine:
             tokens += out.num_tokens or (self.task.tokens_in_batch(batch) or 0)
         self.precision.unscale(self.optimizer)
         clip = self.config.training.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, clip if clip > 0 else float("inf"))
+        grad_norm = self.parallel.finish_gradients(self._params, clip if clip > 0 else float("inf"))
         # Every micro-batch reports the loss first; its metrics may differ from step to step.
         totals = [values for _, values in sums.values()]
         loss = totals[0][0] if len(totals) == 1 else torch.stack([t[0] for t in totals]).sum()
@@ -366,15 +368,12 @@ class TrainingEngine:
             callbacks = loadable_state(self.callbacks.state_dict(), "callbacks")
             scheduler = loadable_state(self.scheduler.state_dict(), "scheduler") \
                 if self.scheduler is not None else None
+        model, optimizer = self.parallel.full_states(clean_state_dict(self.raw_model.state_dict()), self.optimizer)
         return {
-            "model": clean_state_dict(self.raw_model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": scheduler,
+            "model": model, "optimizer": optimizer, "scheduler": scheduler,
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": self.progress.state_dict(world_size=self.dist.world_size, total_steps=self.total_steps),
-            "rng": rng,
-            "callbacks": callbacks,
-            "config": self.config.to_dict(),
+            "rng": rng, "callbacks": callbacks, "config": self.config.to_dict(),
         }
 
     def _checkpoint_if_needed(self) -> None:
