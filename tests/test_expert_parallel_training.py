@@ -12,7 +12,7 @@ from rt_testing import checkpoints, ckpt_step, final_state, load_state, read_jso
 
 LM = {"model.vocab_size": 32, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.seq_len": 16,
       "model.mlp_type": "swiglu", "model.dropout": 0.0, "model.use_moe": True, "model.num_experts": 4,
-      "model.top_k": 2, "model.aux_loss_coef": 0.1, "training.lr": 1e-2, "training.lr_schedule": "constant",
+      "model.top_k": 2, "model.num_shared_experts": 1, "model.bias_balancing": True, "model.aux_loss_coef": 0.1, "training.lr": 1e-2, "training.lr_schedule": "constant",
       "training.max_steps": 20, "data.num_train_samples": 320, "data.num_val_samples": 32,
       "checkpoint.every_n_steps": 10, "checkpoint.keep_last": 5}
 TWO = {"distributed.launcher": "spawn", "distributed.num_workers": 2, "distributed.backend": "gloo",
@@ -38,7 +38,10 @@ def at_step(folder, step: int):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ep")
+    return train_all(tmp_path_factory.mktemp("ep"))
+
+
+def train_all(root):
     train(root / "one", task="lm", **LM, **{"training.batch_size": 16})
     spawn_run(root / "global", **{"model.aux_loss_scope": "global_batch"})
     spawn_run(root / "micro")
@@ -62,9 +65,11 @@ def train_records(folder) -> list[dict]:
 @pytest.mark.timeout(400)
 def test_global_batch_balance_loss_makes_two_workers_train_as_one_at_double_batch(runs):
     one, glob, micro = (final_state(runs / name)["model"] for name in ("one", "global", "micro"))
-    assert max_difference(one, glob) < 1e-5
+    # Float rounding only: < 1e-6 outside the experts; the experts' weights reach ~1.3e-5, where
+    # AdamW divides a rarely routed expert's tiny gradients by their own tiny scale.
+    assert max_difference(one, glob) < 2e-5
     # The micro-batch scope's gradient depends on how the batch is split: the same comparison fails.
-    assert max_difference(one, micro) > 1e-4
+    assert max_difference(one, micro) > 1e-3
     moved = max_difference(one, load_state(at_step(runs / "one", 10))["model"])
     assert moved > 1e-2
 

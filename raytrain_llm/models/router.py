@@ -96,19 +96,20 @@ class Router(nn.Module):
         return weights * keep, keep.float().mean()
 
     def stats(self, logits, probs, counts, kept) -> dict:
-        """`counts` stays this rank's (bias balancing sums it over ranks itself); `load`, the f_i of
-        the balance loss, is global with a balance group: counts summed over its ranks, no
-        gradient through them, while the probability means P_i stay local. DDP then averages
-        E * sum_i f_i * P_i(rank) over the W ranks into E * sum_i f_i * mean_r P_i(rank): the
-        gradient of one rank holding all W*B sequences."""
+        """The load metrics are this rank's micro-batch's whatever the scope (bias balancing sums
+        `counts` over ranks itself). The balance loss's f_i, with a balance group, are global:
+        counts summed over its ranks, no gradient through them, while the probability means P_i
+        stay local. DDP then averages E * sum_i f_i * P_i(rank) over the W ranks into
+        E * sum_i f_i * mean_r P_i(rank): the gradient of one rank holding all W*B sequences."""
         E = self.num_experts
-        total = counts
+        load = counts.float() / counts.sum()  # fraction of assignments, sums to 1
+        f = load
         if self.balance_group is not None and self.training:  # validation may run uneven batches per rank
             total = counts.clone()
             dist.all_reduce(total, group=self.balance_group)
-        load = total.float() / total.sum()  # f_i: fraction of assignments, sums to 1
+            f = total.float() / total.sum()
         # Switch-style balance loss scaled so uniform routing gives exactly 1.0.
-        aux = E * (load * probs.mean(dim=0)).sum()
+        aux = E * (f * probs.mean(dim=0)).sum()
         z = torch.logsumexp(logits, dim=-1).square().mean()
         entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
         return {"aux_loss": aux, "z_loss": z, "load": load, "counts": counts.float(),

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
-from raytrain_llm.core.errors import UsageError
+from raytrain_llm.core.errors import UsageError, raised_on_every_rank
 from raytrain_llm.core.parallel.expert_checkpoint import ExpertShards
 
 
@@ -49,11 +49,12 @@ class ExpertParallel:
         hook = getattr(model, "set_parallel_groups", None)
         if P > 1:
             if W % P or not dist_manager.enabled:
-                raise UsageError(f"distributed.expert_parallel: {P} must divide the number of worker "
-                                 f"processes ({W})")
+                raise raised_on_every_rank(UsageError(
+                    f"distributed.expert_parallel: {P} must divide the number of worker processes ({W})"))
             if hook is None:
-                raise UsageError(f"distributed.expert_parallel: {P}, but the task's model "
-                                 f"({type(model).__name__}) has no experts to split (no set_parallel_groups)")
+                raise raised_on_every_rank(UsageError(
+                    f"distributed.expert_parallel: {P}, but the task's model ({type(model).__name__}) has no "
+                    f"experts to split (no set_parallel_groups)"))
             check_validation_batches(config, data_module, W)
             rank = dist_manager.rank
             # Every rank creates every group, in the same order (new_group is collective).
@@ -109,7 +110,8 @@ class ExpertParallel:
 
 def check_validation_batches(config: Config, data_module, world: int) -> None:
     """Every forward of a sharded MoE layer is collective: every rank must see the same number of
-    validation batches (the last round of a split validation set may leave some ranks out)."""
+    validation batches (the last round of a split validation set may leave some ranks out).
+    Raised alike on every rank (it depends on the config and the data's size only)."""
     t = config.training
     dataset = getattr(data_module, "val_dataset", None) if t.validate else None
     if dataset is None:
@@ -119,8 +121,8 @@ def check_validation_batches(config: Config, data_module, world: int) -> None:
     if t.limit_val_batches:
         counts = {min(c, t.limit_val_batches) for c in counts}
     if len(counts) > 1:
-        raise UsageError(
+        raise raised_on_every_rank(UsageError(
             f"distributed.expert_parallel: validation batches must be equal on all {world} ranks (each "
             f"forward exchanges tokens), but {n} validation samples at training.batch_size={b} give "
             f"{min(counts)} to some and {max(counts)} to others; make the sample count a multiple of "
-            f"{world * b} or set training.limit_val_batches <= {min(counts)}")
+            f"{world * b} or set training.limit_val_batches <= {min(counts)}"))
