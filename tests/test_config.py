@@ -180,6 +180,7 @@ def configs(draw):
     cfg.distributed.use_gpu = cfg.distributed.use_gpu or cfg.distributed.gpus_per_worker > 0 \
         or cfg.distributed.backend == "nccl"
     m.moe_every_n_layers = min(m.moe_every_n_layers, m.n_layers)
+    cfg.distributed.expert_parallel = 1  # its cross-field rules: tests/test_moe_expert_parallel.py
     cfg.training.validate = cfg.training.validate or cfg.callbacks.early_stopping
     cfg.checkpoint.enabled = cfg.checkpoint.enabled or cfg.checkpoint.resume == "auto"
     d = cfg.data
