@@ -3,12 +3,13 @@ train as 1 worker x 2B; expert parallelism (experts split over the 2 ranks) trai
 logs the same router metrics, resumes bit-identically and resumes without it."""
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 import torch
 
-from rt_testing import checkpoints, ckpt_step, final_state, load_state, read_jsonl, run_cli, set_args, settings, train
+from rt_testing import checkpoints, ckpt_step, final_state, load_state, make_config, read_jsonl, train
 
 LM = {"model.vocab_size": 32, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.seq_len": 16,
       "model.mlp_type": "swiglu", "model.dropout": 0.0, "model.use_moe": True, "model.num_experts": 4,
@@ -27,9 +28,19 @@ def _free_port() -> int:
 
 
 def spawn_run(folder, **overrides) -> None:
-    s = settings(folder, **LM, **TWO, **overrides, **{"distributed.master_port": _free_port()})
-    p = run_cli(["--task", "lm", *set_args(s)], timeout=150)
-    assert p.returncode == 0, p.stderr[-3000:]
+    """2 spawned workers from this process (one intra-op thread each, as the CLI tests run them)."""
+    from raytrain_llm.launchers.local.spawn import run_spawn
+
+    cfg = make_config(folder, "lm", **LM, **TWO, **overrides, **{"distributed.master_port": _free_port()})
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned interpreters' torch
+    try:
+        run_spawn(cfg)
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
 
 
 def at_step(folder, step: int):
