@@ -111,3 +111,13 @@ def test_expert_parallel_resumes_bit_identically_and_resumes_without_it(runs):
         for k, v in state.items():
             assert torch.equal(v, resumed["optimizer"]["state"][i][k]), (i, k)
     assert max_difference(final_state(runs / "global")["model"], final_state(runs / "ep1_resumed")["model"]) < 1e-5
+
+
+def test_an_expert_parallel_checkpoint_loads_into_one_process(runs, tmp_path):
+    from raytrain_llm.models import GPT
+
+    cfg = make_config(tmp_path, "lm", **LM)
+    model = GPT(cfg.model)
+    model.load_state_dict(final_state(runs / "ep2")["model"])  # strict: every expert, full shapes
+    _, aux = model(torch.randint(0, 32, (2, 16)))
+    assert aux["moe_counts"].sum() == 2 * 16 * 2  # all 4 experts routed on one process
