@@ -187,6 +187,7 @@ def configs(draw):
     else:
         dist.find_unused_parameters = False
         dist.fsdp_cpu_offload = dist.fsdp_cpu_offload and cfg.training.device != "cpu" and dist.num_workers >= 2
+    cfg.distributed.expert_parallel = 1  # its cross-field rules: tests/test_moe_expert_parallel.py
     cfg.training.validate = cfg.training.validate or cfg.callbacks.early_stopping
     cfg.checkpoint.enabled = cfg.checkpoint.enabled or cfg.checkpoint.resume == "auto"
     d = cfg.data

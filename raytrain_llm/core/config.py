@@ -66,6 +66,9 @@ class ModelConfig:
     capacity_factor: float = setting(0.0, "tokens an expert takes, as a multiple of an even share; "
                                           "0: dropless", ge=0)
     aux_loss_coef: float = setting(0.01, "weight of the load-balancing loss", ge=0)
+    aux_loss_scope: str = setting("micro_batch", "load fractions of the balancing loss: counted over this "
+                                                 "rank's micro-batch, or summed over all data-parallel ranks "
+                                                 "(global_batch)", choices=("micro_batch", "global_batch"))
     z_loss_coef: float = setting(0.001, "weight of the router z-loss", ge=0)
     bias_balancing: bool = setting(False, "DeepSeek-V3 aux-loss-free balancing (a per-expert routing bias)")
     bias_update_rate: float = setting(0.001, "bias_balancing: the bias's step per update", ge=0)
@@ -141,6 +144,8 @@ class DistributedConfig:
                                             "in CPU memory (needs CUDA and 2+ workers)")
     placement_strategy: str = setting("PACK", "Ray: how the workers are placed on nodes",
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    expert_parallel: int = setting(1, "ranks that split each MoE layer's experts (all-to-all token exchange); "
+                                      "1: every rank holds all experts", ge=1)
 
 
 @dataclass
@@ -287,6 +292,7 @@ def cross_field_errors(cfg: Config) -> list[str]:
     if m.use_moe and m.moe_every_n_layers > m.n_layers:
         errors.append(f"model.moe_every_n_layers: no block would be MoE with model.n_layers={m.n_layers} "
                       f"(got {m.moe_every_n_layers})")
+    errors += expert_parallel_errors(cfg)
     if cfg.callbacks.early_stopping and not t.validate:
         errors.append("callbacks.early_stopping: needs training.validate=true (it watches a validation metric)")
     if cfg.checkpoint.resume == "auto" and not cfg.checkpoint.enabled:
@@ -315,6 +321,28 @@ def cross_field_errors(cfg: Config) -> list[str]:
     if cfg.checkpoint.resume not in ("none", "auto") and not cfg.checkpoint.resume.strip():
         errors.append("checkpoint.resume: must be none, auto or a checkpoint path")
     return errors + tracker_errors(cfg.logging) + folder_errors(cfg)
+
+
+def expert_parallel_errors(cfg: Config) -> list[str]:
+    m, d = cfg.model, cfg.distributed
+    ep = d.expert_parallel
+    if ep == 1:
+        return []
+    if not m.use_moe:
+        return [f"distributed.expert_parallel: {ep} needs an MoE model (model.use_moe=true)"]
+    if d.launcher == "local":
+        return [f"distributed.expert_parallel: {ep} needs {ep} or more worker processes; "
+                "distributed.launcher=local runs one (use spawn or ray)"]
+    errors = []
+    if d.num_workers % ep:
+        errors.append(f"distributed.expert_parallel: must divide distributed.num_workers ({d.num_workers}) "
+                      f"(got {ep})")
+    if m.num_experts % ep:
+        errors.append(f"distributed.expert_parallel: must divide model.num_experts ({m.num_experts}) (got {ep})")
+    if getattr(d, "strategy", "ddp") != "ddp":
+        errors.append(f"distributed.expert_parallel: {ep} works with distributed.strategy=ddp only "
+                      f"(got {d.strategy})")
+    return errors
 
 
 def tracker_errors(logging_cfg: LoggingConfig) -> list[str]:

@@ -6,10 +6,11 @@ scheduler steps, validation, callbacks and checkpoints. When a process group of 
 rank exists, whoever created it (spawn, Ray Train), it wraps the model in DDP or shards it with
 FSDP2 (`distributed.strategy`, `core/parallel/`).
 
-Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as
-a whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model
-in, validation metrics out), `TrainMetrics` (train metrics between two logs) and
-`CheckpointManager` (the checkpoint folders).
+Its parts, each with its own interface: `Progress` (where the run stands; saved and restored as a
+whole), `Resumer` (the checkpoint to start from, restored into the run), `Validator` (a model in,
+validation metrics out), `TrainMetrics` (train metrics between two logs), `CheckpointManager` (the
+checkpoint folders) and the strategy (`core/parallel/strategy.py`: DDP or FSDP, with
+`ExpertParallel` for MoE experts sharded over workers).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from raytrain_llm.core.errors import TrainingError, UsageError
 from raytrain_llm.core.host_memory import keep_freed_host_memory
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.monitoring import PerformanceMonitor
+from raytrain_llm.core.parallel.expert_parallel import ExpertParallel
 from raytrain_llm.core.parallel.strategy import build_strategy
 from raytrain_llm.core.precision import Precision, configure_matmul, to_device
 from raytrain_llm.core.progress import Progress, ProgressField, planned_total_steps
@@ -119,6 +121,8 @@ class TrainingEngine:
         # A compiled module must not be truth-tested (`a or b` calls len() on it).
         self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
             if cfg.optimization.compile else self.raw_model
+        # The MoE layers' process groups (expert parallelism, the global balance loss), before DDP.
+        self.parallel.experts = ExpertParallel(cfg, self.dist, self.raw_model, self.data_module)
         self.model = self.parallel.wrap(self.eval_model)
         # Dropout and other step randomness differ per rank, as independent samples should.
         seed_everything(cfg.training.seed + 1 + 1000 * self.dist.rank)
@@ -184,9 +188,9 @@ class TrainingEngine:
         if state is None:
             return
         schedule = self.resumer.restore(
-            state, progress=self.progress, model=self.raw_model, optimizer=self.optimizer,
-            schedule=Schedule(self.scheduler, self.total_steps), scaler=self.precision.scaler,
-            num_batches=self._num_batches())
+            self.parallel.local_state(state, self.optimizer), progress=self.progress, model=self.raw_model,
+            optimizer=self.optimizer, schedule=Schedule(self.scheduler, self.total_steps),
+            scaler=self.precision.scaler, num_batches=self._num_batches())
         self.scheduler, self.total_steps = schedule.scheduler, schedule.total_steps
         self._saved_at = self.progress.save_key()
         self.callbacks.load_state_dict(state.get("callbacks") or {})
@@ -368,9 +372,7 @@ class TrainingEngine:
             "scheduler": scheduler,
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
             "progress": self.progress.state_dict(world_size=self.dist.world_size, total_steps=self.total_steps),
-            "rng": rng,
-            "callbacks": callbacks,
-            "config": self.config.to_dict(),
+            "rng": rng, "callbacks": callbacks, "config": self.config.to_dict(),
         }
 
     def _checkpoint_if_needed(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,10 @@ class MoE(nn.Module):
         # Shared experts see every token with weight 1: n of them equal one MLP n times as wide.
         self.shared = MLP(d_model, hidden * num_shared_experts, mlp_type) if num_shared_experts else None
         self.drop = nn.Dropout(dropout)
+        # Expert parallelism (models/moe_expert_parallel.shard_experts sets both): the group of
+        # ranks splitting the experts, and the dispatch that exchanges tokens over it.
+        self.expert_group = None
+        self.expert_dispatch: Optional[Callable] = None
         for w in (self.w_in, self.w_out, self.router.weight):  # GPT re-inits; this is for standalone use
             nn.init.normal_(w, std=0.02)
         # grouped_mm needs 16-byte aligned row strides: 8 elements covers fp32 and bf16.
@@ -152,8 +156,12 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, d]
         routing = self.router(x)
-        backend = self.backend(x)
-        y = self._loop(x, routing) if backend == "loop" else self._dispatch(x, routing, backend)
+        if self.expert_dispatch is not None:
+            y = self.expert_dispatch(self, x, routing)
+        elif (backend := self.backend(x)) == "loop":
+            y = self._loop(x, routing)
+        else:
+            y = self._dispatch(x, routing, backend)
         if self.shared is not None:
             y = y + self.shared(x)
         return self.drop(y.view(shape)), routing.stats
@@ -249,8 +257,8 @@ class MoE(nn.Module):
         forward, then each token's k experts gathered and applied with one bmm each way, and
         no balancing statistics. The sorted dispatch above is for many tokens; for one a row
         its sort, layout and host syncs cost more than the experts. With a capacity limit the
-        forward's drop rule applies, so forward is used."""
-        if self.router.capacity_factor > 0:
+        forward's drop rule applies, and with sharded experts the exchange: forward is used."""
+        if self.router.capacity_factor > 0 or self.expert_dispatch is not None:
             return self.forward(x)[0]
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [N, d]

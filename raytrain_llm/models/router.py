@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -34,6 +36,9 @@ class Router(nn.Module):
         # DeepSeek-V3 aux-loss-free balancing: shifts which experts are *selected*, never the
         # combine weights. A buffer, so it lands in checkpoints and DDP keeps ranks in step.
         self.register_buffer("bias", torch.zeros(num_experts))
+        # Set from outside (GPT.set_parallel_groups): the ranks whose expert counts the balance
+        # loss's load fractions sum over in training; None: this rank's micro-batch alone.
+        self.balance_group: Optional[dist.ProcessGroup] = None
 
     def capacity(self, num_tokens: int) -> int:
         return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
@@ -91,10 +96,20 @@ class Router(nn.Module):
         return weights * keep, keep.float().mean()
 
     def stats(self, logits, probs, counts, kept) -> dict:
+        """The load metrics are this rank's micro-batch's whatever the scope (bias balancing sums
+        `counts` over ranks itself). The balance loss's f_i, with a balance group, are global:
+        counts summed over its ranks, no gradient through them, while the probability means P_i
+        stay local. DDP then averages E * sum_i f_i * P_i(rank) over the W ranks into
+        E * sum_i f_i * mean_r P_i(rank): the gradient of one rank holding all W*B sequences."""
         E = self.num_experts
-        load = counts.float() / counts.sum()  # f_i: fraction of assignments, sums to 1
+        load = counts.float() / counts.sum()  # fraction of assignments, sums to 1
+        f = load
+        if self.balance_group is not None and self.training:  # validation may run uneven batches per rank
+            total = counts.clone()
+            dist.all_reduce(total, group=self.balance_group)
+            f = total.float() / total.sum()
         # Switch-style balance loss scaled so uniform routing gives exactly 1.0.
-        aux = E * (load * probs.mean(dim=0)).sum()
+        aux = E * (f * probs.mean(dim=0)).sum()
         z = torch.logsumexp(logits, dim=-1).square().mean()
         entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
         return {"aux_loss": aux, "z_loss": z, "load": load, "counts": counts.float(),

@@ -27,6 +27,7 @@ from raytrain_llm.models.attention import CausalSelfAttention
 from raytrain_llm.models.kv_cache import KVCache
 from raytrain_llm.models.mlp import MLP, hidden_width
 from raytrain_llm.models.moe import MoE
+from raytrain_llm.models.moe_expert_parallel import shard_experts
 
 _STAT_KEYS = ("load", "counts", "max_load", "dropped_frac", "entropy", "aux_loss", "z_loss")
 
@@ -157,6 +158,19 @@ class GPT(nn.Module):
         aux = {f"moe_{k}": torch.stack([s[k] for s in layer_stats]) for k in _STAT_KEYS}
         aux["aux_loss"], aux["z_loss"] = aux["moe_aux_loss"].sum(), aux["moe_z_loss"].sum()
         return aux
+
+    def set_parallel_groups(self, *, balance_group=None, expert_group=None) -> list[nn.Parameter]:
+        """Process groups from whoever set them up (the model creates none): `balance_group`, the
+        ranks whose expert counts the balance loss sums in training (None: each micro-batch's
+        own); `expert_group`, the ranks that split every MoE layer's experts (None: all here).
+        Returns the parameters now sharded over `expert_group` (their gradients are this rank's
+        experts' only: the caller reduces them apart from the replicated ones)."""
+        sharded = []
+        for layer in self.moe_layers:
+            layer.router.balance_group = balance_group
+            if expert_group is not None:
+                sharded += shard_experts(layer, expert_group)
+        return sharded
 
     @torch.no_grad()
     def update_router_biases(self, counts: torch.Tensor, rate: Optional[float] = None) -> None:

@@ -26,8 +26,8 @@ from raytrain_llm.models.wrappers import unwrap
 
 REGRESSION_KEYS = ("model.input_dim", "model.hidden_dim", "data.noise_std")  # the regression MLP's and data's
 MOE_KEYS = tuple(f"model.{k}" for k in ("num_experts", "top_k", "moe_every_n_layers", "expert_hidden_dim",
-                                         "num_shared_experts", "capacity_factor", "aux_loss_coef", "z_loss_coef",
-                                         "bias_balancing", "bias_update_rate", "moe_impl"))
+                                         "num_shared_experts", "capacity_factor", "aux_loss_coef", "aux_loss_scope",
+                                         "z_loss_coef", "bias_balancing", "bias_update_rate", "moe_impl"))
 SYNTHETIC_DATA_KEYS = ("data.num_train_samples", "data.num_val_samples", "data.markov_concentration")
 
 
@@ -118,6 +118,10 @@ class LanguageModelingTask(TrainingTask):
         o = self.options
         if not o.sample_prompts:
             return []
+        if self.config.distributed.expert_parallel > 1:  # rank 0 generates alone; the experts are split
+            raise raised_on_every_rank(UsageError(
+                "task_options.sample_prompts: not available with distributed.expert_parallel > 1 (rank 0 "
+                "samples alone, and each rank holds only some experts); sample from a checkpoint instead"))
         if o.sample_max_new_tokens < 1 or o.sample_temperature < 0:
             raise raised_on_every_rank(UsageError(
                 "task_options.sample_max_new_tokens must be >= 1 and task_options.sample_temperature >= 0 "

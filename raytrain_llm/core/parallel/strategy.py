@@ -1,7 +1,9 @@
 """The two ways the engine spreads a model over its workers, behind one small interface.
 
 `Replicated` (ddp): every rank holds the whole model, DDP all-reduces gradients; checkpoints are
-full (`state.pt`, written by rank 0). `Sharded` (fsdp): FSDP2 shards parameters, gradients and
+full (`state.pt`, written by rank 0). With `distributed.expert_parallel` > 1 its `experts` part
+(`ExpertParallel`) holds the MoE experts sharded over expert groups instead: kept out of DDP,
+their gradients reduced by it, full in checkpoints. `Sharded` (fsdp): FSDP2 shards parameters, gradients and
 optimizer state over the ranks; checkpoints are sharded (each rank writes its own shards).
 
 With one worker there is no process group: both train the plain model, identically; `Sharded`
@@ -22,6 +24,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.parallel import fsdp
 from raytrain_llm.core.parallel.clipping import clip_sharded_grad_norm
+from raytrain_llm.core.parallel.expert_parallel import ExpertParallel
 from raytrain_llm.core.sharded.checkpoint import save_sharded
 from raytrain_llm.core.sharded.layout import FORMAT_KEY, SHARDED_FORMAT
 
@@ -31,6 +34,7 @@ class Replicated:
 
     def __init__(self, config: Config, dist: DistributedManager, device: torch.device):
         self.config, self.dist, self.device = config, dist, device
+        self.experts: Optional[ExpertParallel] = None  # set by the engine once the model exists
 
     def shard(self, model: nn.Module, units: list[nn.Module]) -> None:
         """Nothing to do: each rank keeps the whole model."""
@@ -39,6 +43,8 @@ class Replicated:
         """The module train_step calls (`model` is compiled or not)."""
         if not self.dist.enabled:
             return model
+        if self.experts is not None:
+            self.experts.exclude_from_ddp(model)
         return DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=self.config.distributed.find_unused_parameters)
@@ -53,11 +59,24 @@ class Replicated:
         return contextlib.nullcontext()
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        """After backward and unscaling: gradients final (sharded experts' reduced too), clipped by
+        their global norm, which is returned."""
+        max_norm = max_norm if max_norm > 0 else float("inf")
+        if self.experts is not None:
+            return self.experts.finish_gradients(params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The checkpoint's model/optimizer entries (model: the unwrapped one)."""
-        return {"model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict()}
+        """The checkpoint's model/optimizer entries (model: the unwrapped one). Collective."""
+        state = clean_state_dict(model.state_dict())
+        if self.experts is None:
+            return {"model": state, "optimizer": optimizer.state_dict()}
+        model_state, optimizer_state = self.experts.full_states(state, optimizer)
+        return {"model": model_state, "optimizer": optimizer_state}
+
+    def local_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """A loaded full checkpoint as this rank holds the model (its own experts only)."""
+        return self.experts.local_state(state, optimizer) if self.experts is not None else state
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
