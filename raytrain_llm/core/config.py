@@ -134,6 +134,8 @@ class DistributedConfig:
     find_unused_parameters: bool = setting(False, "DDP: allow parameters that get no gradient in a step")
     placement_strategy: str = setting("PACK", "Ray: how the workers are placed on nodes",
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    dashboard: bool = setting(False, "Ray: start the dashboard (web UI, State API, `ray list ...`) with a "
+                                     "private local Ray; a Tune sweep always starts it")
 
 
 @dataclass
