@@ -52,11 +52,11 @@ def stages(marks: list[dict], t0: float) -> dict[str, float]:
     the first worker's task (worker group placed, processes started, process group), its data
     module and model built, its first batch in hand."""
     driver_pid = marks[0]["pid"] if marks else None
+    several = len({m["pid"] for m in marks}) > 1  # in-process: one process is driver and worker
     out = {}
     for m in marks:
-        who = "driver" if m["pid"] == driver_pid and m["event"] == "task_built" else "worker"
-        key = f"{who}_{m['event']}"
-        out.setdefault(key, round(m["t"] - t0, 2))
+        who = "driver" if several and m["pid"] == driver_pid else "worker"
+        out.setdefault(f"{who}_{m['event']}", round(m["t"] - t0, 2))
     return out
 
 

@@ -8,7 +8,8 @@ Why blocks of G slots of one rank: with `preserve_order=True` and equal-sized bl
 `streaming_split(W, equal=True)` hands block j to shard j mod W (it feeds the shard with the fewest
 rows, ties to the lowest index). So block j holds G consecutive global batches of rank j mod W, and
 each shard streams exactly its rank's slots, in order. G > 1 cuts the number of Ray Data tasks (one
-per block) G-fold, which matters on small machines. Every slot also carries its (epoch, batch,
+per block), of the split coordinator's hand-overs and of the worker's reads (read_slots: a block
+per read) G-fold: each costs Ray a fixed few milliseconds of CPU on the cores that train. Every slot also carries its (epoch, batch,
 rank), and the worker checks them: if Ray ever changes how it splits, the run fails loudly instead
 of silently training on a different order.
 
@@ -34,7 +35,7 @@ from raytrain_llm.core.errors import TrainingError
 from raytrain_llm.data.base import epoch_permutation
 
 _META = ("_epoch", "_batch", "_rank", "_count")
-SLOTS_PER_BLOCK = 8  # G above
+SLOTS_PER_BLOCK = 32  # G above
 
 
 @lru_cache(maxsize=4)
