@@ -99,6 +99,8 @@ def test_a_started_stream_pulls_its_first_item_early_and_keeps_order_and_errors(
 def test_read_slots_gives_each_rank_the_samplers_batches_from_real_shards(tmp_path, ray_local):
     """Blocks of slots read through Ray Data's streaming_split, unpacked per slot: each rank gets its
     sampler batches in order, as the tensors the dataset holds for those ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import ray.data
     from ray.data import ExecutionOptions
 
@@ -113,7 +115,9 @@ def test_read_slots_gives_each_rank_the_samplers_batches_from_real_shards(tmp_pa
     ctx.execution_options = ExecutionOptions(preserve_order=True)
     try:
         shards = build_ray_datasets(cfg, module, world)["train"].streaming_split(world, equal=True)
-        got = {rank: list(read_slots(shard, prefetch=1)) for rank, shard in enumerate(shards)}
+        # The split's consumers advance together (as Train's workers do): read them concurrently.
+        with ThreadPoolExecutor(world) as pool:
+            got = dict(enumerate(pool.map(lambda shard: list(read_slots(shard, prefetch=1)), shards)))
     finally:
         ctx.execution_options = saved
     n = len(module.train_dataset)
