@@ -146,6 +146,8 @@ class DistributedConfig:
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     expert_parallel: int = setting(1, "ranks that split each MoE layer's experts (all-to-all token exchange); "
                                       "1: every rank holds all experts", ge=1)
+    dashboard: bool = setting(False, "Ray: start the dashboard (web UI, State API, `ray list ...`) with a "
+                                     "private local Ray; a Tune sweep always starts it")
 
 
 @dataclass

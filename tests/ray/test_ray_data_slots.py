@@ -1,4 +1,4 @@
-"""Slot layout of the Ray Data pipeline, checked without Ray: it must be the sampler's layout."""
+"""Slot layout of the Ray Data pipeline: it must be the sampler's layout (checked without Ray, then through real shards)."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,3 +59,75 @@ def test_batches_needed_respects_max_steps_and_accumulation(tmp_path):
     cfg = ray_config(tmp_path, training__epochs=3, training__max_steps=7, training__grad_accum_steps=2)
     # 5 steps per epoch (the last one a single batch) use 9 batches; then 2 steps use 4 batches.
     assert train_batches_needed(cfg, 9) == 9 + 4
+
+
+@pytest.mark.timeout(30)
+def test_a_started_stream_pulls_its_first_item_early_and_keeps_order_and_errors():
+    import threading
+
+    from raytrain_llm.launchers.ray_train.data_shards import StartedStream
+
+    pulled = threading.Event()
+
+    def items():
+        pulled.set()
+        yield from range(5)
+
+    stream = StartedStream(items())
+    assert pulled.wait(10)  # before anyone asked
+    assert list(stream) == [0, 1, 2, 3, 4]
+    assert list(StartedStream(iter(()))) == []
+
+    def failing():
+        yield 1
+        raise ValueError("block lost")
+
+    broken = StartedStream(failing())
+    assert next(broken) == 1
+    with pytest.raises(ValueError, match="block lost"):
+        next(broken)
+
+    def failing_at_once():
+        raise KeyError("no shard")
+        yield  # a generator
+
+    with pytest.raises(KeyError, match="no shard"):
+        next(StartedStream(failing_at_once()))
+
+
+@pytest.mark.timeout(120)
+def test_read_slots_gives_each_rank_the_samplers_batches_from_real_shards(tmp_path, ray_local):
+    """Blocks of slots read through Ray Data's streaming_split, unpacked per slot: each rank gets its
+    sampler batches in order, as the tensors the dataset holds for those ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray.data
+    from ray.data import ExecutionOptions
+
+    from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets, read_slots
+    from raytrain_llm.launchers.task_resolution import resolve_task
+
+    world, b = 2, 8
+    cfg = ray_config(tmp_path, distributed__num_workers=world, training__max_steps=0, training__epochs=1)
+    module = resolve_task(cfg.task)(cfg).build_data_module()
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options
+    ctx.execution_options = ExecutionOptions(preserve_order=True)
+    try:
+        shards = build_ray_datasets(cfg, module, world)["train"].streaming_split(world, equal=True)
+        # The split's consumers advance together (as Train's workers do): read them concurrently.
+        with ThreadPoolExecutor(world) as pool:
+            got = dict(enumerate(pool.map(lambda shard: list(read_slots(shard, prefetch=1)), shards)))
+    finally:
+        ctx.execution_options = saved
+    n = len(module.train_dataset)
+    for rank in range(world):
+        expected = list(ResumableBatchSampler(n, b, rank=rank, world_size=world, seed=cfg.data.seed, epoch=0))
+        slots = [(data, meta) for data, meta in got[rank] if meta[3]]  # block padding: empty slots
+        assert [meta[:3] for _, meta in slots] == [(0, i, rank) for i in range(len(expected))]
+        for (data, _), ids in zip(slots, expected):
+            rows = module.train_dataset.rows(np.asarray(ids))
+            assert data.keys() == rows.keys()
+            for k in rows:
+                np.testing.assert_array_equal(data[k].numpy(), np.asarray(rows[k]))
+            assert all(t.is_contiguous() or t.dim() == 0 for t in data.values())

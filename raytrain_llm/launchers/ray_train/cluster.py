@@ -133,11 +133,13 @@ def keep_private_ray_on_loopback(config: Config) -> bool:
     return os.environ[LOOPBACK_ENV] == "0"
 
 
-def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:
+def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_cpus: float = 0.0) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
-    The dashboard is on (on 127.0.0.1) because Train's placement-group cleaner and Tune's trial
-    clean-up query the State API, which it serves; without it they retry and log forever.
+    A private local Ray starts its dashboard (on 127.0.0.1) only when asked: `include_dashboard`,
+    else `distributed.dashboard`. Tune asks, because its trial clean-up queries the State API that
+    the dashboard serves. A Train run on a private Ray does not need it: its only State API user,
+    Train's placement-group cleaner, is left out there (`build_trainer(private_cluster=True)`).
     """
     import ray
 
@@ -164,6 +166,8 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
         if problems:
             raise UsageError(f"this machine cannot place the run: {'; '.join(problems)}")
         loopback = {"_node_ip_address": "127.0.0.1"} if os.environ.get(LOOPBACK_ENV) == "0" else {}
+        if include_dashboard is None:
+            include_dashboard = config.distributed.dashboard
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
                  dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **loopback, **common)
     return True

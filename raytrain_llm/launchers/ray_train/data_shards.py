@@ -8,7 +8,8 @@ Why blocks of G slots of one rank: with `preserve_order=True` and equal-sized bl
 `streaming_split(W, equal=True)` hands block j to shard j mod W (it feeds the shard with the fewest
 rows, ties to the lowest index). So block j holds G consecutive global batches of rank j mod W, and
 each shard streams exactly its rank's slots, in order. G > 1 cuts the number of Ray Data tasks (one
-per block) G-fold, which matters on small machines. Every slot also carries its (epoch, batch,
+per block), of the split coordinator's hand-overs and of the worker's reads (read_slots: a block
+per read) G-fold: each costs Ray a fixed few milliseconds of CPU on the cores that train. Every slot also carries its (epoch, batch,
 rank), and the worker checks them: if Ray ever changes how it splits, the run fails loudly instead
 of silently training on a different order.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from functools import lru_cache
 from typing import Any, Iterable, Iterator, Optional
 
@@ -33,7 +35,7 @@ from raytrain_llm.core.errors import TrainingError
 from raytrain_llm.data.base import epoch_permutation
 
 _META = ("_epoch", "_batch", "_rank", "_count")
-SLOTS_PER_BLOCK = 8  # G above
+SLOTS_PER_BLOCK = 32  # G above
 
 
 @lru_cache(maxsize=4)
@@ -148,10 +150,62 @@ def build_ray_datasets(config: Config, data_module, world_size: int, every_epoch
     return {"train": slots(gen), "val": slots(val_gen)}
 
 
-def _unpack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[int, int, int, int]]:
-    meta = tuple(int(batch[k][0]) for k in _META)
-    count = meta[3]
-    return {k: v[0, :count] for k, v in batch.items() if k not in _META}, meta
+def read_slots(shard, prefetch: int) -> Iterator[tuple[dict[str, torch.Tensor], tuple[int, int, int, int]]]:
+    """(micro-batch, (epoch, batch, rank, count)) for each slot of `shard`, in order.
+
+    Read a block (SLOTS_PER_BLOCK slots) per transfer as numpy and made tensors here: Ray Data's
+    per-batch work (batching, format conversion, collation, its stats) is paid once per block
+    rather than once per micro-batch, and `prefetch` blocks are fetched by Ray's background thread.
+    The batch sizes need not match the blocks for correctness (every slot carries its own ids);
+    they match so that no slot is copied twice. One copy per block: Ray's arrays may be read-only
+    views of the object store, and a task may write into its batch.
+    """
+    for block in shard.iter_batches(batch_size=SLOTS_PER_BLOCK, prefetch_batches=prefetch,
+                                    batch_format="numpy", drop_last=False):
+        metas = np.stack([np.asarray(block[k]).reshape(-1) for k in _META], 1).tolist()  # (G, 4)
+        tensors = {k: torch.tensor(v) for k, v in block.items() if k not in _META}  # (G, B, ...) each
+        for i, meta in enumerate(metas):
+            count = meta[3]
+            yield {k: v[i, :count] for k, v in tensors.items()}, tuple(meta)
+
+
+class StartedStream:
+    """An iterator whose first item is pulled at once, in a background thread.
+
+    Ray Data starts its pipeline (the split coordinator's executor, the first generating tasks and
+    their worker processes) only when a shard is first read. Pulling the first slot while the
+    worker builds its model and engine overlaps those seconds with that work instead of adding
+    them before the first step. The thread ends with the first item; after that every item is
+    pulled by the caller, so the underlying iterator is never used by two threads at once.
+    """
+
+    def __init__(self, iterator: Iterator):
+        self._iterator, self._first, self._error = iterator, [], None
+        self._thread: Optional[threading.Thread] = threading.Thread(
+            target=self._pull_first, name="ray-data-first-slot", daemon=True)
+        self._thread.start()
+
+    def _pull_first(self) -> None:
+        try:
+            self._first.append(next(self._iterator))
+        except StopIteration:
+            pass
+        except BaseException as exc:  # raised in the caller's thread, at its first next()
+            self._error = exc
+
+    def __iter__(self) -> "StartedStream":
+        return self
+
+    def __next__(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._first:
+                return self._first.pop()
+        return next(self._iterator)
 
 
 class RayShardDataModule:
@@ -164,7 +218,7 @@ class RayShardDataModule:
     def __init__(self, inner, train_shard, val_shard, *, rank: int, world_size: int, prefetch: int = 2):
         self.inner, self.train_shard, self.val_shard = inner, train_shard, val_shard
         self.rank, self.world_size, self.prefetch = rank, world_size, prefetch
-        self._stream: Optional[Iterator] = None
+        self._stream: Optional[Iterator] = self._open_stream()  # started now: see StartedStream
         self._position = (0, 0)  # (epoch, batch) of the next slot the stream yields
 
     def __getattr__(self, name: str):
@@ -172,8 +226,7 @@ class RayShardDataModule:
 
     def _open_stream(self) -> Iterator:
         self._position = (0, 0)
-        return iter(self.train_shard.iter_torch_batches(batch_size=1, prefetch_batches=self.prefetch,
-                                                        drop_last=False))
+        return StartedStream(read_slots(self.train_shard, self.prefetch))
 
     def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int, world_size: int,
                       pin_memory: bool = False) -> Iterable[Any]:
@@ -186,8 +239,7 @@ class RayShardDataModule:
     def _epoch(self, epoch: int, start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
         # The stream spans all epochs: skip to (epoch, start_batch), e.g. after a restart.
         nb = self.inner.num_train_batches(self.inner.config.training.batch_size, self.world_size)
-        for row in self._stream:
-            data, (e, b, r, count) = _unpack(row)
+        for data, (e, b, r, count) in self._stream:
             self._position = (e, b + 1) if b + 1 < nb else (e + 1, 0)
             if (e, b) < (epoch, start_batch):
                 continue
@@ -209,8 +261,7 @@ class RayShardDataModule:
 
     def val_batches(self, *, batch_size: int, rank: int, world_size: int,
                     pin_memory: bool = False) -> Iterable[Any]:
-        for row in self.val_shard.iter_torch_batches(batch_size=1, prefetch_batches=self.prefetch):
-            data, (_, _, r, count) = _unpack(row)
+        for data, (_, _, r, count) in read_slots(self.val_shard, self.prefetch):
             if r != self.rank:
                 raise RuntimeError(f"Ray Data val shard out of order: rank {self.rank} got a slot of rank {r}")
             if count:  # empty tail slots carry no samples

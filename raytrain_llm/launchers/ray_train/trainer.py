@@ -182,8 +182,10 @@ def _record_placement(config: Config, ctx, rank: int) -> None:
 
 
 def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Optional[str] = None,
-                  storage_path: Optional[str] = None):
-    """A ready-to-`fit()` TorchTrainer for `config` (needs `ray.init` first; Tune calls this per trial)."""
+                  storage_path: Optional[str] = None, private_cluster: bool = False):
+    """A ready-to-`fit()` TorchTrainer for `config` (needs `ray.init` first; Tune calls this per trial).
+
+    `private_cluster`: Ray was started by this process and ends with it (see private_cluster.py)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -205,7 +207,10 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
-    return TorchTrainer(
+    trainer_class = TorchTrainer
+    if private_cluster:
+        from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
+    return trainer_class(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "data_checked": True},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
@@ -262,7 +267,7 @@ def run_ray(config: Config) -> dict[str, Any]:
     try:
         if not started:
             warn_if_unplaceable(cfg)
-        return summarize(cfg, fit(build_trainer(cfg), cfg))
+        return summarize(cfg, fit(build_trainer(cfg, private_cluster=started), cfg))
     finally:
         if started:
             ray.shutdown()
