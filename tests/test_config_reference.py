@@ -14,8 +14,8 @@ from raytrain_llm.core.config import (
     SECTIONS,
     section_fields,
     setting,
-    value_errors,
 )
+from raytrain_llm.core.config_checks import value_errors
 
 
 def test_readme_holds_the_generated_reference():

@@ -225,7 +225,7 @@ def test_options_of_the_other_strategy_are_config_errors_naming_the_key(sets, ke
 
 
 def test_a_sweep_refuses_the_other_strategys_options():
-    from raytrain_llm.core.config import switched_off_keys
+    from raytrain_llm.core.config_checks import switched_off_keys
     from raytrain_llm.core.config_loader import load_config
 
     ddp = switched_off_keys(load_config(None, [], environ={}))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from raytrain_llm.core.config import Config, ModelConfig, switched_off_keys
+from raytrain_llm.core.config import Config, ModelConfig
+from raytrain_llm.core.config_checks import switched_off_keys
 from raytrain_llm.core.task import declared_inactive_keys
 from raytrain_llm.tasks.lm_task import LanguageModelingTask
 from raytrain_llm.tasks.regression_task import RegressionTask

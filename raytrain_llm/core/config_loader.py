@@ -16,6 +16,7 @@ import yaml
 
 from raytrain_llm.core.bounded_yaml import MAX_BYTES, BoundedLoader, load_text
 from raytrain_llm.core.config import SECTIONS, Config
+from raytrain_llm.core.config_checks import cross_field_errors
 from raytrain_llm.core.env_settings import ENV_SETTINGS, env_setting_errors
 from raytrain_llm.core.errors import ConfigError, clip, quote
 
@@ -344,7 +345,7 @@ def _finish(builder: _Builder, task: Optional[str]) -> Config:
     cfg = builder.build()
     if task:
         cfg.task = task
-    errors = builder.errors + [_with_source(e, builder.sources) for e in cfg.validate()]
+    errors = builder.errors + [_with_source(e, builder.sources) for e in cross_field_errors(cfg)]
     if errors:
         raise ConfigError(errors)
     return cfg

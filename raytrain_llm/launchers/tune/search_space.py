@@ -23,7 +23,8 @@ import math
 import random
 from typing import Any
 
-from raytrain_llm.core.config import Config, switched_off_keys
+from raytrain_llm.core.config import Config
+from raytrain_llm.core.config_checks import switched_off_keys
 from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import ConfigError
 from raytrain_llm.core.task import declared_inactive_keys
@@ -81,7 +82,7 @@ def point_errors(base: Config, point: dict[str, Any]) -> list[str]:
 def inactive_keys(cfg: Config) -> dict[str, str]:
     """Keys whose value cannot change this config's run, each with what switches it off: the
     task's declaration (`TrainingTask.inactive_keys`: model and data keys, its LR schedule's)
-    and the engine's own settings (`config.switched_off_keys`)."""
+    and the engine's own settings (`config_checks.switched_off_keys`)."""
     off = declared_inactive_keys(resolve_task(cfg.task), cfg)
     for key, reason in switched_off_keys(cfg).items():
         off.setdefault(key, reason)

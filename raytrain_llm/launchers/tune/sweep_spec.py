@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from raytrain_llm.core.config import SECTIONS, Config, value_errors
+from raytrain_llm.core.config import SECTIONS, Config
+from raytrain_llm.core.config_checks import value_errors
 from raytrain_llm.core.config_loader import coerce, field_types, read_yaml, suggest, type_name
 from raytrain_llm.core.errors import ConfigError, clip, quote
 
