@@ -10,7 +10,7 @@ from that checkpoint with no step lost. A second SIGTERM ends the worker at once
 
 Ray's preemption notice (a node drained with reason PREEMPTION) is read from the worker's
 train context at each step boundary, where the engine's ranks agree on it in the same
-all_reduce as the stop signal (core/interruption): one just-in-time checkpoint, then
+all_reduce as the stop signal (core/step_agreement): one just-in-time checkpoint, then
 training goes on until the node goes; the restart resumes from that checkpoint.
 """
 from __future__ import annotations
