@@ -253,10 +253,22 @@ class CustomValTask(OptionsTask):
         return StepOutput(loss=out.loss, metrics={"acc": 1.0})
 
 
+class SignalAtEnd(Callback):
+    """Sends its process `signum` once the run has ended (after its last step, save and summary):
+    a signal that comes too late to stop anything."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def on_train_end(self, engine) -> None:
+        os.kill(os.getpid(), self.signum)
+
+
 class SignalAtStepTask(RegressionTask):
     """Sends itself (or, RT_SIGNAL_TARGET=parent, spawn's parent) $RT_SIGNAL (TERM or INT) right after
     optimizer step $RT_SIGNAL_AT_STEP, on rank $RT_SIGNAL_RANK (0), $RT_SIGNAL_TIMES times (1):
-    what a preempted machine's scheduler or a Ctrl-C does, at a known step."""
+    what a preempted machine's scheduler or a Ctrl-C does, at a known step. RT_SIGNAL_AT_END=1:
+    once more after the run ended."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -265,6 +277,9 @@ class SignalAtStepTask(RegressionTask):
         self.times = int(os.environ.get("RT_SIGNAL_TIMES", "1"))
         self.rank = int(os.environ.get("RT_SIGNAL_RANK", "0"))
         self.steps = 0
+
+    def configure_callbacks(self):
+        return [SignalAtEnd(self.signum)] if os.environ.get("RT_SIGNAL_AT_END") else []
 
     def on_optimizer_step(self, model) -> None:
         self.steps += 1
