@@ -301,7 +301,8 @@ class SlowTask(RegressionTask):
 
 class PreemptionDrillTask(RegressionTask):
     """For the preemption drill (Ray only). Until the file $RT_RELEASE exists: after optimizer step
-    $RT_NOTICE_STEP each rank waits for Ray's preemption notice (the test drains a node), and after
+    $RT_NOTICE_STEP each rank writes $RT_RELEASE.at-notice-step and waits for Ray's preemption
+    notice (the test drains a node once the file is there), and after
     step $RT_HOLD_STEP it waits for the file (the test removes the drained node meanwhile). A
     restarted run finds the file and trains straight through."""
 
@@ -322,6 +323,8 @@ class PreemptionDrillTask(RegressionTask):
             return
         deadline = time.monotonic() + 120
         if self.steps == self.notice_step:
+            with open(self.release + ".at-notice-step", "a", encoding="utf-8"):
+                pass  # the test drains the node now: the notice then arrives at this step, no earlier
             while not preemption_notice() and time.monotonic() < deadline:
                 time.sleep(0.05)
         elif self.steps == self.hold_step:
