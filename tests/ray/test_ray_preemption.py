@@ -1,8 +1,12 @@
 """Preemption drill on two Ray nodes: the node holding a worker is drained with reason PREEMPTION
-(what the autoscaler and KubeRay do before a spot node is reclaimed), then removed. The run saves a
-checkpoint at the step boundary after the notice, trains on, is restarted by Ray when the node goes
-(a preemption restart: max_failures is 0), resumes from that checkpoint and ends with the weights
-of an uninterrupted run."""
+(what the autoscaler and KubeRay do before a spot node is reclaimed), then removed after the drain's
+deadline. The run saves a checkpoint at the step boundary after the notice, trains on, is restarted
+by Ray at the deadline (a preemption restart, counted by distributed.max_preemption_failures:
+max_failures is 0), resumes from that checkpoint and ends with the weights of an uninterrupted run.
+
+Ray counts a drained node's death as a preemption only after the drain's deadline (the node's
+death reason is then AUTOSCALER_DRAIN_PREEMPTED); removed before it, its workers' deaths are
+plain failures."""
 from __future__ import annotations
 
 import json
@@ -18,9 +22,11 @@ import torch
 from ray_testing import TESTS_DIR, final_params, fit, ray_config
 
 RAY = str(Path(sys.executable).parent / "ray")
+# Time from the drain to the reclaim: room for the notice's save and the replacement node to start.
+DRAIN_DEADLINE_S = 15
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(360)  # with the shared reference run, on a loaded 2-core machine
 def test_a_drained_node_gets_a_checkpoint_and_the_restart_loses_nothing(tmp_path, reference_2w, monkeypatch):
     from ray.cluster_utils import Cluster
 
@@ -32,9 +38,7 @@ def test_a_drained_node_gets_a_checkpoint_and_the_restart_loses_nothing(tmp_path
     monkeypatch.setenv("RT_NOTICE_STEP", "5")
     monkeypatch.setenv("RT_HOLD_STEP", "7")
     monkeypatch.setenv("RT_RELEASE", str(release))
-    # A killed node counts as dead after 5 failed health checks, 1 s apart (Ray's default: 3 s apart).
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": False, "_system_config": {"health_check_period_ms": 1000}})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     result = {}
     try:
         spot = cluster.add_node(num_cpus=2)
@@ -75,23 +79,19 @@ def test_a_drained_node_gets_a_checkpoint_and_the_restart_loses_nothing(tmp_path
             drain = subprocess.run(
                 [RAY, "drain-node", "--address", cluster.address, "--node-id", spot.node_id,
                  "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim drill",
-                 "--deadline-remaining-seconds", "30"], capture_output=True, text=True, timeout=60)
+                 "--deadline-remaining-seconds", str(DRAIN_DEADLINE_S)], capture_output=True, text=True, timeout=60)
             assert drain.returncode == 0, drain.stderr[-2000:]
-            print("DRILL drained", time.time(), flush=True)
+            reclaim_at = time.time() + DRAIN_DEADLINE_S
             wait_for(tmp_path / "run" / "checkpoints" / "step-00000005", 60)  # the just-in-time save
             cluster.add_node(num_cpus=2)  # the replacement, for the restarted group
-            cluster.remove_node(spot, allow_graceful=False)  # the spot node goes
-            print("DRILL removed", time.time(), flush=True)
-            # Released once Ray knows the node is gone: its worker's death is then a preemption's.
-            deadline = time.time() + 60
-            while any(n["NodeID"] == spot.node_id and n["Alive"] for n in ray.nodes()):
-                assert time.time() < deadline, "the removed node still counts as alive"
-                time.sleep(0.2)
-            print("DRILL dead", time.time(), flush=True)
+            # At the deadline Ray restarts the group (the ranks hold at step 7 meanwhile); the spot node
+            # goes after it, as a cloud reclaims it: Ray counts its workers' deaths as a preemption's.
+            time.sleep(max(0.0, reclaim_at + 1 - time.time()))
+            cluster.remove_node(spot, allow_graceful=False)
         finally:
             release.write_text("removed")
-        trainer.join(timeout=120)
-        assert not trainer.is_alive(), "the run did not end within 120 s of the node's removal"
+        trainer.join(timeout=150)
+        assert not trainer.is_alive(), "the run did not end within 150 s of the node's removal"
         if "error" in result:
             raise result["error"]
         assert result["result"].error is None and result["result"].metrics["step"] == 10.0
