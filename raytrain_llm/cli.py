@@ -108,8 +108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         result = launch(config)
         _print_result(result)
-        if interruption.received():  # stopped by SIGTERM / Ctrl-C after saving: the shell's status for it
-            signum = interruption.received()
+        # Stopped by SIGTERM / Ctrl-C after saving: the shell's status for it. What the ranks agreed
+        # on decides, not what arrived: a signal after the last step leaves a finished run (exit 0).
+        signum = interruption.signal_number(result.get("interrupted")) if isinstance(result, dict) else 0
+        if signum:
             print(f"interrupted by {interruption.signal_name(signum)}: stopped after a whole step, checkpoint and "
                   "summary.json written (checkpoint.resume=auto continues from it)", file=sys.stderr)
             return interruption.exit_code(signum)

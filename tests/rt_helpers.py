@@ -253,10 +253,22 @@ class CustomValTask(OptionsTask):
         return StepOutput(loss=out.loss, metrics={"acc": 1.0})
 
 
+class SignalAtEnd(Callback):
+    """Sends its process `signum` once the run has ended (after its last step, save and summary):
+    a signal that comes too late to stop anything."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def on_train_end(self, engine) -> None:
+        os.kill(os.getpid(), self.signum)
+
+
 class SignalAtStepTask(RegressionTask):
     """Sends itself (or, RT_SIGNAL_TARGET=parent, spawn's parent) $RT_SIGNAL (TERM or INT) right after
     optimizer step $RT_SIGNAL_AT_STEP, on rank $RT_SIGNAL_RANK (0), $RT_SIGNAL_TIMES times (1):
-    what a preempted machine's scheduler or a Ctrl-C does, at a known step."""
+    what a preempted machine's scheduler or a Ctrl-C does, at a known step. RT_SIGNAL_AT_END=1:
+    once more after the run ended."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -265,6 +277,9 @@ class SignalAtStepTask(RegressionTask):
         self.times = int(os.environ.get("RT_SIGNAL_TIMES", "1"))
         self.rank = int(os.environ.get("RT_SIGNAL_RANK", "0"))
         self.steps = 0
+
+    def configure_callbacks(self):
+        return [SignalAtEnd(self.signum)] if os.environ.get("RT_SIGNAL_AT_END") else []
 
     def on_optimizer_step(self, model) -> None:
         self.steps += 1
@@ -286,7 +301,8 @@ class SlowTask(RegressionTask):
 
 class PreemptionDrillTask(RegressionTask):
     """For the preemption drill (Ray only). Until the file $RT_RELEASE exists: after optimizer step
-    $RT_NOTICE_STEP each rank waits for Ray's preemption notice (the test drains a node), and after
+    $RT_NOTICE_STEP each rank writes $RT_RELEASE.at-notice-step and waits for Ray's preemption
+    notice (the test drains a node once the file is there), and after
     step $RT_HOLD_STEP it waits for the file (the test removes the drained node meanwhile). A
     restarted run finds the file and trains straight through."""
 
@@ -307,6 +323,8 @@ class PreemptionDrillTask(RegressionTask):
             return
         deadline = time.monotonic() + 120
         if self.steps == self.notice_step:
+            with open(self.release + ".at-notice-step", "a", encoding="utf-8"):
+                pass  # the test drains the node now: the notice then arrives at this step, no earlier
             while not preemption_notice() and time.monotonic() < deadline:
                 time.sleep(0.05)
         elif self.steps == self.hold_step:

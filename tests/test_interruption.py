@@ -140,3 +140,29 @@ def test_a_preemption_notice_saves_once_at_the_next_step_and_training_goes_on(tm
     assert summary["global_step"] == 32 and summary["interrupted"] is None
     train(tmp_path / "ref", task=TASK, **RUN)
     assert_same_state(final_state(tmp_path / "ref"), final_state(tmp_path / "run"))
+
+
+@pytest.mark.timeout(180)
+def test_a_signal_after_the_last_step_leaves_a_finished_run_exit_0(tmp_path):
+    # The run ends, then SIGTERM arrives (its callbacks are done): nothing was interrupted.
+    p = run_cli(["--task", TASK, *set_args(settings(tmp_path, **RUN))], env=cli_env(RT_SIGNAL_AT_END="1"),
+                timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "SIGTERM received" in p.stderr and "interrupted by" not in p.stderr
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["global_step"] == 32 and summary["interrupted"] is None
+
+
+@pytest.mark.timeout(300)
+def test_spawn_ctrl_c_to_the_parent_is_recorded_as_sigint_and_exits_130(tmp_path):
+    spawn = {**RUN, "distributed.launcher": "spawn", "distributed.num_workers": 2, "distributed.backend": "gloo",
+             "training.batch_size": 8}
+    run = tmp_path / "run"
+    # The parent passes the user's Ctrl-C on to its workers as SIGTERM; the run still records SIGINT.
+    p = run_cli(["--task", TASK, *set_args(settings(run, **spawn))],
+                env=cli_env(RT_SIGNAL_AT_STEP="5", RT_SIGNAL="INT", RT_SIGNAL_TARGET="parent"), timeout=200)
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert "interrupted by SIGINT" in p.stderr
+    summary = read_json(run / "summary.json")
+    assert summary["interrupted"] == "SIGINT" and 5 <= summary["global_step"] < 32
+    assert [ckpt_step(c) for c in checkpoints(run)] == [summary["global_step"]]

@@ -131,6 +131,9 @@ class DistributedConfig:
     storage_path: str = setting("", "Ray Train's storage; empty: <logging.dir>/ray")
     run_name: str = setting("", "Ray Train's run name; empty: derived from the task and time")
     max_failures: int = setting(0, "Ray: worker-group restarts before the run fails; -1: no limit", ge=-1)
+    max_preemption_failures: int = setting(
+        -1, "Ray: restarts after a node's preemption (drained with reason PREEMPTION), counted apart from "
+        "max_failures; -1: no limit", ge=-1)
     find_unused_parameters: bool = setting(False, "DDP: allow parameters that get no gradient in a step")
     strategy: str = setting("ddp", "ddp: every worker holds the whole model; fsdp: parameters, gradients and "
                                    "optimizer state sharded across workers (FSDP2)", choices=("ddp", "fsdp"))

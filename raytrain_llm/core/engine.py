@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from raytrain_llm.core import task_backward
+from raytrain_llm.core import step_agreement, task_backward
 from raytrain_llm.core.callbacks import Callback, CallbackList
 from raytrain_llm.core.checkpointing import CheckpointManager, loadable_state
 from raytrain_llm.core.config import Config
@@ -324,10 +324,9 @@ class TrainingEngine:
             # An epoch's (or the run's) last step is saved after the loop, once (one Ray/Tune report).
             if saves and not (epoch_ends or (t.max_steps and step >= t.max_steps)):
                 self._checkpoint_if_needed()
-        if self.dist.enabled:
-            self.should_stop = self.dist.any_true(self.should_stop, self.device)
-            if self.should_stop:  # every rank is here: the end-of-run validation (collective) alike
-                self._validate_at_stop = not self.dist.any_true(not self._validate_at_stop, self.device)
+        agreed = step_agreement.agree(self.dist, self.device, stop=self.should_stop, validate_at_stop=self._validate_at_stop)
+        self.should_stop, self._validate_at_stop = agreed.stop, agreed.validate_at_stop  # every rank alike
+        self.callbacks.on_step_agreed(self, step, agreed)
 
     # ------------------------------------------------------------------ validation and logging
     def _validate_if_needed(self) -> None:

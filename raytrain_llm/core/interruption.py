@@ -2,11 +2,12 @@
 
 What spot VMs, Kubernetes and Slurm send before they kill a process is SIGTERM; Ctrl-C is SIGINT.
 The first one only sets a flag (a signal handler must not touch the training state); the loop
-reads it at the next optimizer-step boundary (`GracefulStop` callback), every rank stops at the
-same step, and the engine's end-of-run path saves a checkpoint and writes summary.json. A second
-signal ends the process at once: every file the run writes is written atomically (temporary
-name, rename), so nothing already saved is damaged; a half-written checkpoint is a `.tmp-step-*`
-folder that the next run in that folder removes.
+reads it at the next optimizer-step boundary, where the ranks agree on it (core/step_agreement)
+and the `GracefulStop` callback acts on what they agreed: every rank stops at the same step, and
+the engine's end-of-run path saves a checkpoint and writes summary.json. A second signal ends
+the process at once: every file the run writes is written atomically (temporary name, rename),
+so nothing already saved is damaged; a half-written checkpoint is a `.tmp-step-*` folder that
+the next run in that folder removes.
 
 Handlers can only be installed from a process's main thread (Python runs them there): the
 in-process launcher installs them around the run, spawn's workers at their start, Ray Train's
@@ -26,7 +27,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class _State:
     signum = 0  # the first stop signal this process received (0: none)
     armed = False  # handlers installed and not yet restored: only then does `signum` stop a run
-    agreed = 0  # the stop signal the ranks agreed on (agreed_signal), 0 until they have
+    agreed = 0  # the stop signal the ranks agreed on (record_agreed), 0 until they have
+    requested = 0  # a stop signal received elsewhere and passed on by other means (`request`)
+    # The signal a received one stands for (spawn's workers get SIGTERM for the parent's Ctrl-C)
+    meaning: Optional[Callable[[int], int]] = None
     # What to do besides recording it (spawn's parent passes it on to its workers)
     forward: Optional[Callable[[int], None]] = None
     # Whether a notice of this node's coming preemption arrived (a launcher's, e.g. Ray's drain
@@ -46,6 +50,11 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+def signal_number(name) -> int:
+    """`signal_name`'s inverse; 0 for None or an empty name (a run that was not interrupted)."""
+    return int(signal.Signals[name]) if name else 0
+
+
 def received() -> int:
     """The stop signal this process received since `install`, or 0."""
     return _state.signum
@@ -58,19 +67,22 @@ def _handle(signum: int, frame) -> None:
             forward(signum)
         os.write(2, f"{signal_name(signum)} again: exiting now\n".encode())
         os._exit(exit_code(_state.signum))
-    _state.signum = signum
+    _state.signum = _state.meaning(signum) if _state.meaning is not None else signum
     if forward is not None:
         forward(signum)
     os.write(2, (f"{signal_name(signum)} received: finishing the current step, saving a checkpoint "
                  f"and the summary (send it again to exit at once)\n").encode())
 
 
-def install(signals=STOP_SIGNALS, forward: Optional[Callable[[int], None]] = None) -> bool:
+def install(signals=STOP_SIGNALS, forward: Optional[Callable[[int], None]] = None,
+            meaning: Optional[Callable[[int], int]] = None) -> bool:
     """Handle `signals` as stop requests from now on; False (nothing done) off the main thread.
-    Clears an earlier run's flag. Handlers stay until `restore` or the process ends."""
+    `meaning(signum)`: the signal to record for a received one. Clears an earlier run's flag.
+    Handlers stay until `restore` or the process ends."""
     if threading.current_thread() is not threading.main_thread():
         return False
     _state.signum, _state.agreed, _state.forward, _state.armed = 0, 0, forward, True
+    _state.meaning = meaning
     for sig in signals:
         signal.signal(sig, _handle)
     return True
@@ -101,19 +113,23 @@ def watch_notice(notice: Optional[Callable[[], bool]]) -> None:
     _state.notice = notice
 
 
-def agree(dist, device=None) -> tuple[int, bool]:
-    """(the stop signal any rank received, 0 if none; whether any rank has a preemption notice),
-    the same on every rank. Collective when a process group exists: one all_reduce of two ints."""
-    signum, notice = (received() if _state.armed else 0), bool(_state.notice and _state.notice())
-    if dist.enabled:
-        import torch
-        import torch.distributed
+def pending() -> tuple[int, bool]:
+    """This process's own (stop signal since `install` or asked for by `request`, 0 if none;
+    whether a preemption notice arrived): what it brings to the ranks' step agreement
+    (core/step_agreement), which records the result with `record_agreed`."""
+    signum = _state.signum if _state.armed else 0
+    return signum or _state.requested, bool(_state.notice and _state.notice())
 
-        flags = torch.tensor([signum, int(notice)], dtype=torch.int32, device=device or "cpu")
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        signum, notice = int(flags[0].item()), bool(flags[1].item())
+
+def request(signum: int) -> None:
+    """A stop that reached this process other than as a signal (a Ray worker, when the run's
+    driver received `signum`): counts at the next step boundary as if `signum` had arrived here."""
+    _state.requested = _state.requested or int(signum)
+
+
+def record_agreed(signum: int) -> None:
+    """The stop signal the ranks agreed on after a step (the first one stands)."""
     _state.agreed = _state.agreed or signum
-    return signum, notice
 
 
 def agreed() -> int:

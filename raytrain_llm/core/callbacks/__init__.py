@@ -16,7 +16,7 @@ from raytrain_llm.core.callbacks.wandb_logger import WandbLogger
 def default_callbacks(config, logger=None) -> list[Callback]:
     log_dir = config.logging.dir
     cbs: list[Callback] = [
-        GracefulStop(),  # first: a stop signal is acted on before any other callback sees the step
+        GracefulStop(),  # first: the agreed stop signal is acted on before other callbacks see it
         MetricsLogger(log_dir, monitor=config.checkpoint.monitor, mode=config.checkpoint.mode),
         LRSchedulerCallback(monitor=config.checkpoint.monitor, logger=logger),
     ]

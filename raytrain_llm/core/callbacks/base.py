@@ -45,6 +45,11 @@ class Callback:
         """After each optimizer step (also one skipped for a non-finite loss); `step` is
         `engine.global_step` (from 1), `outputs` the last micro-batch's StepOutput."""
 
+    def on_step_agreed(self, engine, step: int, agreed) -> None:
+        """At the end of each optimizer step's turn (after its log, validation and save), once the
+        ranks agreed (core/step_agreement.StepAgreement: stop, stop signal, preemption notice):
+        the same `agreed` on every rank, so a collective here (a save) is called by all of them."""
+
     def on_log(self, engine, record: dict[str, Any]) -> None:
         """A logged record: `split` ("train" or "val"), `step`, `epoch` and float metrics. Train
         records (window averages, throughput) come every `log_every_n_steps`, at an epoch's and

@@ -16,7 +16,9 @@ def run_in_process(config: Config) -> dict[str, Any]:
         print(f"warning: distributed.launcher=local trains in this one process; distributed.num_workers={workers} "
               f"is ignored (launcher=spawn or ray runs {workers} workers)", file=sys.stderr)
     with interruption.handling():  # SIGTERM / Ctrl-C: finish the step, save, then return
-        return train_worker(config)
+        result = train_worker(config)
+    agreed = interruption.agreed()  # the stop the run took, not a signal that came after its last step
+    return {**result, "interrupted": interruption.signal_name(agreed) if agreed else None}
 
 
 def check_data_up_front(config: Config) -> None:

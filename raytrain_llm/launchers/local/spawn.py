@@ -5,6 +5,7 @@ baseline against which the Ray launcher's overhead is measured.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -24,15 +25,16 @@ from raytrain_llm.launchers.local.in_process import check_data_up_front, run_in_
 from raytrain_llm.launchers.worker import train_worker
 
 
-def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int) -> None:
+def _spawned(rank: int, config_dict: dict[str, Any], world_size: int, port: int, parent_signal) -> None:
     config = config_from_mapping(config_dict)
     d = config.distributed
     use_cuda = torch.cuda.is_available() and config.training.device != "cpu"
     os.environ["LOCAL_RANK"] = str(rank)
     if use_cuda:
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    # The parent passes SIGTERM and Ctrl-C on as SIGTERM; the terminal's own Ctrl-C copy is ignored.
-    interruption.install(signals=(signal.SIGTERM,))
+    # The parent passes SIGTERM and Ctrl-C on as SIGTERM, and what it received in `parent_signal`
+    # (the summary names the user's signal); the terminal's own Ctrl-C copy is ignored.
+    interruption.install(signals=(signal.SIGTERM,), meaning=lambda signum: parent_signal.value or signum)
     interruption.ignore(signal.SIGINT)
     dist = DistributedManager()
     dist.init_process_group(pick_backend(d.backend, use_cuda), rank, world_size, d.master_addr, port)
@@ -86,9 +88,10 @@ def check_port_free(host: str, port: int) -> None:
                              "pick another port, or 0 for a free one per run") from None
 
 
-def _stop_workers(signum: int) -> None:
-    """spawn's parent passes a stop signal on to its workers (SIGTERM, also for a Ctrl-C):
-    Kubernetes and Slurm signal the main process only."""
+def _stop_workers(parent_signal, signum: int) -> None:
+    """spawn's parent passes a stop signal on to its workers (SIGTERM, also for a Ctrl-C, which
+    `parent_signal` tells them): Kubernetes and Slurm signal the main process only."""
+    parent_signal.value = parent_signal.value or signum
     for child in multiprocessing.active_children():
         try:
             os.kill(child.pid, signal.SIGTERM)
@@ -109,8 +112,11 @@ def run_spawn(config: Config) -> dict[str, Any]:
     # failure itself is reported below, in one line.
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     try:
-        with interruption.handling(forward=_stop_workers):
-            torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port), nprocs=world, join=True)
+        # Shared memory the workers inherit; written only by the parent's signal handler.
+        parent_signal = multiprocessing.get_context("spawn").RawValue("i", 0)
+        with interruption.handling(forward=functools.partial(_stop_workers, parent_signal)):
+            torch.multiprocessing.spawn(_spawned, args=(config.to_dict(), world, port, parent_signal), nprocs=world,
+                                        join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
         kind, message = child_exception(str(exc))
         if kind.rsplit(".", 1)[-1] in ("UsageError", "ConfigError"):  # keep a usage error a usage error
@@ -126,4 +132,5 @@ def run_spawn(config: Config) -> dict[str, Any]:
     if summary is None:
         raise RaytrainError(f"training finished but wrote no summary in {config.logging.dir}")
     return {"train": summary["final"].get("train", {}), "val": final_val_metrics(summary),
-            "step": summary["global_step"], "best_checkpoint": summary.get("best_checkpoint")}
+            "step": summary["global_step"], "best_checkpoint": summary.get("best_checkpoint"),
+            "interrupted": summary.get("interrupted")}

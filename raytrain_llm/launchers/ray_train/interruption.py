@@ -10,7 +10,7 @@ from that checkpoint with no step lost. A second SIGTERM ends the worker at once
 
 Ray's preemption notice (a node drained with reason PREEMPTION) is read from the worker's
 train context at each step boundary, where the engine's ranks agree on it in the same
-all_reduce as the stop signal (core/interruption): one just-in-time checkpoint, then
+all_reduce as the stop signal (core/step_agreement): one just-in-time checkpoint, then
 training goes on until the node goes; the restart resumes from that checkpoint.
 """
 from __future__ import annotations
@@ -60,10 +60,13 @@ def watch_for_preemption() -> None:
     interruption.watch_notice(preemption_notice)
 
 
-def raise_if_interrupted() -> None:
-    """After the engine returned on a worker: a run stopped by SIGTERM fails, so that Ray restarts
-    it from the checkpoint it just reported (or, retries spent, the driver names it)."""
+def raise_if_interrupted(driver_stop=None) -> None:
+    """After the engine returned on a worker: a run stopped by a worker's SIGTERM fails, so that
+    Ray restarts it from the checkpoint it just reported (or, retries spent, the driver names it).
+    A stop the driver asked for (`driver_signals`) ends the run instead."""
+    from raytrain_llm.launchers.ray_train.driver_signals import stopped_by_driver
+
     signum = interruption.agreed()
-    if signum:
+    if signum and not stopped_by_driver(driver_stop):
         raise WorkerInterrupted(f"a worker received {interruption.signal_name(signum)}: the run stopped after a "
                                 "whole step and reported a checkpoint there")

@@ -125,6 +125,7 @@ def summarize(config: Config, result) -> dict[str, Any]:
         "best_metrics": {ck.monitor: best[1][ck.monitor]} if best else {},
         "checkpoint": result.checkpoint.path if getattr(result, "checkpoint", None) else None,
         "run_dir": getattr(result, "path", None), "log_dir": log_dir,
+        "interrupted": summary.get("interrupted"),  # the stop signal the workers agreed on, or None
     }
     val = {k: round(v, 6) for k, v in out["val"].items() if isinstance(v, float)}
     print(f"[ray] run {config.distributed.run_name}: {out['step']} steps; final val {val}; "

@@ -22,6 +22,7 @@ from raytrain_llm.launchers.ray_train.cluster import (
     warn_if_unplaceable,
     worker_resources,
 )
+from raytrain_llm.launchers.ray_train.driver_signals import fit_with_driver_signals, start_driver_stop
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
@@ -57,16 +58,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str
     A usage error that every rank raised alike (see `UsageError.on_every_rank`) ends the run as
     a normal return carrying its message (`fit` raises it in the driver): as a worker failure it
     would print each rank's traceback and be retried `max_failures` times, to fail the same way."""
+    from raytrain_llm.launchers.ray_train.driver_signals import follow_driver_stop
     from raytrain_llm.launchers.ray_train.interruption import raise_if_interrupted, watch_for_preemption
 
     watch_for_preemption()
+    follow_driver_stop(loop_config.get("driver_stop"))  # SIGTERM / Ctrl-C to the driver
     try:
         _train(loop_config)
     except UsageError as exc:
         if not exc.on_every_rank:
             raise
         return {USAGE_ERROR_KEY: str(exc)}
-    raise_if_interrupted()  # SIGTERM: saved and reported; failing lets Ray restart from there
+    raise_if_interrupted(loop_config.get("driver_stop"))  # a worker's SIGTERM: saved and reported; Ray restarts
     return None
 
 
@@ -182,10 +185,11 @@ def _record_placement(config: Config, ctx, rank: int) -> None:
 
 
 def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Optional[str] = None,
-                  storage_path: Optional[str] = None, private_cluster: bool = False):
+                  storage_path: Optional[str] = None, private_cluster: bool = False, driver_stop=None):
     """A ready-to-`fit()` TorchTrainer for `config` (needs `ray.init` first; Tune calls this per trial).
 
-    `private_cluster`: Ray was started by this process and ends with it (see private_cluster.py)."""
+    `private_cluster`: Ray was started by this process and ends with it (see private_cluster.py).
+    `driver_stop`: the `driver_signals.DriverStop` actor the workers take a stop request from."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -206,13 +210,14 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         name=d.run_name, storage_path=d.storage_path, callbacks=[*run_callbacks, stop_signals_on_workers()],
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
-        failure_config=ray.train.FailureConfig(max_failures=d.max_failures))
+        failure_config=ray.train.FailureConfig(max_failures=d.max_failures,
+                                               max_preemption_failures=d.max_preemption_failures))
     trainer_class = TorchTrainer
     if private_cluster:
         from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
     return trainer_class(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "data_checked": True},
+        train_loop_config={"config": cfg.to_dict(), "data_checked": True, "driver_stop": driver_stop},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=worker_resources(cfg),
@@ -264,11 +269,16 @@ def run_ray(config: Config) -> dict[str, Any]:
     import ray
 
     started = init_ray(cfg)
+    stop = None
     try:
         if not started:
             warn_if_unplaceable(cfg)
-        return summarize(cfg, fit(build_trainer(cfg, private_cluster=started), cfg))
+        stop = start_driver_stop()
+        trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop)
+        return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
     finally:
+        if stop is not None:
+            ray.kill(stop)
         if started:
             ray.shutdown()
 
