@@ -107,6 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from raytrain_llm.core import interruption
 
         result = launch(config)
+        from raytrain_llm.launchers.run_report import print_end_of_run
+
+        print_end_of_run(config, result)  # the same block whichever launcher ran
         _print_result(result)
         if interruption.received():  # stopped by SIGTERM / Ctrl-C after saving: the shell's status for it
             signum = interruption.received()

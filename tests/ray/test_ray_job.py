@@ -127,7 +127,7 @@ def test_job_submit_regression_and_lm(ray_head, tmp_path):
         "--task", "regression", *COMMON, "--set", f"logging.dir={reg_dir}", "--set", "distributed.num_workers=2",
         "--set", "data.num_train_samples=128", "--set", "data.num_val_samples=32", "--set", "training.batch_size=8",
         "--set", "model.input_dim=8", "--set", "model.hidden_dim=16"], timeout=240)
-    assert "[ray] run" in logs and "result:" in logs
+    assert "run finished at step 6" in logs and "result:" in logs
     _check_run(reg_dir, 6)
 
     lm_dir = tmp_path / "lm"

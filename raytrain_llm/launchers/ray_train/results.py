@@ -126,8 +126,4 @@ def summarize(config: Config, result) -> dict[str, Any]:
         "checkpoint": result.checkpoint.path if getattr(result, "checkpoint", None) else None,
         "run_dir": getattr(result, "path", None), "log_dir": log_dir,
     }
-    val = {k: round(v, 6) for k, v in out["val"].items() if isinstance(v, float)}
-    print(f"[ray] run {config.distributed.run_name}: {out['step']} steps; final val {val}; "
-          f"best {out['best_metrics'] or summary.get('best', {}).get('value')} at {out['best_checkpoint']}; "
-          f"results in {out['run_dir']}", flush=True)
     return out
