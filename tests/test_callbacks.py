@@ -38,7 +38,7 @@ def test_metrics_jsonl_fields_and_values(logged_run):
     schedule = LRSchedule("cosine", 3, 32 - 3, 0.1)
     for r in train_recs:
         assert set(r) == TRAIN_FIELDS, set(r) ^ TRAIN_FIELDS
-        assert r["epoch"] == (r["step"] - 1) // 16
+        assert r["epoch"] == (r["step"] - 1) // 16 + 1  # counted from 1
         assert r["lr"] == pytest.approx(0.01 * schedule(r["step"] - 1), rel=1e-9)  # the LR step `step` used
         assert math.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0
         assert r["step_time"] > 0 and 0 <= r["data_wait"] <= r["step_time"] and 0 <= r["data_wait_share"] <= 1
@@ -364,7 +364,7 @@ def _progress_lines(run_dir) -> list[str]:
 def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
     # progress_bar=auto and no TTY (pytest captures stderr): lines in the log instead of a bar.
     train(tmp_path / "auto", **{"logging.progress_bar": "auto", "training.max_steps": 2})
-    assert _progress_lines(tmp_path / "auto")[0].startswith("step 1/2 epoch 0 loss ")
+    assert _progress_lines(tmp_path / "auto")[0].startswith("step 1/2 epoch 1 loss ")
     train(tmp_path / "off", **{"logging.progress_bar": "off"})
     assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()
     # The same bar (no terminal, left to decide) on a clock that does not move: no 30 s interval
@@ -373,10 +373,10 @@ def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
     train(tmp_path / "still", extra_callbacks=[bar], **{"logging.progress_bar": "off", "training.epochs": 2})
     lines = _progress_lines(tmp_path / "still")
     assert bar.log_lines and bar.stream.getvalue() == ""  # lines in the log, nothing drawn
-    assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and lines[0].endswith(" eta 0:00:00")
+    assert lines[0].startswith("step 1/32 epoch 1 loss ") and " lr " in lines[0] and lines[0].endswith(" eta 0:00:00")
     assert [line.split(" val/loss")[0] for line in lines if "val/loss" in line] == \
-        ["step 16/32 epoch 0", "step 32/32 epoch 1"]  # the epoch that ended, as train records count
-    assert lines[-2].startswith("step 32/32 epoch 1 loss ") and len(lines) == 4
+        ["step 16/32 epoch 1", "step 32/32 epoch 2"]  # the epoch that ended, as train records count
+    assert lines[-2].startswith("step 32/32 epoch 2 loss ") and len(lines) == 4
 
 
 def test_progress_lines_come_every_30_seconds_with_the_eta_of_the_pace_so_far(tmp_path):

@@ -46,7 +46,7 @@ class Callback:
         `engine.global_step` (from 1), `outputs` the last micro-batch's StepOutput."""
 
     def on_log(self, engine, record: dict[str, Any]) -> None:
-        """A logged record: `split` ("train" or "val"), `step`, `epoch` and float metrics. Train
+        """A logged record: `split` ("train" or "val"), `step`, `epoch` (from 1: Progress.epoch_number) and float metrics. Train
         records (window averages, throughput) come every `log_every_n_steps`, at an epoch's and
         the run's last step and before each validation or save; val records (`val/...` keys)
         after each validation."""

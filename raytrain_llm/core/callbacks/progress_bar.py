@@ -50,7 +50,7 @@ class ProgressBar(Callback):
                      self._eta(step, total)]
         else:
             parts = [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/") and isinstance(v, float)]
-        engine.logger.info(f"step {step}/{total} epoch {record.get('epoch', engine.epoch)} "
+        engine.logger.info(f"step {step}/{total} epoch {record.get('epoch', engine.progress.epoch_number())} "
                            + " ".join(p for p in parts if p))
 
     def _eta(self, step: int, total: int) -> str:
@@ -68,7 +68,7 @@ class ProgressBar(Callback):
         done = min(step / total, 1.0)
         bar = "#" * int(done * self.width)
         rate = (step - self._start_step) / max(self.clock() - self._t0, 1e-9)
-        self.stream.write(f"\r[{bar:<{self.width}}] {step}/{total} ep {engine.epoch} {rate:.1f} it/s {self._last} ")
+        self.stream.write(f"\r[{bar:<{self.width}}] {step}/{total} ep {engine.progress.epoch_number()} {rate:.1f} it/s {self._last} ")
         self.stream.flush()
 
     def on_train_end(self, engine) -> None:
