@@ -133,7 +133,8 @@ def keep_private_ray_on_loopback(config: Config) -> bool:
     return os.environ[LOOPBACK_ENV] == "0"
 
 
-def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0) -> bool:
+def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: float = 0.0,
+             log_to_driver: bool = True) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
     The dashboard is on (on 127.0.0.1) because Train's placement-group cleaner and Tune's trial
@@ -144,7 +145,8 @@ def init_ray(config: Config, *, include_dashboard: bool = True, extra_cpus: floa
     if ray.is_initialized():
         return False
     address = cluster_address(config)
-    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # log_to_driver=False: workers' output stays in Ray's log files (ray_train/console relays rank 0's).
+    common = dict(log_to_driver=log_to_driver, configure_logging=True, logging_level="WARNING")
     if address:
         source = "distributed.address" if config.distributed.address else "RAY_ADDRESS"
         _check_reachable(address, source)
