@@ -83,3 +83,33 @@ def test_without_checkpoints_the_block_says_so_and_offers_no_resume(tmp_path):
     assert lines[0].startswith("run finished at step 16")
     assert any(line.split() == ["checkpoints", "none", "(checkpoint.enabled=false)"] for line in lines)
     assert not any(line.strip().startswith(("resume", "best", "tensorboard")) for line in lines)
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_says_the_step_the_checkpoint_and_the_command_that_resumes(tmp_path):
+    run = tmp_path / "run"
+    task = "rt_helpers:SignalAtStepTask"
+    p = run_cli(["--task", task, *set_args(settings(run, **{"training.epochs": 2}))],
+                env=cli_env(RT_SIGNAL_AT_STEP="13", RT_SIGNAL="INT"))
+    assert p.returncode == 130, p.stderr[-2000:]
+    headline, rows = block(p.stdout)
+    assert headline == "run stopped at step 13, epoch 1/2: interrupted by SIGINT, checkpoint saved"
+    message = p.stderr.strip().splitlines()[-1]
+    saved = run / "checkpoints" / "step-00000013"
+    assert message.startswith(f"interrupted by SIGINT at step 13; checkpoint of step 13 in {saved}; resume with: ")
+    resume = message.partition("resume with: ")[2]
+    assert resume == rows["resume"]
+    again = subprocess.run(shlex.split(resume), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "at step 13 (epoch 1, batch 13)" in again.stderr and read_json(run / "summary.json")["global_step"] == 32
+
+
+def test_the_interrupted_line_without_a_checkpoint_or_a_run(tmp_path):
+    from raytrain_llm.launchers.run_report import interrupted_line
+    from rt_testing import make_config, train
+
+    assert interrupted_line(None, "SIGINT") == "interrupted by SIGINT before the run started"
+    _, cfg = train(tmp_path, **{"checkpoint.enabled": False, "training.max_steps": 3})
+    assert interrupted_line(cfg, "SIGINT") == (f"interrupted by SIGINT at step 3; no checkpoint saved, nothing to "
+                                               f"resume (run folder {tmp_path})")
+    assert interrupted_line(make_config(tmp_path / "new"), "SIGTERM").startswith("interrupted by SIGTERM; no checkpoint")

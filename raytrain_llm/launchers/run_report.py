@@ -57,8 +57,8 @@ def _metrics_text(record: dict[str, Any], keys: Optional[list[str]] = None) -> s
 
 def _headline(summary: dict[str, Any], epochs: int) -> str:
     step = summary.get("global_step", 0)
-    done = summary.get("epochs_completed")
-    where = f"step {step}" + (f", epoch {done}/{epochs}" if done is not None else "")
+    epoch = summary.get("epoch")  # the last step's, counted from 1 (Progress.epoch_number)
+    where = f"step {step}" + (f", epoch {epoch}/{epochs}" if epoch is not None else "")
     if summary.get("interrupted"):
         return f"run stopped at {where}: interrupted by {summary['interrupted']}, checkpoint saved"
     if summary.get("stopped_early"):
@@ -107,3 +107,27 @@ def print_end_of_run(config: Config, result: Optional[dict[str, Any]] = None, st
     stream = stream or sys.stdout
     stream.write("\n".join(end_of_run_lines(config, result)) + "\n")
     stream.flush()
+
+
+def interrupted_line(config: Optional[Config], signal_name: str) -> str:
+    """What a stopped run tells the user: the step it reached, its newest checkpoint and the
+    command that continues from it (from the run's files, whatever stopped it)."""
+    if config is None:
+        return f"interrupted by {signal_name} before the run started"
+    from raytrain_llm.core.callbacks.metrics_logger import read_records
+    from raytrain_llm.core.checkpointing import CheckpointManager
+
+    log_dir = config.logging.dir
+    records = read_records(log_dir)
+    reached = f" at step {records[-1]['step']}" if records and "step" in records[-1] else ""
+    newest = CheckpointManager(config.checkpoint_dir, is_main=False).checkpoints() if config.checkpoint.enabled \
+        else []
+    if not newest:
+        return f"interrupted by {signal_name}{reached}; no checkpoint saved, nothing to resume (run folder " \
+               f"{shown_path(log_dir)})"
+    saved = newest[-1]
+    resume = resume_command(log_dir) if os.path.exists(os.path.join(log_dir, "config.yaml")) else \
+        f"{python_command()} <the same arguments> --set logging.dir={shlex.quote(shown_path(log_dir))} " \
+        "--set checkpoint.resume=auto"
+    return (f"interrupted by {signal_name}{reached}; checkpoint of step {saved['step']} in "
+            f"{shown_path(saved['path'])}; resume with: {resume}")
