@@ -43,9 +43,11 @@ def test_make_train_under_ray_prints_the_projects_lines_and_keeps_rays_in_files(
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYTRAIN_")}
     env.update(PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
-    # `make train`'s command (TRAIN_ARGS), shortened to 48 steps.
+    # `make train`'s command (TRAIN_ARGS), shortened to 48 steps with a train record every 4
+    # (the config's 20 would leave room for 3 progress lines only).
     p = subprocess.run([sys.executable, "train.py", "--task", "lm", "--config", "examples/lm_moe_tiny.yaml",
-                        "--set", f"logging.dir={run}", "--set", "training.max_steps=48"],
+                        "--set", f"logging.dir={run}", "--set", "training.max_steps=48",
+                        "--set", "logging.log_every_n_steps=4"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     console = p.stderr + p.stdout
@@ -54,7 +56,7 @@ def test_make_train_under_ray_prints_the_projects_lines_and_keeps_rays_in_files(
     assert ours >= 0.8 * total, console
     # Progress: the start, a line every tenth of the run, the end, and each validation.
     steps = [int(m) for m in re.findall(r"\] step (\d+)/48 epoch 1 loss", console)]
-    assert steps[0] <= 10 and steps[-1] == 48 and len(steps) >= 5, steps
+    assert steps == [4, 12, 20, 28, 36, 44, 48], steps
     # Ray's own lines are not lost: in the files the run names once.
     named = re.findall(r"^Ray's own log lines: (\S+) and (\S+) ", console, re.M)
     assert len(named) == 1, console
@@ -73,3 +75,33 @@ def test_make_train_under_ray_prints_the_projects_lines_and_keeps_rays_in_files(
     states = [f for f in run.rglob("state.pt")]
     assert states and all(f.parent.parent == run / "checkpoints" for f in states)
     assert list((run / "ray").rglob("raytrain_checkpoint.json"))
+
+
+def test_rays_driver_lines_go_to_the_file_and_rank_0s_console_is_relayed(tmp_path, capfd):
+    import logging
+
+    import ray  # noqa: F401 - its import gives the "ray" logger its console handler
+    from raytrain_llm.core.config_loader import load_config
+    from raytrain_llm.launchers.ray_train.console import ray_console
+
+    config = load_config(None, [f"logging.dir={tmp_path}"], environ={}, task="regression")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "console.log").write_text("an earlier segment's line\n")
+
+    def start_ray() -> bool:  # what ray.init logs in the driver, e.g. its token-auth warning
+        logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
+        return True
+
+    with ray_console(config, start_ray) as started:
+        assert started
+        with open(tmp_path / "logs" / "console.log", "a") as fh:  # rank 0, as a worker writes it
+            fh.write("12:00:00 INFO [rank 0] step 1/4 epoch 1 loss 1.0\n\r[###   ] 2/4")
+        logging.getLogger("ray.train").error("a worker group failed")
+    out = capfd.readouterr()
+    assert "Token authentication" not in out.err + out.out
+    assert "Token authentication is enabled" in (tmp_path / "logs" / "ray-driver.log").read_text()
+    assert out.err.splitlines()[0].startswith(f"Ray's own log lines: {tmp_path}/logs/ray-driver.log")
+    assert "12:00:00 INFO [rank 0] step 1/4 epoch 1 loss 1.0\n\r[###   ] 2/4" in out.err
+    assert "an earlier segment's line" not in out.err and "a worker group failed" in out.err
+    logging.getLogger("ray").warning("after the run")  # Ray's handler has its own stream back
+    assert "after the run" in capfd.readouterr().err

@@ -59,10 +59,9 @@ def open_worker_console(loop_config: dict[str, Any], is_main: bool):
 
 @contextlib.contextmanager
 def ray_console(config: Config, start_ray: Callable[[], bool]) -> Iterator[bool]:
-    """The Ray session's console: `start_ray()` (ray.init) runs with the driver's "ray" logger
-    bound to logs/ray-driver.log (ray.init gives it a handler on the sys.stderr of that moment);
-    then, while the body runs (fit, and ray.shutdown), Ray's errors also reach the console and
-    rank 0's console file is relayed. Yields what `start_ray` returned."""
+    """The Ray session's console: the driver's "ray" logger writes to logs/ray-driver.log while
+    `start_ray()` (ray.init) and the body (fit, and ray.shutdown) run; Ray's errors also reach
+    the console, and rank 0's console file is relayed. Yields what `start_ray` returned."""
     if shows_ray_logs(config):
         yield start_ray()
         return
@@ -72,6 +71,12 @@ def ray_console(config: Config, start_ray: Callable[[], bool]) -> Iterator[bool]
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     with open(os.path.join(logs, DRIVER_LOG_FILE), "a", encoding="utf-8") as fh:
+        # Ray's console handler of the "ray" logger holds the stderr of `import ray`; Python's
+        # warnings and logging's last resort write to sys.stderr: both to the file.
+        swapped = [(h, h.stream) for h in ray_logger.handlers
+                   if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)]
+        for handler, _ in swapped:
+            handler.setStream(fh)
         try:
             with contextlib.redirect_stderr(fh):
                 started = start_ray()
@@ -83,9 +88,9 @@ def ray_console(config: Config, start_ray: Callable[[], bool]) -> Iterator[bool]
             with ConsoleRelay(os.path.join(logs, CONSOLE_FILE)):
                 yield started
         finally:
-            for handler in list(ray_logger.handlers):  # the ones bound to this file, and `errors`
-                if handler is errors or getattr(handler, "stream", None) is fh:
-                    ray_logger.removeHandler(handler)
+            ray_logger.removeHandler(errors)
+            for handler, stream in swapped:
+                handler.setStream(stream)
 
 
 def ray_logs_folder() -> Optional[str]:
