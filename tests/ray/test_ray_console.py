@@ -16,13 +16,19 @@ REPO = TESTS.parent
 # The project's console lines: its logger's format, the end-of-run block, the result line, the
 # line naming Ray's log files, and its one-line warnings and errors.
 PROJECT_LINE = re.compile(r"^(\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) \[rank \d+\] |run (finished|stopped) at |  \S"
-                          r"|result: |Ray's own log lines: |warning: |error: )")
+                          r"|result: |Ray's own log lines: |warning: |error: |\[[# ]+\] \d+/\d+ )")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def console_lines(text: str) -> list[str]:
-    """Non-blank lines as a terminal would show them (a carriage return redraws the line)."""
-    return [line for raw in text.splitlines() if (line := ANSI.sub("", raw.split("\r")[-1]).rstrip())]
+    """Non-blank lines as a terminal shows them: a carriage return redraws the line (a bar's
+    frames are one line, its last frame)."""
+    lines = []
+    for raw in text.split("\n"):
+        frames = [f for f in ANSI.sub("", raw).split("\r") if f.strip()]
+        if frames:
+            lines.append(frames[-1].rstrip())
+    return lines
 
 
 def project_share(text: str) -> tuple[int, int]:
@@ -34,8 +40,9 @@ def test_the_classifier_counts_rays_lines_as_rays():
     sample = ("\x1b[36m(RayTrainWorker pid=1)\x1b[0m 23:22:33 INFO [rank 0] step 20/192 epoch 1 loss 3.8\n"
               "2026-12-05 23:22:07,094\tWARNING authentication_token_setup.py:85 -- Token authentication\n"
               "23:22:33 INFO [rank 0] step 20/192 epoch 1 loss 3.8\n"
-              "run finished at step 192, epoch 3/3\n  run folder   runs/x\nresult: {}\n\n")
-    assert project_share(sample) == (4, 6)
+              "\r[#    ] 1/192 ep 1\r[##   ] 2/192 ep 1 \x1b[K\r\n"
+              "run finished at step 192, epoch 3/3\r\n  run folder   runs/x\nresult: {}\n\n")
+    assert project_share(sample) == (5, 7)
 
 
 @pytest.mark.timeout(420)
