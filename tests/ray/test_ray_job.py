@@ -112,7 +112,7 @@ def _check_run(log_dir: Path, steps: int) -> None:
         == f"step-{steps:08d}"
     run_dirs = list((log_dir / "ray").iterdir())
     # Checkpoints are stored once: Ray's run folder holds pointers to the engine's folders.
-    pointers = [p for p in run_dirs[0].iterdir() if p.name.startswith("checkpoint_")]
+    pointers = [p for p in run_dirs[0].iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]
     assert len(run_dirs) == 1 and pointers
     assert all(sorted(q.name for q in p.iterdir()) == ["raytrain_checkpoint.json"] for p in pointers)
 
