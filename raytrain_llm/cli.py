@@ -107,20 +107,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from raytrain_llm.core import interruption
 
         result = launch(config)
+        from raytrain_llm.launchers.run_report import interrupted_line, print_end_of_run
+
+        print_end_of_run(config, result)  # the same block whichever launcher ran
         _print_result(result)
         # Stopped by SIGTERM / Ctrl-C after saving: the shell's status for it. What the ranks agreed
         # on decides, not what arrived: a signal after the last step leaves a finished run (exit 0).
         signum = interruption.signal_number(result.get("interrupted")) if isinstance(result, dict) else 0
         if signum:
-            print(f"interrupted by {interruption.signal_name(signum)}: stopped after a whole step, checkpoint and "
-                  "summary.json written (checkpoint.resume=auto continues from it)", file=sys.stderr)
+            print(interrupted_line(config, interruption.signal_name(signum)), file=sys.stderr)
             return interruption.exit_code(signum)
         return 0
     except RaytrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {_interrupted(config)}", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
         if (exc.name or "raytrain_llm").partition(".")[0] == "raytrain_llm":  # a missing module of ours is a bug
@@ -130,6 +132,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return UsageError.exit_code
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, details in a file
         return _unexpected(exc, config)
+
+
+def _interrupted(config) -> str:
+    """The step reached, the newest checkpoint and the resume command, as far as they are known."""
+    try:
+        from raytrain_llm.launchers.run_report import interrupted_line
+
+        return interrupted_line(config, "SIGINT")
+    except Exception:  # noqa: BLE001 - e.g. torch missing: the message must not fail
+        return "interrupted"
 
 
 # The optional extras of pyproject.toml, by the module each one provides.

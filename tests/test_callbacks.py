@@ -38,7 +38,7 @@ def test_metrics_jsonl_fields_and_values(logged_run):
     schedule = LRSchedule("cosine", 3, 32 - 3, 0.1)
     for r in train_recs:
         assert set(r) == TRAIN_FIELDS, set(r) ^ TRAIN_FIELDS
-        assert r["epoch"] == (r["step"] - 1) // 16
+        assert r["epoch"] == (r["step"] - 1) // 16 + 1  # counted from 1
         assert r["lr"] == pytest.approx(0.01 * schedule(r["step"] - 1), rel=1e-9)  # the LR step `step` used
         assert math.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0
         assert r["step_time"] > 0 and 0 <= r["data_wait"] <= r["step_time"] and 0 <= r["data_wait_share"] <= 1
@@ -364,30 +364,45 @@ def _progress_lines(run_dir) -> list[str]:
 def test_without_a_terminal_progress_is_logged_in_lines(tmp_path):
     # progress_bar=auto and no TTY (pytest captures stderr): lines in the log instead of a bar.
     train(tmp_path / "auto", **{"logging.progress_bar": "auto", "training.max_steps": 2})
-    assert _progress_lines(tmp_path / "auto")[0].startswith("step 1/2 epoch 0 loss ")
+    assert _progress_lines(tmp_path / "auto")[0].startswith("step 1/2 epoch 1 loss ")
     train(tmp_path / "off", **{"logging.progress_bar": "off"})
     assert "] step " not in (tmp_path / "off" / "logs" / "rank0.log").read_text()
     # The same bar (no terminal, left to decide) on a clock that does not move: no 30 s interval
-    # passes, so the first train record, the last one and each validation.
+    # passes, so the first train record, one every tenth of the run (4 of 32 steps), the last one
+    # and each validation.
     bar = ProgressBar(stream=io.StringIO(), clock=ManualClock())
     train(tmp_path / "still", extra_callbacks=[bar], **{"logging.progress_bar": "off", "training.epochs": 2})
     lines = _progress_lines(tmp_path / "still")
     assert bar.log_lines and bar.stream.getvalue() == ""  # lines in the log, nothing drawn
-    assert lines[0].startswith("step 1/32 epoch 0 loss ") and " lr " in lines[0] and lines[0].endswith(" eta 0:00:00")
+    assert lines[0].startswith("step 1/32 epoch 1 loss ") and " lr " in lines[0] and " eta " not in lines[0]
+    assert [int(line.split()[1].split("/")[0]) for line in lines if " loss " in line] == [1, 5, 9, 13, 17, 21, 25, 29, 32]
     assert [line.split(" val/loss")[0] for line in lines if "val/loss" in line] == \
-        ["step 16/32 epoch 0", "step 32/32 epoch 1"]  # the epoch that ended, as train records count
-    assert lines[-2].startswith("step 32/32 epoch 1 loss ") and len(lines) == 4
+        ["step 16/32 epoch 1", "step 32/32 epoch 2"]  # the epoch that ended, as train records count
+    assert lines[1].endswith(" eta 0:00:00") and lines[-2].startswith("step 32/32 epoch 2 loss ")
 
 
-def test_progress_lines_come_every_30_seconds_with_the_eta_of_the_pace_so_far(tmp_path):
-    clock = ManualClock()  # 10 s per step: a line every third step, and at the last
+def test_progress_lines_come_every_30_seconds_with_the_eta_of_the_pace_after_warm_up(tmp_path):
+    clock = ManualClock()  # 10 s per step: 30 s pass before a tenth of the run (4 steps) does
     train(tmp_path, extra_callbacks=[Tick(clock, per_batch=10.0), ProgressBar(stream=io.StringIO(), clock=clock)],
           **{"logging.progress_bar": "off", "training.epochs": 2, "training.validate": False})
     lines = _progress_lines(tmp_path)
     assert [int(line.split()[1].split("/")[0]) for line in lines] == [*range(1, 32, 3), 32]
-    assert lines[0].endswith(" eta 0:05:10")  # 10 s for 1 step, 31 to go
-    assert lines[1].startswith("step 4/32 ") and lines[1].endswith(" eta 0:04:40")  # 40 s for 4, 28 to go
+    assert " eta " not in lines[0]  # the first steps (warm-up) give no estimate
+    assert lines[1].startswith("step 4/32 ") and lines[1].endswith(" eta 0:04:40")  # 10 s a step since step 2, 28 to go
     assert " eta " not in lines[-1]  # nothing left
+
+
+def test_the_bar_on_a_terminal_that_is_not_its_stream_redraws_at_most_every_fifth_of_a_second(tmp_path):
+    # Under Ray, rank 0's stream is a file the driver relays to its terminal: the driver says so.
+    clock, out = ManualClock(), io.StringIO()
+    bar = ProgressBar(stream=out, terminal=True, clock=clock)
+    train(tmp_path, extra_callbacks=[Tick(clock, per_batch=0.125), bar],
+          **{"logging.progress_bar": "off", "training.validate": False})
+    frames = out.getvalue().split("\r")[1:]
+    assert bar.enabled and not bar.log_lines and "] step " not in (tmp_path / "logs" / "rank0.log").read_text()
+    # 16 steps of 0.125 s: a frame every other step, and the last one
+    assert [f.split("] ")[1].split()[0] for f in frames] == [f"{s}/16" for s in (1, 3, 5, 7, 9, 11, 13, 15, 16)]
+    assert frames[-1].startswith("[" + "#" * 30 + "] 16/16 ep 1 ") and frames[-1].endswith("\x1b[K\n")
 
 
 def test_a_rerun_without_checkpoints_moves_the_earlier_runs_events_aside(tmp_path):

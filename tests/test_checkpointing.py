@@ -92,7 +92,7 @@ def test_corrupt_latest_falls_back_to_previous_and_run_matches(tmp_path, damage)
     assert result["step"] == 16
     log = (run / "logs" / "rank0.log").read_text()
     assert "step-00000012" in log and "falling back to an older checkpoint" in log and "WARNING" in log
-    assert "resumed from" in log and "at step 8 (epoch 0, batch 8)" in log
+    assert "resumed from" in log and "at step 8 (epoch 1, batch 8)" in log
     ref, got = load_state(checkpoints(tmp_path / "ref")[-1]), load_state(checkpoints(run)[-1])
     assert all(torch.equal(ref["model"][k], got["model"][k]) for k in ref["model"])
     for c in checkpoints(run):  # the damaged step was re-saved properly
@@ -416,4 +416,4 @@ def test_train_records_at_validations_epoch_ends_and_saves_keep_throughput_and_e
     for r in trains:  # no window holds a validation or a save, none is empty
         assert (r["step_time"], r["data_wait"], r["samples_per_s"]) == (1.0, 0.0, 16.0), r
     at_16 = [(r["split"], r["epoch"]) for r in records if r["step"] == 16]
-    assert at_16 == [("train", 0), ("val", 0)]
+    assert at_16 == [("train", 1), ("val", 1)]

@@ -97,7 +97,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
     p = run_cli([*args, "--set", "checkpoint.resume=auto"], timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "resumed from" in p.stderr and "step 10 (epoch 0, batch 10)" in p.stderr
+    assert "resumed from" in p.stderr and "step 10 (epoch 1, batch 10)" in p.stderr
     # Steps 11 and 12 were logged before the kill and again after the resume: TensorBoard shows
     # each step once (the resumed run voids the old events past its checkpoint), as metrics.jsonl.
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
@@ -173,7 +173,7 @@ def test_resume_with_another_batch_size_goes_on_from_the_same_sample(tmp_path, n
     assert r2["step"] == 3 + steps_after  # 256 samples: the rest of epoch 0 at the new batch
     log = (tmp_path / "logs" / "rank0.log").read_text()
     sample = 48 - repeated
-    assert f"changed from 16 to {new_batch}: epoch 0 goes on after sample {sample} of its order" in log
+    assert f"changed from 16 to {new_batch}: epoch 1 goes on after sample {sample} of its order" in log
     assert (f"; {repeated} samples already trained on in this epoch are seen again" in log) == bool(repeated)
     # The run is as long as the steps done plus those left at the new batch, and so is the schedule.
     assert f"on cpu x1, {3 + steps_after} steps" in log.split("goes on after sample")[1]
@@ -223,7 +223,7 @@ def test_nan_skip_ends_a_run_that_only_skips(tmp_path, monkeypatch):
     # the third in a row, step 11, ends the run.
     monkeypatch.setenv("RT_NAN_AT_CALLS", ",".join(map(str, [3, 4, *range(9, 17)])))
     with pytest.raises(TrainingError, match=r"^3 steps in a row had a non-finite loss or gradient, the last at "
-                                            r"step 11 \(epoch 0, batch 10\): the run has diverged \(training."
+                                            r"step 11 \(epoch 1, batch 10\): the run has diverged \(training."
                                             r"max_consecutive_skips=3\)"):
         train(tmp_path, task="rt_helpers:NaNAtStepTask", **{"training.nan_policy": "skip",
                                                              "training.max_consecutive_skips": 3,
@@ -318,7 +318,7 @@ def test_a_run_with_nothing_to_train_or_a_warmup_past_its_end_says_so(tmp_path):
     result, _ = train(tmp_path, **{"checkpoint.resume": "auto", "training.max_steps": 4})
     assert result["step"] == 6
     log = (tmp_path / "logs" / "rank0.log").read_text()
-    assert ("nothing to train: resumed at step 6 (epoch 0), where a run of training.epochs=1, "
+    assert ("nothing to train: resumed at step 6 (epoch 1), where a run of training.epochs=1, "
             "training.max_steps=4 ends; raise them to train on") in log
     train(tmp_path / "warm", **{"training.max_steps": 5, "training.warmup_steps": 50})
     log = (tmp_path / "warm" / "logs" / "rank0.log").read_text()

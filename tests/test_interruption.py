@@ -57,7 +57,7 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_bit_identical(tmp_path):
 
     p = run_cli([*args, "--set", "checkpoint.resume=auto"], timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "step 13 (epoch 0, batch 13)" in p.stderr
+    assert "step 13 (epoch 1, batch 13)" in p.stderr
     assert_same_state(final_state(tmp_path / "ref"), final_state(run))
     assert train_steps(run) == list(range(1, 33))
     assert read_json(run / "summary.json")["interrupted"] is None

@@ -134,7 +134,7 @@ def test_restore_with_another_global_batch_converts_the_position_and_replans(tmp
     assert [fn.decay_steps for fn in schedule.scheduler.lr_lambdas] == [27 - 2] * 2
     warned = "\n".join(_warnings(tmp_path))
     assert "global batch (workers x training.batch_size) changed from 8 to 4" in warned
-    assert "epoch 0 goes on after sample 40 of its order" in warned
+    assert "epoch 1 goes on after sample 40 of its order" in warned
 
 
 def test_restore_with_more_epochs_plans_the_schedule_for_the_new_length(tmp_path):
@@ -168,7 +168,7 @@ def test_restore_of_a_finished_run_warns_there_is_nothing_to_train(tmp_path):
     state = _old_state()
     p = _parts(tmp_path, **{"training.max_steps": 5})
     _restore(p, state)
-    assert "nothing to train: resumed at step 5 (epoch 0)" in "\n".join(_warnings(tmp_path))
+    assert "nothing to train: resumed at step 5 (epoch 1)" in "\n".join(_warnings(tmp_path))
 
 
 def test_find_follows_checkpoint_resume(tmp_path):

@@ -180,6 +180,8 @@ class LoggingConfig:
     log_every_n_steps: int = setting(10, "a train record every N optimizer steps", ge=1)
     tensorboard: bool = setting(True, "TensorBoard scalars in <logging.dir>/tensorboard")
     progress_bar: str = setting("auto", "auto: a bar on a terminal, lines otherwise", choices=("auto", "on", "off"))
+    progress_every_s: float = setting(30.0, "without a terminal: a progress line at least this often (and every "
+                                      "tenth of the run's steps)", gt=0)
     trackers: list = setting(doc="experiment trackers fed from rank 0: mlflow, wandb (tensorboard here = tensorboard: true)",
                              default_factory=list)
     experiment: str = setting("", "MLflow experiment / W&B project; empty: raytrain_llm (a sweep: its name)")

@@ -196,7 +196,7 @@ class TrainingEngine:
         self.callbacks.load_state_dict(state.get("callbacks") or {})
         self.callbacks.on_load_checkpoint(self, state)
         self.logger.info(f"resumed from {path} at step {self.global_step} "
-                         f"(epoch {self.epoch}, batch {self.batch_in_epoch})")
+                         f"(epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
 
     def _done(self) -> bool:
         max_steps = self.config.training.max_steps
@@ -289,7 +289,7 @@ class TrainingEngine:
             return True
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.skip()
-        where = f"step {progress.global_step + 1} (epoch {progress.epoch}, batch {progress.batch_in_epoch})"
+        where = f"step {progress.global_step + 1} (epoch {progress.epoch + 1}, batch {progress.batch_in_epoch})"
         if self.config.training.nan_policy == "stop":
             raise TrainingError(
                 f"non-finite loss or gradient at {where}: loss={loss.item():.4g}; weights left unchanged, "
@@ -340,17 +340,16 @@ class TrainingEngine:
             metrics = self.validator.run(self.eval_model, self.last_train_record)
             self.progress.val_metrics = metrics
             self.callbacks.on_validation_end(self, metrics)
-            # The epoch the validated weights trained in, as train records count it: an epoch-end
-            # validation runs after the counter moved on to the next epoch.
-            epoch = self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
-            self.callbacks.on_log(self, {"split": "val", "step": self.global_step, "epoch": epoch, **metrics})
+            # The epoch the validated weights trained in (Progress.epoch_number), as train records count it.
+            record = {"split": "val", "step": self.global_step, "epoch": self.progress.epoch_number(), **metrics}
+            self.callbacks.on_log(self, record)
 
     def _log_train(self) -> None:
         """Collective: the train record of the steps since the last one, to the callbacks."""
         if not self.train_metrics.pending:
             return
         lr = float(self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"])
-        record = {**self.train_metrics.record(step=self.global_step, epoch=self.epoch, lr=lr),
+        record = {**self.train_metrics.record(step=self.global_step, epoch=self.progress.epoch_number(), lr=lr),
                   **self.monitor.summary()}
         if self.skipped_steps:
             record["skipped_steps"] = self.skipped_steps
@@ -391,7 +390,8 @@ class TrainingEngine:
         if self.last_train_record.get("step") == self.global_step:
             metrics.update({k: v for k, v in self.last_train_record.items() if isinstance(v, float)})
         path = self.parallel.save(self.checkpoint_manager, state, self.raw_model, self.optimizer, step=self.global_step,
-                                  epoch=self.epoch, metrics=metrics, config_yaml=dump_yaml(self.config))
+                                  epoch=self.progress.epoch_number(), metrics=metrics,
+                                  config_yaml=dump_yaml(self.config))
         self.dist.barrier()
         self.callbacks.on_save_checkpoint(self, path, metrics)
         return path

@@ -7,6 +7,8 @@ loaded (config_loader.env_errors) rather than ignored or turned into a traceback
   core/monitoring.py does not know (a number > 0).
 - RAYTRAIN_DEBUG: print an unexpected error's traceback on stderr (true/false, 1/0, yes/no, on/off;
   empty is false).
+- RAYTRAIN_RAY_LOGS: under the Ray launcher, show Ray's own log lines on the console too (a flag,
+  as RAYTRAIN_DEBUG); they are always in Ray's log files.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def _flag(text: str) -> bool:
 ENV_SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "RAYTRAIN_PEAK_TFLOPS": (_positive_number, "a number > 0 (the accelerator's peak TFLOP/s)"),
     "RAYTRAIN_DEBUG": (_flag, "true/false (1/0, yes/no, on/off)"),
+    "RAYTRAIN_RAY_LOGS": (_flag, "true/false (1/0, yes/no, on/off)"),
 }
 
 

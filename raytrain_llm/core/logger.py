@@ -22,7 +22,8 @@ class Logger:
     """A thin wrapper so engine code writes `self.logger.info(...)` without caring about ranks."""
 
     def __init__(self, name: str = "raytrain_llm", level: str = "INFO", log_dir: str | None = None,
-                 rank: int = 0):
+                 rank: int = 0, console=None):
+        """`console`: the stream rank 0's lines go to (default stderr; a file the Ray driver relays)."""
         self.rank = rank
         self._log = logging.getLogger(f"{name}.rank{rank}")
         self._log.setLevel(getattr(logging, level.upper(), logging.INFO))
@@ -32,7 +33,7 @@ class Logger:
             h.close()
         fmt = logging.Formatter(_FORMAT, datefmt="%H:%M:%S")
         if rank == 0:
-            console = logging.StreamHandler(sys.stderr)
+            console = logging.StreamHandler(console or sys.stderr)
             console.setFormatter(fmt)
             console.addFilter(_RankFilter(rank))
             self._log.addHandler(console)

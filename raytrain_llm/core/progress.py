@@ -33,6 +33,13 @@ class Progress:
             self.stop_reason = reason
         self.should_stop, self.stopped_early = True, True
 
+    def epoch_number(self) -> int:
+        """The epoch the last step trained in, counted from 1: the one number the console,
+        metrics.jsonl, summary.json, checkpoints' meta.json and Ray reports show (a 3-epoch run
+        ends in epoch 3). `epoch` is the data position's 0-based index; it moves on when an
+        epoch ends, before that epoch's validation and save."""
+        return self.epoch if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch + 1
+
     def validated_now(self) -> bool:
         return self.val_step == self.global_step
 

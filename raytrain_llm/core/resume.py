@@ -132,7 +132,7 @@ class Resumer:
         if self.dist.is_main:
             self.logger.warning(
                 f"the global batch (workers x training.batch_size) changed from {saved_global} to {now_global}: "
-                f"epoch {int(progress['epoch'])} goes on after sample {position * now_global} of its order"
+                f"epoch {int(progress['epoch']) + 1} goes on after sample {position * now_global} of its order"
                 + (f"; {repeated} samples already trained on in this epoch are seen again" if repeated else ""))
         return position
 
@@ -238,7 +238,7 @@ class Resumer:
             return
         total = schedule.total_steps
         if progress.global_step and (progress.global_step >= total or progress.epoch >= t.epochs):
-            self.logger.warning(f"nothing to train: resumed at step {progress.global_step} (epoch {progress.epoch}), "
+            self.logger.warning(f"nothing to train: resumed at step {progress.global_step} (epoch {progress.epoch_number()}), "
                                 f"where a run of training.epochs={t.epochs}, training.max_steps={t.max_steps} ends; "
                                 "raise them to train on")
         elif any(isinstance(fn, LRSchedule) for fn in getattr(schedule.scheduler, "lr_lambdas", None) or []) \

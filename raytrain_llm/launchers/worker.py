@@ -20,19 +20,23 @@ from raytrain_llm.launchers.task_resolution import resolve_task
 def train_worker(config: Config, *, dist: Optional[DistributedManager] = None,
                  data_module_factory: Optional[Callable[[Any], Any]] = None,
                  extra_callbacks: Optional[list[Callback]] = None,
-                 resume_from: Optional[str] = None, data_checked: bool = False) -> dict[str, Any]:
-    """`data_checked`: the launcher ran the data module's `check_data` before the workers started."""
+                 resume_from: Optional[str] = None, data_checked: bool = False, console=None,
+                 console_is_terminal: Optional[bool] = None) -> dict[str, Any]:
+    """`data_checked`: the launcher ran the data module's `check_data` before the workers started.
+    `console`: where rank 0's lines and progress bar go (default stderr), and
+    `console_is_terminal` whether what shows it is a terminal (default: `console.isatty()`)."""
     dist = dist or DistributedManager()
     with dist.usage_errors_on_every_rank():  # before the first step, not at the first save
         check_output_dirs(config, writes_checkpoints=dist.is_main)
-    logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank)
+    logger = Logger(level=config.logging.level, log_dir=config.logging.dir, rank=dist.rank, console=console)
     try:
         with dist.usage_errors_on_every_rank():  # e.g. a task module a worker cannot import
             task = resolve_task(config.task)(config)
             data_module = task.build_data_module()
             if data_module_factory is not None:
                 data_module = data_module_factory(data_module)
-            callbacks = default_callbacks(config, logger) + list(extra_callbacks or [])
+            callbacks = default_callbacks(config, logger, console=console, console_is_terminal=console_is_terminal) \
+                + list(extra_callbacks or [])
         engine = TrainingEngine(config, task, data_module=data_module, callbacks=callbacks, dist=dist,
                                 logger=logger, resume_from=resume_from, check_data=not data_checked)
         return engine.fit()

@@ -25,7 +25,7 @@ def test_sigterm_on_a_worker_saves_reports_and_the_restart_loses_nothing(tmp_pat
     with open(os.path.join(resolved.logging.dir, "logs", "rank0.log"), encoding="utf-8") as fh:
         log = fh.read()
     assert "SIGTERM: stopping after step 5" in log
-    assert "at step 5 (epoch 0, batch 5)" in log, log[-3000:]  # the restart resumed from the stop's save
+    assert "at step 5 (epoch 1, batch 5)" in log, log[-3000:]  # the restart resumed from the stop's save
     params, ref = final_params(resolved), reference_2w["params"]
     for k in ref:
         assert torch.equal(params[k], ref[k]), f"{k} differs from the uninterrupted run"

@@ -13,7 +13,7 @@ from raytrain_llm.core.callbacks.tensorboard_logger import TensorBoardLogger
 from raytrain_llm.core.callbacks.wandb_logger import WandbLogger
 
 
-def default_callbacks(config, logger=None) -> list[Callback]:
+def default_callbacks(config, logger=None, console=None, console_is_terminal=None) -> list[Callback]:
     log_dir = config.logging.dir
     cbs: list[Callback] = [
         GracefulStop(),  # first: the agreed stop signal is acted on before other callbacks see it
@@ -36,7 +36,8 @@ def default_callbacks(config, logger=None) -> list[Callback]:
         cbs.append(Profiler(log_dir, start_step=c.profile_start_step, num_steps=c.profile_steps, logger=logger))
     bar = config.logging.progress_bar
     if bar != "off":
-        cbs.append(ProgressBar(enabled=True if bar == "on" else None))
+        cbs.append(ProgressBar(enabled=True if bar == "on" else None, stream=console, terminal=console_is_terminal,
+                               log_every_s=config.logging.progress_every_s))
     return cbs
 
 

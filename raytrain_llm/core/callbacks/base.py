@@ -51,7 +51,7 @@ class Callback:
         the same `agreed` on every rank, so a collective here (a save) is called by all of them."""
 
     def on_log(self, engine, record: dict[str, Any]) -> None:
-        """A logged record: `split` ("train" or "val"), `step`, `epoch` and float metrics. Train
+        """A logged record: `split` ("train" or "val"), `step`, `epoch` (from 1: Progress.epoch_number) and float metrics. Train
         records (window averages, throughput) come every `log_every_n_steps`, at an epoch's and
         the run's last step and before each validation or save; val records (`val/...` keys)
         after each validation."""

@@ -115,6 +115,7 @@ class MetricsLogger(Callback):
         atomic_write_json(self.summary_path, {
             "task": engine.config.task,
             "global_step": engine.global_step,
+            "epoch": engine.progress.epoch_number(),  # the last step's, from 1 (Progress.epoch_number)
             "epochs_completed": engine.epoch,
             "stopped_early": engine.stopped_early,
             "stop_reason": engine.stop_reason or None,

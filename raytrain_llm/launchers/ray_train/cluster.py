@@ -133,7 +133,8 @@ def keep_private_ray_on_loopback(config: Config) -> bool:
     return os.environ[LOOPBACK_ENV] == "0"
 
 
-def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_cpus: float = 0.0) -> bool:
+def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_cpus: float = 0.0,
+             log_to_driver: bool = True) -> bool:
     """Connect or start Ray; True if this call started it (the caller then shuts it down).
 
     A private local Ray starts its dashboard (on 127.0.0.1) only when asked: `include_dashboard`,
@@ -146,7 +147,8 @@ def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_
     if ray.is_initialized():
         return False
     address = cluster_address(config)
-    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # log_to_driver=False: workers' output stays in Ray's log files (ray_train/console relays rank 0's).
+    common = dict(log_to_driver=log_to_driver, configure_logging=True, logging_level="WARNING")
     if address:
         source = "distributed.address" if config.distributed.address else "RAY_ADDRESS"
         _check_reachable(address, source)

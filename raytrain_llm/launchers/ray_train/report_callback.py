@@ -11,13 +11,14 @@ import sys
 from typing import Any, Optional
 
 from raytrain_llm.core.callbacks import Callback
+from raytrain_llm.launchers.ray_train.checkpoint_pointer import report_arguments
 
 
 def float_metrics(metrics: dict[str, Any], engine) -> dict[str, float]:
     """Ray rejects tensors; keep finite-or-not plain numbers, plus the data position."""
     out = {k: float(v) for k, v in metrics.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out.update(step=float(engine.global_step), epoch=float(engine.epoch))
+    out.update(step=float(engine.global_step), epoch=float(engine.progress.epoch_number()))
     return out
 
 
@@ -38,17 +39,17 @@ class RayReportCallback(Callback):
     """Each engine checkpoint becomes one `ray.train.report`; without checkpoints, each validation does.
     A save without a validation reports no monitored metric (Tune then skips it) but a score."""
 
-    def __init__(self, monitor: str, checkpoints_enabled: bool, mode: str = "min"):
+    def __init__(self, monitor: str, checkpoints_enabled: bool, mode: str = "min", in_place: bool = False):
         self.monitor, self.mode = monitor, mode
         self.checkpoints_enabled = checkpoints_enabled
+        self.in_place = in_place  # checkpoint_pointer.stores_in_place: Ray gets a pointer, not a copy
 
     def _report(self, engine, metrics: dict[str, Any], path: Optional[str]) -> None:
         import ray.train
 
         values = float_metrics(metrics, engine)
         values[SCORE_KEY] = checkpoint_score(values, self.monitor, self.mode)
-        checkpoint = ray.train.Checkpoint.from_directory(path) if path else None
-        ray.train.report(values, checkpoint=checkpoint)
+        ray.train.report(values, **report_arguments(path, self.in_place))
 
     def on_save_checkpoint(self, engine, path: Optional[str], metrics: dict[str, float]) -> None:
         self._report(engine, metrics, path if engine.dist.is_main else None)

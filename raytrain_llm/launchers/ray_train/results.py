@@ -11,6 +11,8 @@ from raytrain_llm.core.callbacks.metrics_logger import final_val_metrics, read_s
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import TrainingError, UsageError
+from raytrain_llm.launchers.ray_train.checkpoint_pointer import resolve as resolve_pointer
+from raytrain_llm.launchers.ray_train.checkpoint_pointer import stores_in_place
 
 ARTIFACTS = ("summary.json", "metrics.jsonl", "config.yaml", "tensorboard")
 
@@ -82,11 +84,12 @@ def _best(result, monitor: str, mode: str) -> Optional[tuple[str, dict[str, Any]
     if not scored:
         return None
     c, m = (min if mode == "min" else max)(scored, key=lambda cm: cm[1][monitor])
-    return c.path, m
+    return resolve_pointer(c.path), m
 
 
 def _copy_artifacts(src: str, dst: Optional[str]) -> None:
-    """Mirror the rank-0 logs into Ray's run folder, so one folder holds a run's results."""
+    """Mirror the rank-0 logs into Ray's run folder (storage elsewhere than logging.dir), so one
+    folder holds a run's results."""
     if not dst or "://" in dst or os.path.abspath(src) == os.path.abspath(dst):
         return
     os.makedirs(dst, exist_ok=True)
@@ -115,20 +118,18 @@ def summarize(config: Config, result) -> dict[str, Any]:
                    "final": {"val": {k: v for k, v in m.items() if k.startswith("val/")}}}
     else:
         raise TrainingError(f"Ray run finished but rank 0 wrote no summary in {log_dir}")
-    _copy_artifacts(log_dir, getattr(result, "path", None))
+    if not stores_in_place(config):  # Ray's storage elsewhere (e.g. s3://) also gets the run's results
+        _copy_artifacts(log_dir, getattr(result, "path", None))
     ck = config.checkpoint
     best = _best(result, ck.monitor, ck.mode)
     final = summary.get("final", {})
     out = {
         "train": final.get("train", {}), "val": final_val_metrics(summary), "step": summary["global_step"],
-        "best_checkpoint": best[0] if best else summary.get("best_checkpoint"),
+        # The engine's own best (it prunes checkpoints by the same measure Ray ranks reports by).
+        "best_checkpoint": summary.get("best_checkpoint") or (best[0] if best else None),
         "best_metrics": {ck.monitor: best[1][ck.monitor]} if best else {},
-        "checkpoint": result.checkpoint.path if getattr(result, "checkpoint", None) else None,
+        "checkpoint": resolve_pointer(result.checkpoint.path) if getattr(result, "checkpoint", None) else None,
         "run_dir": getattr(result, "path", None), "log_dir": log_dir,
         "interrupted": summary.get("interrupted"),  # the stop signal the workers agreed on, or None
     }
-    val = {k: round(v, 6) for k, v in out["val"].items() if isinstance(v, float)}
-    print(f"[ray] run {config.distributed.run_name}: {out['step']} steps; final val {val}; "
-          f"best {out['best_metrics'] or summary.get('best', {}).get('value')} at {out['best_checkpoint']}; "
-          f"results in {out['run_dir']}", flush=True)
     return out

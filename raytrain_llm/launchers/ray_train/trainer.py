@@ -22,6 +22,7 @@ from raytrain_llm.launchers.ray_train.cluster import (
     warn_if_unplaceable,
     worker_resources,
 )
+from raytrain_llm.launchers.ray_train.console import ray_console, shows_ray_logs, worker_console
 from raytrain_llm.launchers.ray_train.driver_signals import fit_with_driver_signals, start_driver_stop
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
@@ -77,6 +78,9 @@ def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from raytrain_llm.core.distributed import DistributedManager
+    from raytrain_llm.launchers.ray_train.checkpoint_pointer import resolve as resolve_pointer
+    from raytrain_llm.launchers.ray_train.checkpoint_pointer import stores_in_place
+    from raytrain_llm.launchers.ray_train.console import open_worker_console
     from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
     from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
     from raytrain_llm.launchers.worker import train_worker
@@ -93,9 +97,12 @@ def _train(loop_config: dict[str, Any]) -> None:
         return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
                                   rank=dist.rank, world_size=dist.world_size)
 
-    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode)]
+    callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode,
+                                   in_place=stores_in_place(config))]
     kwargs = dict(dist=dist, data_module_factory=data_module_factory, extra_callbacks=callbacks,
-                  data_checked=bool(loop_config.get("data_checked")))
+                  data_checked=bool(loop_config.get("data_checked")),
+                  console=open_worker_console(loop_config, dist.is_main),  # relayed by the driver (console.py)
+                  console_is_terminal=loop_config.get("console_is_terminal"))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         if config.checkpoint.resume == "none" and _engine_checkpoint_after(config, dist, -1):
@@ -104,7 +111,8 @@ def _train(loop_config: dict[str, Any]) -> None:
         return
     # After a restart (or a resumed run name): continue exactly from the last reported checkpoint,
     # or from a newer one of this run that Ray never registered.
-    with checkpoint.as_directory() as path:
+    with checkpoint.as_directory() as reported:
+        path = resolve_pointer(reported)  # the engine's own folder when Ray holds a pointer to it
         if _engine_checkpoint_after(config, dist, _saved_step(path)):
             config.checkpoint.resume = "auto"
             train_worker(config, **kwargs)
@@ -185,11 +193,13 @@ def _record_placement(config: Config, ctx, rank: int) -> None:
 
 
 def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Optional[str] = None,
-                  storage_path: Optional[str] = None, private_cluster: bool = False, driver_stop=None):
+                  storage_path: Optional[str] = None, private_cluster: bool = False, driver_stop=None,
+                  console: Optional[dict[str, Any]] = None):
     """A ready-to-`fit()` TorchTrainer for `config` (needs `ray.init` first; Tune calls this per trial).
 
     `private_cluster`: Ray was started by this process and ends with it (see private_cluster.py).
-    `driver_stop`: the `driver_signals.DriverStop` actor the workers take a stop request from."""
+    `driver_stop`: the `driver_signals.DriverStop` actor the workers take a stop request from.
+    `console`: console.worker_console's settings for rank 0 (default: the worker's own stderr)."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -217,7 +227,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
         from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
     return trainer_class(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "data_checked": True, "driver_stop": driver_stop},
+        train_loop_config={"config": cfg.to_dict(), "data_checked": True, "driver_stop": driver_stop,
+                           **(console or {})},
         torch_config=TorchConfig(backend=pick_backend(d.backend, d.use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=worker_resources(cfg),
@@ -268,19 +279,19 @@ def run_ray(config: Config) -> dict[str, Any]:
     keep_private_ray_on_loopback(cfg)  # before Ray is imported
     import ray
 
-    started = init_ray(cfg)
-    stop = None
-    try:
-        if not started:
-            warn_if_unplaceable(cfg)
-        stop = start_driver_stop()
-        trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop)
-        return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
-    finally:
-        if stop is not None:
-            ray.kill(stop)
-        if started:
-            ray.shutdown()
+    with ray_console(cfg, lambda: init_ray(cfg, log_to_driver=shows_ray_logs(cfg))) as started:
+        stop = None
+        try:
+            if not started:
+                warn_if_unplaceable(cfg)
+            stop = start_driver_stop()
+            trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop, console=worker_console(cfg))
+            return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
+        finally:
+            if stop is not None:
+                ray.kill(stop)
+            if started:
+                ray.shutdown()
 
 
 __all__ = ["build_trainer", "check_result", "fit", "resolve_paths", "run_ray", "train_loop_per_worker"]
