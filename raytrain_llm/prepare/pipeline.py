@@ -4,7 +4,17 @@ Everything is written into `<out>.tmp-prepare` and renamed to `<out>` after the 
 killed preparation never leaves a manifest pointing at partial shards. Rerunning the same command
 (same fingerprint: options and each input's path, size and mtime) finds the finished `<out>` and
 does nothing; after a kill it reuses the tokenizer already trained in the temporary folder and
-goes on after the files its shards had recorded (progress.py).
+the work its launcher had finished.
+
+Two ways to write the same bytes (one layout rule, writer.opens_shard):
+- local (`_write_locally`): worker processes tokenize, the driver receives each file's token ids in
+  input order and appends them to the shards; after a kill it cuts the shards back to the last
+  recorded progress and goes on after the files recorded there (progress.py).
+- ray (`ray_runner.py`): the workers write part files and then the shards themselves; the driver
+  only sees counts. Resume reuses the finished blocks of part files.
+The local path keeps its single pass: on one machine the ids cross a pipe, not a network, and
+the driver writes while the workers tokenize, where the two phases would write every token twice
+for nothing.
 """
 from __future__ import annotations
 
@@ -79,7 +89,8 @@ class PrepareOptions:
         if self.workers < 0:
             raise UsageError(f"--workers: must be >= 0 (got {self.workers})")
         if "://" in self.out:
-            raise UsageError(f"--out: must be a local folder (got {self.out})")
+            raise UsageError(f"--out: must be a folder path, not a URI (with --launcher ray on a cluster: a path on "
+                             f"storage every node mounts at the same place) (got {self.out})")
         vocab = self.trained_vocab()
         if vocab is not None:
             check_trainable_vocab(vocab)
