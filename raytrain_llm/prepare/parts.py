@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raytrain_llm.core.atomic_io import atomic_write_json, fsync_dir
+from raytrain_llm.core.atomic_io import fsync_dir
 from raytrain_llm.prepare.encode import SPLITS, EncodeSettings, encode_file
 from raytrain_llm.prepare.sources import read_source
 from raytrain_llm.prepare.writer import opens_shard
@@ -80,7 +80,14 @@ def encode_block(parts: str, items: list[tuple[int, str, str]], settings: Encode
                     os.unlink(p)
     for (split, suffix), p in temps.items():
         os.replace(p, part_path(parts, split, first, last, suffix))
-    atomic_write_json(_marker(parts, first, last), {"first": first, "last": last, "files": files, "splits": totals})
+    # The marker last, atomically; never creating `parts` again (the driver removes the folder of a
+    # refused preparation while other tasks may still run).
+    marker = _marker(parts, first, last)
+    with open(marker + f".tmp-{tag}", "w", encoding="utf-8") as fh:
+        json.dump({"first": first, "last": last, "files": files, "splits": totals}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(marker + f".tmp-{tag}", marker)
 
 
 @dataclass
