@@ -88,6 +88,7 @@ def encode_block(parts: str, items: list[tuple[int, str, str]], settings: Encode
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(marker + f".tmp-{tag}", marker)
+    fsync_dir(parts)
 
 
 @dataclass
