@@ -243,8 +243,10 @@ def test_part_files_copied_into_shards_are_the_local_shards(corpus, prepared, tm
     (parts / "train-00000009-00000030.bin.tmp-dead").write_bytes(b"\0" * 10)
     assert P.finished_blocks(str(parts)) == [r for r in ranges if r != (9, 30)]
     P.remove_unfinished(str(parts), P.finished_blocks(str(parts)))
-    assert P.plan_blocks(P.finished_blocks(str(parts)), 36, 8) == [(9, 17), (17, 25), (25, 30)]
-    for first, last in P.plan_blocks(P.finished_blocks(str(parts)), 36, 8):
+    ones = [1] * 36  # blocks of 8 files of 1 byte; the gap [9, 30) is what is left to do
+    assert P.plan_blocks(P.finished_blocks(str(parts)), ones, 8) == [(9, 17), (17, 25), (25, 30)]
+    assert P.plan_blocks([(2, 5)], [3, 9, 1, 1, 1, 2, 2, 7, 1], 4) == [(0, 1), (1, 2), (5, 7), (7, 8), (8, 9)]
+    for first, last in P.plan_blocks(P.finished_blocks(str(parts)), ones, 8):
         P.encode_block(str(parts), items[first:last], settings)
     blocks = [P.read_block(str(parts), f, t) for f, t in P.finished_blocks(str(parts))]
     assert [b.first for b in blocks] == [0, 1, 8, 9, 17, 25, 30]

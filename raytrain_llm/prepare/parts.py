@@ -130,12 +130,19 @@ def read_block(parts: str, first: int, last: int) -> Block:
     return Block(first, last, meta["files"], lengths)
 
 
-def plan_blocks(done: list[tuple[int, int]], count: int, files_per_block: int) -> list[tuple[int, int]]:
-    """Ranges that cover files [0, count) outside `done`, at most files_per_block files each."""
+def plan_blocks(done: list[tuple[int, int]], sizes: list[int], block_bytes: int) -> list[tuple[int, int]]:
+    """Ranges that cover the files (of `sizes` bytes each) outside `done`: consecutive files, a
+    range closed before a file that would take it past block_bytes (a larger file alone)."""
     todo, at = [], 0
-    for first, last in [*done, (count, count)]:
-        for start in range(at, first, files_per_block):
-            todo.append((start, min(start + files_per_block, first)))
+    for first, last in [*done, (len(sizes), len(sizes))]:
+        start, size = at, 0
+        for i in range(at, first):
+            if i > start and size + sizes[i] > block_bytes:
+                todo.append((start, i))
+                start, size = i, 0
+            size += sizes[i]
+        if start < first:
+            todo.append((start, first))
         at = last
     return todo
 

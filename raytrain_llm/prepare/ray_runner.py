@@ -48,7 +48,8 @@ from raytrain_llm.prepare.sources import Source
 from raytrain_llm.prepare.writer import split_summary
 
 ERROR_COLUMN = "usage_error"
-FILES_PER_BLOCK = 16
+BLOCKS_PER_WORKER = 4
+BLOCK_BYTES = 64 << 20  # of input (as stored) per block: what a kill loses, per task running
 
 
 def _encode_blocks(batch: dict, parts: str, settings: EncodeSettings):
@@ -147,11 +148,13 @@ def prepare_with_ray(folder: str, sources: list[Source], settings: EncodeSetting
     files_done = sum(last - first for first, last in done)
     if done:
         log(f"reusing {len(done)} blocks ({files_done} files) an interrupted run of this command had tokenized")
-    left = len(sources) - files_done
-    # Blocks of up to FILES_PER_BLOCK files (one task each: fewer scheduling round trips than a task
-    # per file), but at least 4 per worker so that uneven files still balance.
-    count = min(left, max(4 * workers, -(-left // FILES_PER_BLOCK)))
-    todo = plan_blocks(done, len(sources), max(1, -(-left // max(1, count))))
+    covered = {i for first, last in done for i in range(first, last)}
+    left = sum(s.size for i, s in enumerate(sources) if i not in covered)
+    # A task per block: BLOCKS_PER_WORKER blocks per worker balance uneven files at the end; fewer
+    # would leave a worker idle longer, more pay Ray's per-task cost more often. At most
+    # BLOCK_BYTES each, so a large corpus has many.
+    block_bytes = max(1, min(BLOCK_BYTES, -(-left // (BLOCKS_PER_WORKER * workers))))
+    todo = plan_blocks(done, [s.size for s in sources], block_bytes)
     on_files(files_done)
     for first, last in _encoded_blocks(parts, todo, sources, settings, workers) if todo else ():
         files_done += last - first

@@ -78,8 +78,7 @@ def test_a_ray_preparation_killed_while_tokenizing_reuses_its_finished_blocks(ra
     parts = tmp_path / "data.tmp-prepare" / "parts"
     assert p.returncode == 137 and not out.exists(), p.stderr[-3000:]
     finished = sorted(n for n in os.listdir(parts) if n.startswith("block-"))
-    # 24 files in 8 blocks of 3; 3 or a few more finished before the driver died.
-    assert 3 <= len(finished) < 8, finished
+    assert len(finished) >= 3, finished  # (and a few more that finished before the driver died)
     reused = sum(int(n[15:23]) - int(n[6:14]) for n in finished)
     encoded = []
     loop = ray_runner._encoded_blocks
@@ -93,7 +92,9 @@ def test_a_ray_preparation_killed_while_tokenizing_reuses_its_finished_blocks(ra
     capsys.readouterr()
     assert main([*args, "--launcher", "ray"]) == 0
     assert f"reusing {len(finished)} blocks ({reused} files)" in capsys.readouterr().err
-    assert sum(last - first for first, last in encoded) == 24 - reused  # only the files no block covered
+    # At least 4 blocks per worker (8): work was left, and only the files no block covered were redone.
+    assert len(finished) + len(encoded) >= 8 and encoded
+    assert sum(last - first for first, last in encoded) == 24 - reused
     assert _files(out) == local and not (tmp_path / "data.tmp-prepare").exists()
 
 
