@@ -11,7 +11,10 @@ path. A tokenizer is trained first (not timed). Then, one JSON line each:
 - `ray1` / `ray2`: the same with --launcher ray on a local Ray of 2 CPUs, 1 and 2 concurrent tasks
   (Ray started before timing), with `ratio` = ray2 / ray1 (goal >= 1.6), each pair followed by `pool1` /
   `pool2`: the local path with 1 and 2 processes (no Ray), the same scaling on the same cores as a
-  yardstick; `driver_cpu_s` is the CPU time of the driver process (it receives the ids, writes the shards);
+  yardstick; `driver_cpu_s` is the CPU time of the driver process (local: it receives the ids and writes
+  the shards; ray: the workers write, the driver reads counts and lays out the shards). Ray starts its
+  workers at niceness 15 (`RAY_worker_niceness`): on a machine shared with other work, run with
+  `RAY_worker_niceness=0` to compare Ray with the pool (niceness 0) on equal terms;
 - `train`: the lm task on the prepared shards (the cpu-small model of engine_overhead.py:
   d_model 128, 4 layers, seq 128, batch 8, vocabulary --vocab), with the median `data_wait_share`
   of its logged windows (goal <= 0.02).

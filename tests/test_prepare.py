@@ -220,3 +220,42 @@ def test_uri_globs_and_zstd_text_are_read(corpus, tmp_path):
         [f"file://{folder}/doc2.txt.zst"]
     t = TextTokenizer.load(str(out / "tokenizer.json"))
     assert [t.decode(d) for d in t.split_documents(split_tokens(out, "train", m))] == texts
+
+
+def test_part_files_copied_into_shards_are_the_local_shards(corpus, prepared, tmp_path):
+    # The two phases of --launcher ray without Ray: blocks of uneven sizes (one left unfinished by
+    # a "killed" writer: its temporary files, no marker), the layout from the counts alone, the copy.
+    from raytrain_llm.prepare import parts as P
+    from raytrain_llm.prepare.encode import EncodeSettings
+    from raytrain_llm.prepare.sources import expand_inputs
+    from raytrain_llm.prepare.writer import split_summary
+
+    out, manifest = prepared
+    tok = TextTokenizer.load(str(out / "tokenizer.json"))
+    settings = EncodeSettings("text", "text", 3, 0.15, "uint16", tok.tokenizer.to_str(), "<|endoftext|>")
+    sources = expand_inputs([str(corpus[0].parent / "*.py")])
+    items = [(i, s.path, s.key) for i, s in enumerate(sources)]
+    parts = tmp_path / P.PARTS_DIR
+    parts.mkdir()
+    ranges = [(0, 1), (1, 8), (8, 9), (9, 30), (30, 36)]
+    for first, last in ranges[:3] + ranges[4:]:
+        P.encode_block(str(parts), items[first:last], settings)
+    (parts / "train-00000009-00000030.bin.tmp-dead").write_bytes(b"\0" * 10)
+    assert P.finished_blocks(str(parts)) == [r for r in ranges if r != (9, 30)]
+    P.remove_unfinished(str(parts), P.finished_blocks(str(parts)))
+    ones = [1] * 36  # blocks of 8 files of 1 byte; the gap [9, 30) is what is left to do
+    assert P.plan_blocks(P.finished_blocks(str(parts)), ones, 8) == [(9, 17), (17, 25), (25, 30)]
+    assert P.plan_blocks([(2, 5)], [3, 9, 1, 1, 1, 2, 2, 7, 1], 4) == [(0, 1), (1, 2), (5, 7), (7, 8), (8, 9)]
+    for first, last in P.plan_blocks(P.finished_blocks(str(parts)), ones, 8):
+        P.encode_block(str(parts), items[first:last], settings)
+    blocks = [P.read_block(str(parts), f, t) for f, t in P.finished_blocks(str(parts))]
+    assert [b.first for b in blocks] == [0, 1, 8, 9, 17, 25, 30]
+    for split in ("train", "val"):
+        plans = P.plan_shards(blocks, split, 30000, 2)
+        P.write_shards(str(tmp_path), plans)
+        got = split_summary([{"file": p.file, "tokens": p.tokens, "documents": p.documents} for p in plans])
+        assert got == manifest["splits"][split]
+        for plan in plans:
+            assert (tmp_path / plan.file).read_bytes() == (out / plan.file).read_bytes()
+    bad, files, text_bytes = P.tally(blocks)
+    assert [f["index"] for f in files] == list(range(36)) and text_bytes == manifest["text_bytes"] and not bad

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, metavar="train:VOCAB|tokenizer.json",
                    help="train:VOCAB trains a byte-level BPE of VOCAB tokens on the training documents; "
                         "or the path of an existing Hugging Face tokenizer.json")
-    p.add_argument("--out", required=True, help="the folder to create (written to OUT.tmp-prepare, then renamed)")
+    p.add_argument("--out", required=True,
+                   help="the folder to create (written to OUT.tmp-prepare, then renamed); a path, not a URI: with "
+                        "--launcher ray on a cluster, on storage every node mounts at the same path")
     p.add_argument("--val-fraction", type=float, default=0.01,
                    help="share of documents in the val split, chosen by a hash of (seed, file, record) (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
@@ -43,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-train-bytes", type=int, default=1 << 30,
                    help="train the tokenizer on at most this many bytes of text (default 1 GiB)")
     p.add_argument("--launcher", default="local", choices=("local", "ray"),
-                   help="local: processes on this machine; ray: Ray Data tasks on a local Ray or the cluster in "
-                        "--ray-address / RAY_ADDRESS (the output is the same byte for byte)")
+                   help="local: processes on this machine, this process writes the shards; ray: Ray tasks on a "
+                        "local Ray or the cluster in --ray-address / RAY_ADDRESS tokenize and write the shards "
+                        "(the output is the same byte for byte)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes (local) or concurrent Ray tasks (ray); 0: this machine's CPU count")
     p.add_argument("--ray-address", default="", help="Ray cluster to use (default: RAY_ADDRESS, else a new local Ray)")

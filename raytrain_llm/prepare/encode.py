@@ -1,12 +1,11 @@
 """One input file -> its documents' token ids, by split: the unit of parallel work.
 
 `encode_file` runs in a local worker process or a Ray Data task alike. Its result is plain bytes
-and integers (a `FileResult`), so it crosses process boundaries unchanged and the driver
-assembles the same shards from it whoever computed it.
+and integers (a `FileResult`): a local worker sends it to the driver, which appends it to the
+shards; a Ray task appends it to its block's part files (parts.py).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,18 +37,6 @@ class FileResult:
     bad: dict[str, int] = field(default_factory=dict)
     documents: int = 0
     text_bytes: int = 0  # UTF-8 bytes of the good documents
-
-    def to_row(self) -> dict:
-        return {"index": self.index, "payload": json.dumps({"bad": self.bad, "documents": self.documents,
-                                                            "text_bytes": self.text_bytes}),
-                **{f"tokens_{s}": self.tokens[s] for s in SPLITS}, **{f"lengths_{s}": self.doc_lengths[s] for s in SPLITS}}
-
-    @classmethod
-    def from_row(cls, row: dict) -> "FileResult":
-        payload = json.loads(row["payload"])
-        return cls(int(row["index"]), {s: bytes(row[f"tokens_{s}"]) for s in SPLITS},
-                   {s: bytes(row[f"lengths_{s}"]) for s in SPLITS}, payload["bad"], payload["documents"],
-                   payload["text_bytes"])
 
 
 _TOKENIZERS: dict[str, TextTokenizer] = {}

@@ -4,7 +4,17 @@ Everything is written into `<out>.tmp-prepare` and renamed to `<out>` after the 
 killed preparation never leaves a manifest pointing at partial shards. Rerunning the same command
 (same fingerprint: options and each input's path, size and mtime) finds the finished `<out>` and
 does nothing; after a kill it reuses the tokenizer already trained in the temporary folder and
-goes on after the files its shards had recorded (progress.py).
+the work its launcher had finished.
+
+Two ways to write the same bytes (one layout rule, writer.opens_shard):
+- local (`_write_locally`): worker processes tokenize, the driver receives each file's token ids in
+  input order and appends them to the shards; after a kill it cuts the shards back to the last
+  recorded progress and goes on after the files recorded there (progress.py).
+- ray (`ray_runner.py`): the workers write part files and then the shards themselves; the driver
+  only sees counts. Resume reuses the finished blocks of part files.
+The local path keeps its single pass: on one machine the ids cross a pipe, not a network, and
+the driver writes while the workers tokenize, where the two phases would write every token twice
+for nothing.
 """
 from __future__ import annotations
 
@@ -27,6 +37,8 @@ from raytrain_llm.data.token_shards import FORMAT_VERSION, MANIFEST_FILE, read_m
 from raytrain_llm.data.tokenizer import TOKENIZER_FILE, TextTokenizer, check_trainable_vocab, file_sha256
 from raytrain_llm.prepare.documents import FORMATS, is_validation, parse_documents
 from raytrain_llm.prepare.encode import SPLITS, EncodeSettings, FileResult
+from raytrain_llm.prepare.local_runner import encode_locally
+from raytrain_llm.prepare.parts import PARTS_DIR
 from raytrain_llm.prepare.progress import PROGRESS_FILE, SAVE_EVERY_S, load_progress, save_progress
 from raytrain_llm.prepare.sources import Source, expand_inputs, read_source
 from raytrain_llm.prepare.writer import ShardWriter
@@ -77,7 +89,8 @@ class PrepareOptions:
         if self.workers < 0:
             raise UsageError(f"--workers: must be >= 0 (got {self.workers})")
         if "://" in self.out:
-            raise UsageError(f"--out: must be a local folder (got {self.out})")
+            raise UsageError(f"--out: must be a folder path, not a URI (with --launcher ray on a cluster: a path on "
+                             f"storage every node mounts at the same place) (got {self.out})")
         vocab = self.trained_vocab()
         if vocab is not None:
             check_trainable_vocab(vocab)
@@ -177,32 +190,8 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
     tokenizer = _tokenizer(tmp, options, sources, log)
     settings = EncodeSettings(options.fmt, options.text_field, options.seed, options.val_fraction, tokenizer.dtype,
                               tokenizer.tokenizer.to_str(), options.eod_token)
-    itemsize = np.dtype(tokenizer.dtype).itemsize
-    writers = {s: ShardWriter(tmp, s, options.shard_tokens, itemsize) for s in SPLITS}
-    bad, per_source, text_bytes = Counter(), [], 0
-    saved = load_progress(tmp, fingerprint)
-    if saved is not None:
-        for split in SPLITS:
-            writers[split].restore(saved["writers"][split])
-        bad, per_source, text_bytes = Counter(saved["bad"]), saved["per_source"], saved["text_bytes"]
-        log(f"resuming after the {len(per_source)} files an interrupted run of this command had written")
-    start = len(per_source)
-    results = _run(options, sources[start:], settings, start)
-    last_save, closed = time.monotonic(), sum(w.closed_shards for w in writers.values())
-    for result in _with_progress(results, sources, options.progress, start):
-        for split in SPLITS:
-            writers[split].add(result.tokens[split], np.frombuffer(result.doc_lengths[split], np.int64))
-        bad.update(result.bad)
-        text_bytes += result.text_bytes
-        per_source.append({"path": sources[result.index].path, "split_key": sources[result.index].key,
-                           "bytes": sources[result.index].size,
-                           "documents": result.documents, "bad_records": sum(result.bad.values())})
-        now_closed = sum(w.closed_shards for w in writers.values())
-        if now_closed > closed or time.monotonic() - last_save > SAVE_EVERY_S:
-            save_progress(tmp, {"fingerprint": fingerprint, "writers": {s: w.state() for s, w in writers.items()},
-                                "bad": dict(bad), "per_source": per_source, "text_bytes": text_bytes})
-            last_save, closed = time.monotonic(), now_closed
-    splits = {s: w.finish() for s, w in writers.items()}
+    write = _write_with_ray if options.launcher == "ray" else _write_locally
+    splits, bad, per_source, text_bytes = write(tmp, options, sources, settings, fingerprint, log)
     documents = sum(s["documents"] for s in per_source)
     _report_bad(bad, documents, options, log)
     manifest = {
@@ -225,6 +214,61 @@ def _prepare_into(tmp: str, options: PrepareOptions, sources: list[Source], fing
         f"{splits['val']['tokens']} val tokens in {len(splits['val']['shards'])}; {documents} documents; "
         f"vocabulary {tokenizer.vocab_size}")
     return manifest
+
+
+Written = tuple[dict, Counter, list[dict], int]  # (splits, bad records by kind, per source, text bytes)
+
+
+def _source_entry(source: Source, documents: int, bad_records: int) -> dict:
+    return {"path": source.path, "split_key": source.key, "bytes": source.size, "documents": documents,
+            "bad_records": bad_records}
+
+
+def _write_locally(tmp: str, options: PrepareOptions, sources: list[Source], settings: EncodeSettings,
+                   fingerprint: str, log: Callable[[str], None]) -> Written:
+    """The driver writes the shards from the files' token ids, in input order, as they arrive."""
+    shutil.rmtree(os.path.join(tmp, PARTS_DIR), ignore_errors=True)  # a killed Ray run's (not reused here)
+    itemsize = np.dtype(settings.dtype).itemsize
+    writers = {s: ShardWriter(tmp, s, options.shard_tokens, itemsize) for s in SPLITS}
+    bad, per_source, text_bytes = Counter(), [], 0
+    saved = load_progress(tmp, fingerprint)
+    if saved is not None:
+        for split in SPLITS:
+            writers[split].restore(saved["writers"][split])
+        bad, per_source, text_bytes = Counter(saved["bad"]), saved["per_source"], saved["text_bytes"]
+        log(f"resuming after the {len(per_source)} files an interrupted run of this command had written")
+    start = len(per_source)
+    workers = options.workers or os.cpu_count() or 1
+    results = encode_locally(sources[start:], settings, workers, start)
+    last_save, closed = time.monotonic(), sum(w.closed_shards for w in writers.values())
+    for result in _with_progress(results, sources, options.progress, start):
+        for split in SPLITS:
+            writers[split].add(result.tokens[split], np.frombuffer(result.doc_lengths[split], np.int64))
+        bad.update(result.bad)
+        text_bytes += result.text_bytes
+        per_source.append(_source_entry(sources[result.index], result.documents, sum(result.bad.values())))
+        now_closed = sum(w.closed_shards for w in writers.values())
+        if now_closed > closed or time.monotonic() - last_save > SAVE_EVERY_S:
+            save_progress(tmp, {"fingerprint": fingerprint, "writers": {s: w.state() for s, w in writers.items()},
+                                "bad": dict(bad), "per_source": per_source, "text_bytes": text_bytes})
+            last_save, closed = time.monotonic(), now_closed
+    return {s: w.finish() for s, w in writers.items()}, bad, per_source, text_bytes
+
+
+def _write_with_ray(tmp: str, options: PrepareOptions, sources: list[Source], settings: EncodeSettings,
+                    fingerprint: str, log: Callable[[str], None]) -> Written:
+    """Ray workers write part files, then the shards (ray_runner.py); the driver gets counts."""
+    from raytrain_llm.prepare.ray_runner import prepare_with_ray
+
+    for name in os.listdir(tmp):  # a killed local run's shards and progress: the Ray path redoes them
+        if name.endswith(".bin") or name == PROGRESS_FILE:
+            os.unlink(os.path.join(tmp, name))
+    workers = options.workers or os.cpu_count() or 1
+    splits, bad, files, text_bytes = prepare_with_ray(
+        tmp, sources, settings, options.shard_tokens, np.dtype(settings.dtype).itemsize, workers,
+        options.ray_address, log, _progress_counter(sources, options.progress))
+    per_source = [_source_entry(sources[f["index"]], f["documents"], f["bad_records"]) for f in files]
+    return splits, bad, per_source, text_bytes
 
 
 def _tokenizer(tmp: str, options: PrepareOptions, sources: list[Source], log: Callable[[str], None]) -> TextTokenizer:
@@ -268,18 +312,6 @@ def _training_texts(options: PrepareOptions, sources: list[Source], seen: dict) 
                 return
 
 
-def _run(options: PrepareOptions, sources: list[Source], settings: EncodeSettings, start: int) -> Iterable[FileResult]:
-    """Results of `sources` (the inputs from index `start` on), in order."""
-    workers = options.workers or os.cpu_count() or 1
-    if options.launcher == "ray":
-        from raytrain_llm.prepare.ray_runner import encode_with_ray
-
-        return encode_with_ray(sources, settings, workers, options.ray_address, start)
-    from raytrain_llm.prepare.local_runner import encode_locally
-
-    return encode_locally(sources, settings, workers, start)
-
-
 def _report_bad(bad: Counter, documents: int, options: PrepareOptions, log: Callable[[str], None]) -> None:
     names = {"non_utf8": "not UTF-8", "not_json": "not JSON", "missing_field": f"without a string {options.text_field!r}"
              if options.fmt != "text" else "missing", "empty": "empty"}
@@ -307,3 +339,15 @@ def _with_progress(results: Iterable[FileResult], sources: list[Source], progres
         yield result
     if show:
         print(file=sys.stderr)
+
+
+def _progress_counter(sources: list[Source], progress: Optional[bool]) -> Callable[[int], None]:
+    """A progress line of files done (files arrive in blocks, in any order)."""
+    show = sys.stderr.isatty() if progress is None else progress
+
+    def update(done: int) -> None:
+        if show:
+            print(f"\rprepare: {done}/{len(sources)} files", end="\n" if done == len(sources) else "",
+                  file=sys.stderr, flush=True)
+
+    return update

@@ -8,11 +8,23 @@ by the end-of-document id.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from raytrain_llm.core.atomic_io import fsync_dir
+
+
+def opens_shard(open_tokens: Optional[int], n: int, shard_tokens: int) -> bool:
+    """Whether a document of `n` tokens starts a new shard, after one holding `open_tokens`
+    (None: no shard open yet). The one rule of the layout, shared by every writer."""
+    return open_tokens is None or open_tokens + n > shard_tokens
+
+
+def split_summary(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """A split's manifest entry: its shards ({file, tokens, documents} each) and their totals."""
+    return {"shards": shards, "tokens": sum(s["tokens"] for s in shards),
+            "documents": sum(s["documents"] for s in shards)}
 
 
 class ShardWriter:
@@ -52,9 +64,9 @@ class ShardWriter:
         """Documents of one file: `tokens` back to back, `lengths[i]` tokens each."""
         at = 0
         for n in lengths.tolist():
-            if self._fh is not None and self._tokens + n > self.shard_tokens:
-                self._close()
-            if self._fh is None:
+            if opens_shard(self._tokens if self._fh is not None else None, n, self.shard_tokens):
+                if self._fh is not None:
+                    self._close()
                 self._open()
             self._fh.write(tokens[at * self.itemsize:(at + n) * self.itemsize])
             self._tokens += n
@@ -79,5 +91,4 @@ class ShardWriter:
         if self._fh is not None:
             self._close()
         fsync_dir(self.folder)
-        return {"shards": self.shards, "tokens": sum(s["tokens"] for s in self.shards),
-                "documents": sum(s["documents"] for s in self.shards)}
+        return split_summary(self.shards)

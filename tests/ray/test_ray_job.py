@@ -84,12 +84,12 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _submit_and_wait(address: str, env: dict, args: list[str], timeout: float) -> str:
+def _submit_and_wait(address: str, env: dict, args: list[str], timeout: float, entry: tuple = ("train.py",)) -> str:
     job_id = f"raytrain-test-{uuid.uuid4().hex[:8]}"
     runtime_env = {"excludes": EXCLUDES, "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}}
     submit = _run([RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
                    "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-                   "--", sys.executable, "train.py", *args], env)
+                   "--", sys.executable, *entry, *args], env)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     deadline = time.time() + timeout
     status = ""
@@ -154,3 +154,24 @@ def test_a_client_without_the_clusters_token_exits_2(ray_head, tmp_path):
     assert last.startswith(f"error: RAY_ADDRESS: the Ray cluster at 127.0.0.1:{gcs} refused this client's "
                            "authentication token") and "RAY_AUTH_MODE=token" in last, last
     assert not (tmp_path / "run" / "error.log").exists()
+
+
+@pytest.mark.timeout(180)
+def test_job_submit_prepare_writes_the_bytes_of_the_local_path(ray_head, tmp_path):
+    # The workers of the cluster write the shards (into --out on storage they share with the
+    # driver: one machine here); the result is byte for byte the local path's.
+    from prep_testing import prepare_args, stdlib_corpus
+    from raytrain_llm.prepare.__main__ import main
+
+    address, env, _ = ray_head
+    corpus = stdlib_corpus(tmp_path / "src", count=12)
+    out = tmp_path / "data"
+    args = prepare_args([corpus[0].parent / "*.py"], out, "--tokenizer", "train:400", "--val-fraction", "0.25",
+                        "--seed", "2", "--shard-tokens", "15000", "--workers", "2")
+    assert main(args) == 0  # local processes, no Ray
+    local = {p.name: p.read_bytes() for p in out.iterdir()}
+    os.replace(out, tmp_path / "local")
+    logs = _submit_and_wait(address, env, [*args, "--launcher", "ray"], timeout=150,
+                            entry=("-m", "raytrain_llm.prepare"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == local, logs[-3000:]
+    assert len([n for n in local if n.startswith("train-")]) >= 2 and not (tmp_path / "data.tmp-prepare").exists()
