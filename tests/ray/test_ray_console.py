@@ -84,7 +84,20 @@ def test_make_train_under_ray_prints_the_projects_lines_and_keeps_rays_in_files(
     assert list((run / "ray").rglob("raytrain_checkpoint.json"))
 
 
-def test_rays_driver_lines_go_to_the_file_and_rank_0s_console_is_relayed(tmp_path, capfd):
+@pytest.fixture
+def rays_console_handler_restored():
+    """Ray's console handler keeps the stderr it was created with: when `import ray` first ran under
+    capfd, that is capfd's file, closed after the test; later tests' Ray lines would then fail."""
+    import logging
+
+    yield
+    for handler in logging.getLogger("ray").handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            handler.stream = sys.__stderr__  # not setStream: it flushes the old stream, maybe closed
+
+
+def test_rays_driver_lines_go_to_the_file_and_rank_0s_console_is_relayed(tmp_path, capfd,
+                                                                          rays_console_handler_restored):
     import logging
 
     import ray  # noqa: F401 - its import gives the "ray" logger its console handler
