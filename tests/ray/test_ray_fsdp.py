@@ -11,6 +11,7 @@ import torch
 from ray_testing import fit, ray_config
 from raytrain_llm.core.checkpointing import CheckpointManager
 from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer
+from raytrain_llm.launchers.ray_train.checkpoint_pointer import resolve
 
 
 def sharded_weights(config) -> dict[str, torch.Tensor]:
@@ -31,8 +32,9 @@ def sharded_weights(config) -> dict[str, torch.Tensor]:
 def test_killed_worker_under_fsdp_restarts_and_matches_uninterrupted_run(tmp_path, ray_local):
     reference, ref_config = fit(ray_config(tmp_path / "ref", distributed__strategy="fsdp"))
     assert reference.error is None
-    # The checkpoint Ray holds (its storage's copy) has every rank's shards.
-    reported = reference.checkpoint.path
+    # The checkpoint Ray holds (a pointer to the engine's folder, with Ray's storage in the run's
+    # folder: checkpoints are stored once) has every rank's shards.
+    reported = resolve(reference.checkpoint.path)
     assert sorted(os.listdir(os.path.join(reported, "sharded"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
     marker = tmp_path / "kills.txt"
