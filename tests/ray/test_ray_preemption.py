@@ -97,7 +97,7 @@ def test_a_drained_node_gets_a_checkpoint_and_the_restart_loses_nothing(tmp_path
         assert result["result"].error is None and result["result"].metrics["step"] == 10.0
         rank0 = (logs / "rank0.log").read_text()
         assert "preemption notice: saving a checkpoint at step 5" in rank0
-        assert "at step 5 (epoch 0, batch 5)" in rank0, rank0[-3000:]  # the restart resumed from it
+        assert "at step 5 (epoch 1, batch 5)" in rank0, rank0[-3000:]  # the restart resumed from it
         # Nothing up to the notice step was trained twice: its train records were logged once.
         records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         upto_notice = [r["step"] for r in records if r.get("split") == "train" and r["step"] <= 5]
