@@ -19,12 +19,18 @@ def check_out(out: str) -> str:
         raise UsageError(f"--out {out}: name the file .pt (a torch state dict) or .safetensors")
     if os.path.lexists(out):
         raise UsageError(f"--out {out} already exists: choose a new file")
+    make_parent_folder(out)
+    return out
+
+
+def make_parent_folder(out: str) -> str:
+    """The folder `--out` goes into, created if missing; UsageError naming it if it cannot be."""
     parent = os.path.dirname(out)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out: cannot create {parent}: {exc.strerror}") from None
-    return out
+    return parent
 
 
 def write_weights(weights: dict[str, Any], out: str) -> None:

@@ -4,7 +4,7 @@ DCP keeps three kinds of data in a checkpoint folder, and the stock reader unpic
 them without restriction:
   .metadata (and the rank-local __<rank>.metadata)  pickle.load: any class, any callable.
   byte items (non-tensor values, e.g. the optimizer's param_groups)  read_data hands them to
-      the load planner, whose DefaultLoadPlanner.load_bytes calls torch.load(weights_only=False).
+      the load planner, whose DefaultLoadPlanner.load_bytes unpickles them with weights-only off.
   tensor items  torch.load(weights_only=True) already.
 Here the metadata goes through `_MetadataUnpickler`, which admits only the classes DCP metadata
 is made of, and each byte item is loaded weights-only and re-serialized before the planner sees

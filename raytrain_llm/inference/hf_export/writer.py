@@ -19,6 +19,7 @@ from raytrain_llm.core.errors import UsageError
 from raytrain_llm.data.text_codec import TOKENIZER_FILE, ByteCodec, TokenizerCodec
 from raytrain_llm.inference.checkpoint_source import TrainedModel
 from raytrain_llm.inference.hf_export import architecture, hf_config, weights
+from raytrain_llm.inference.weights_file import make_parent_folder
 
 FORMATS = ("hf", "safetensors")
 
@@ -41,11 +42,7 @@ def _write_folder(out: str, write: Callable[[str], None]) -> None:
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UsageError(f"--out {out} already exists and is not an empty folder: choose a new folder")
-    parent = os.path.dirname(out)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out: cannot create {parent}: {exc.strerror}") from None
+    parent = make_parent_folder(out)
     tmp = os.path.join(parent, f".tmp-{os.path.basename(out)}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
