@@ -25,7 +25,7 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check raytrain_llm tests benchmarks examples train.py
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/moe_bench.py
