@@ -13,6 +13,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from raytrain_llm.core.command_exit import INTERRUPTED_EXIT, debug_enabled, unexpected_line
 from raytrain_llm.core.errors import RaytrainError, UsageError, clip
 
 
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"error: {_interrupted(config)}", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     except ModuleNotFoundError as exc:
         if (exc.name or "raytrain_llm").partition(".")[0] == "raytrain_llm":  # a missing module of ours is a bug
             return _unexpected(exc, config)
@@ -161,22 +162,11 @@ def missing_dependency(name: str) -> str:
 
 
 def _unexpected(exc: Exception, config) -> int:
-    if _debug():
+    if debug_enabled():
         traceback.print_exc()
     where = _save_traceback(config)
-    print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-          + (f" (traceback in {where})" if where else ""), file=sys.stderr)
+    print(unexpected_line(exc) + (f" (traceback in {where})" if where else ""), file=sys.stderr)
     return 1
-
-
-def _debug() -> bool:
-    """RAYTRAIN_DEBUG (checked with the config: a bad value has already exited 2)."""
-    from raytrain_llm.core.env_settings import env_setting
-
-    try:
-        return bool(env_setting("RAYTRAIN_DEBUG"))
-    except RaytrainError:
-        return False
 
 
 def _save_traceback(config) -> Optional[str]:

@@ -3,12 +3,10 @@ in one line (exit 2), and a runner that maps errors to exit codes without a trac
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import traceback
 from typing import Callable, Optional, Sequence
 
-from raytrain_llm.core.errors import RaytrainError, UsageError
+from raytrain_llm.core.command_exit import run_command
+from raytrain_llm.core.errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,23 +16,9 @@ class Parser(argparse.ArgumentParser):
 
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
         argv: Optional[Sequence[str]] = None) -> int:
-    """parse, run, and report: exit 0, 2 for a user mistake, 1 for anything else (one line each;
-    the traceback with RAYTRAIN_DEBUG=1)."""
-    try:
-        return main(parser.parse_args(argv))
-    except RaytrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence, as in train.py
-        if os.environ.get("RAYTRAIN_DEBUG"):
-            traceback.print_exc()
-        text = str(exc).strip()
-        print(f"error: {type(exc).__name__}: {text.splitlines()[0] if text else ''} "
-              "(RAYTRAIN_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
+    """parse, run, and report (`core/command_exit.py`): exit 0, 2 for a user mistake, 1 for anything
+    else, one line each."""
+    return run_command(lambda: main(parser.parse_args(argv)))
 
 
 def positive_int(text: str) -> int:

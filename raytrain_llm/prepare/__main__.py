@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raytrain_llm.core.errors import RaytrainError
+from raytrain_llm.core.command_exit import run_command
 from raytrain_llm.prepare.documents import FORMATS
 from raytrain_llm.prepare.pipeline import PrepareOptions, prepare
 
@@ -56,22 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = PrepareOptions(
+    return run_command(lambda: _prepare(build_parser().parse_args(argv)),
+                       interrupted="interrupted: nothing was published; rerun the same command to finish")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    prepare(PrepareOptions(
         inputs=args.input, out=args.out, tokenizer=args.tokenizer, fmt=args.format, text_field=args.text_field,
         val_fraction=args.val_fraction, seed=args.seed, shard_tokens=args.shard_tokens, eod_token=args.eod_token,
         tokenizer_train_bytes=args.tokenizer_train_bytes, launcher=args.launcher, workers=args.workers,
-        ray_address=args.ray_address, progress={"auto": None, "on": True, "off": False}[args.progress])
-    try:
-        prepare(options)
-    except RaytrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: nothing was published; rerun the same command to finish", file=sys.stderr)
-        return 130
+        ray_address=args.ray_address, progress={"auto": None, "on": True, "off": False}[args.progress]))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
