@@ -60,7 +60,9 @@ def build(ep: int, config: Config):
     config.distributed.expert_parallel = ep
     torch.manual_seed(0)
     model = GPT(config.model)
-    parallel = ExpertParallel(config, DistributedManager(), model, ddp_module=model)
+    parallel = ExpertParallel(config, DistributedManager())
+    parallel.split(model, None, torch.device("cpu"))
+    parallel.exclude_from_ddp(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return model, ddp, parallel, optimizer
@@ -69,7 +71,10 @@ def build(ep: int, config: Config):
 def train_step(ddp, parallel, optimizer, params, batch) -> None:
     _, aux = ddp(batch[:, :-1], targets=batch[:, 1:])
     (aux["ce_loss"] + 0.01 * aux["aux_loss"]).backward()
-    parallel.finish_gradients(params, 1.0)
+    if parallel.sharded:
+        parallel.finish_gradients(params, 1.0)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

@@ -1,6 +1,8 @@
 """The MoE LM trained by 2 gloo processes: the balance loss over the global batch makes 2 workers x B
 train as 1 worker x 2B; expert parallelism (experts split over the 2 ranks) trains as without it,
-logs the same router metrics, resumes bit-identically and resumes without it."""
+under DDP or FSDP, logs the same router metrics, writes sharded checkpoints (each rank its own
+experts), resumes bit-identically, resumes without it, resumes a full checkpoint saved without it,
+and consolidates to the weights of one process."""
 from __future__ import annotations
 
 import os
@@ -9,6 +11,7 @@ import socket
 import pytest
 import torch
 
+from rt_fsdp import checkpoint_weights
 from rt_testing import checkpoints, ckpt_step, final_state, load_state, make_config, read_jsonl, train
 
 LM = {"model.vocab_size": 32, "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.seq_len": 16,
@@ -19,6 +22,9 @@ LM = {"model.vocab_size": 32, "model.d_model": 32, "model.n_layers": 1, "model.n
 TWO = {"distributed.launcher": "spawn", "distributed.num_workers": 2, "distributed.backend": "gloo",
        "training.batch_size": 8}
 ROUTER_METRICS = ("aux_loss", "z_loss", "moe_max_load", "moe_min_load", "moe_router_entropy")
+GLOBAL = {"model.aux_loss_scope": "global_batch"}
+EP2 = {"distributed.expert_parallel": 2}
+FSDP = {"distributed.strategy": "fsdp"}
 
 
 def _free_port() -> int:
@@ -54,14 +60,24 @@ def runs(tmp_path_factory):
 
 def train_all(root):
     train(root / "one", task="lm", **LM, **{"training.batch_size": 16})
-    spawn_run(root / "global", **{"model.aux_loss_scope": "global_batch"})
+    spawn_run(root / "global", **GLOBAL)
     spawn_run(root / "micro")
-    spawn_run(root / "ep2", **{"model.aux_loss_scope": "global_batch", "distributed.expert_parallel": 2})
+    spawn_run(root / "ep2", **GLOBAL, **EP2)
     ckpt = str(at_step(root / "ep2", 10))
-    spawn_run(root / "ep2_resumed", **{"model.aux_loss_scope": "global_batch", "distributed.expert_parallel": 2,
-                                       "checkpoint.resume": ckpt})
-    spawn_run(root / "ep1_resumed", **{"model.aux_loss_scope": "global_batch", "checkpoint.resume": ckpt})
+    spawn_run(root / "ep2_resumed", **GLOBAL, **EP2, **{"checkpoint.resume": ckpt})
+    spawn_run(root / "ep1_resumed", **GLOBAL, **{"checkpoint.resume": ckpt})
+    spawn_run(root / "fsdp_ep2", **GLOBAL, **EP2, **FSDP)
+    spawn_run(root / "fsdp_ep2_resumed", **GLOBAL, **EP2, **FSDP,
+              **{"checkpoint.resume": str(at_step(root / "fsdp_ep2", 10))})
+    # A full checkpoint (DDP, experts whole) into FSDP with the experts split: each rank slices its own.
+    spawn_run(root / "full_to_fsdp_ep2", **GLOBAL, **EP2, **FSDP,
+              **{"checkpoint.resume": str(at_step(root / "global", 10))})
     return root
+
+
+def weights(run, step: int = 20) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts of a checkpoint, full or sharded, loaded into one process."""
+    return checkpoint_weights(at_step(run, step), **LM)
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -85,6 +101,19 @@ def test_global_batch_balance_loss_makes_two_workers_train_as_one_at_double_batc
     assert moved > 1e-2
 
 
+def losses(run) -> list[float]:
+    return [r["loss"] for r in train_records(run)]
+
+
+def assert_equal_states(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    """Model and optimizer state dicts equal bit for bit."""
+    for k in a[0]:
+        assert torch.equal(a[0][k], b[0][k]), k
+    for i, state in a[1]["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, b[1]["state"][i][k]), (i, k)
+
+
 @pytest.mark.timeout(400)
 def test_expert_parallel_trains_as_replicated_experts_with_the_same_router_metrics(runs):
     ep1, ep2 = train_records(runs / "global"), train_records(runs / "ep2")
@@ -93,31 +122,56 @@ def test_expert_parallel_trains_as_replicated_experts_with_the_same_router_metri
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         for key in ROUTER_METRICS:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
-    s1, s2 = final_state(runs / "global"), final_state(runs / "ep2")
-    assert s2["model"]["blocks.0.ffn.w_in"].shape[0] == 4  # the checkpoint holds every expert
-    assert max_difference(s1["model"], s2["model"]) < 1e-5
-    moments = [(s1["optimizer"]["state"][i]["exp_avg"], s2["optimizer"]["state"][i]["exp_avg"])
-               for i in s1["optimizer"]["state"]]
+    (m1, o1), (m2, o2) = weights(runs / "global"), weights(runs / "ep2")
+    assert m2["blocks.0.ffn.w_in"].shape[0] == 4  # every expert, read back from both ranks' shards
+    assert max_difference(m1, m2) < 1e-5
+    moments = [(o1["state"][i]["exp_avg"], o2["state"][i]["exp_avg"]) for i in o1["state"]]
     assert max(float((a - b).abs().max()) for a, b in moments) < 1e-5
+
+
+def test_each_rank_writes_only_its_own_experts(runs):
+    from raytrain_llm.core.sharded.safe_reader import read_dcp_metadata
+
+    folder = at_step(runs / "ep2", 20)
+    assert load_state(folder)["model"] is None  # sharded: no gather to rank 0
+    metadata = read_dcp_metadata(str(folder / "sharded"))
+    files = {(index.fqn, index.offset[0]): info.relative_path for index, info in metadata.storage_data.items()
+             if index.fqn.endswith((".w_in", ".w_out", ".w_in.exp_avg", ".w_out.exp_avg_sq"))}
+    assert len(files) == 4 * 2  # 4 expert tensors, each in 2 chunks, each chunk stored once
+    for (fqn, first_expert), name in files.items():
+        assert metadata.state_dict_metadata[fqn].size[0] == 4  # the whole experts' shape
+        assert name == ("__0_0.distcp" if first_expert == 0 else "__1_0.distcp"), (fqn, first_expert)
 
 
 @pytest.mark.timeout(400)
 def test_expert_parallel_resumes_bit_identically_and_resumes_without_it(runs):
-    full, resumed = final_state(runs / "ep2"), final_state(runs / "ep2_resumed")
     assert ckpt_step(checkpoints(runs / "ep2_resumed")[-1]) == 20
-    for k in full["model"]:
-        assert torch.equal(full["model"][k], resumed["model"][k]), k
-    for i, state in full["optimizer"]["state"].items():
-        for k, v in state.items():
-            assert torch.equal(v, resumed["optimizer"]["state"][i][k]), (i, k)
+    assert_equal_states(weights(runs / "ep2"), weights(runs / "ep2_resumed"))
+    assert losses(runs / "ep2_resumed") == losses(runs / "ep2")[10:]
     assert max_difference(final_state(runs / "global")["model"], final_state(runs / "ep1_resumed")["model"]) < 1e-5
 
 
-def test_an_expert_parallel_checkpoint_loads_into_one_process(runs, tmp_path):
+@pytest.mark.timeout(400)
+def test_expert_parallel_under_fsdp_trains_as_ddp_and_resumes_bit_identically(runs):
+    ddp, fsdp = losses(runs / "ep2"), losses(runs / "fsdp_ep2")
+    assert len(fsdp) == 20 and fsdp == pytest.approx(ddp, rel=1e-5)
+    assert max_difference(weights(runs / "ep2")[0], weights(runs / "fsdp_ep2")[0]) < 1e-5
+    assert_equal_states(weights(runs / "fsdp_ep2"), weights(runs / "fsdp_ep2_resumed"))
+    assert losses(runs / "fsdp_ep2_resumed") == fsdp[10:]
+    # From a full checkpoint of the run without expert parallelism: where that run ends.
+    assert max_difference(final_state(runs / "global")["model"], weights(runs / "full_to_fsdp_ep2")[0]) < 1e-5
+
+
+def test_an_expert_parallel_checkpoint_consolidates_on_one_process(runs, tmp_path):
+    from raytrain_llm.consolidate import cli
+    from raytrain_llm.inference.checkpoint_source import read_checkpoint
     from raytrain_llm.models import GPT
 
-    cfg = make_config(tmp_path, "lm", **LM)
-    model = GPT(cfg.model)
-    model.load_state_dict(final_state(runs / "ep2")["model"])  # strict: every expert, full shapes
+    assert cli(["--checkpoint", str(at_step(runs / "ep2", 20)), "--out", str(tmp_path / "w.pt")]) == 0
+    full = torch.load(tmp_path / "w.pt", weights_only=True)  # what consolidate writes
+    assert max_difference(final_state(runs / "global")["model"], full) < 1e-5
+    config, state = read_checkpoint(str(at_step(runs / "fsdp_ep2", 20)))  # what sample/evaluate/export read
+    model = GPT(config.model)
+    model.load_state_dict(state)  # strict: every expert, full shapes
     _, aux = model(torch.randint(0, 32, (2, 16)))
     assert aux["moe_counts"].sum() == 2 * 16 * 2  # all 4 experts routed on one process

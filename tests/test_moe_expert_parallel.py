@@ -98,6 +98,9 @@ def test_moe_layer_split_over_two_ranks_equals_the_whole_layer(tmp_path):
     (["distributed.num_workers=3", "model.num_experts=6"],
      "distributed.expert_parallel: must divide distributed.num_workers (3) (got 2)"),
     (["model.num_experts=3"], "distributed.expert_parallel: must divide model.num_experts (3) (got 2)"),
+    (["distributed.strategy=fsdp", "distributed.fsdp_cpu_offload=true", "training.device=cuda"],
+     "distributed.fsdp_cpu_offload: not supported with distributed.expert_parallel=2 (FSDP leaves the sharded "
+     "experts alone)"),
 ])
 def test_expert_parallel_config_errors_name_the_keys(sets, problem):
     from raytrain_llm.core.config_loader import load_config
@@ -106,6 +109,7 @@ def test_expert_parallel_config_errors_name_the_keys(sets, problem):
     base = ["distributed.launcher=spawn", "distributed.num_workers=2", "model.use_moe=true", "model.num_experts=4",
             "distributed.expert_parallel=2"]
     load_config(None, base, environ={}, task="lm")  # valid as it stands
+    load_config(None, base + ["distributed.strategy=fsdp"], environ={}, task="lm")  # the rest of the model sharded
     with pytest.raises(ConfigError) as err:
         load_config(None, base + sets, environ={}, task="lm")
     assert err.value.problems == [f"{problem} (from --set)"]

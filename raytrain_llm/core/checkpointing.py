@@ -2,8 +2,8 @@
 
 Each checkpoint is a folder `step-XXXXXXXX/` holding `state.pt` (model, optimizer,
 scheduler, scaler, progress, RNG, callback state, config), `meta.json` and `config.yaml`; a
-sharded one (`distributed.strategy=fsdp`) keeps model and optimizer in `sharded/` instead
-(`core/sharded/layout.py`).
+sharded one (`distributed.strategy=fsdp`, or `distributed.expert_parallel` > 1) keeps model
+and optimizer in `sharded/` instead (`core/sharded/layout.py`).
 A folder is written under a temporary name and renamed into place, so a kill during a save
 never leaves a half-written checkpoint that looks complete; the folder format is also what
 Ray's `Checkpoint.from_directory` takes as is.

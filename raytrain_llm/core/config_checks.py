@@ -91,9 +91,9 @@ def expert_parallel_errors(cfg: Config) -> list[str]:
                       f"(got {ep})")
     if m.num_experts % ep:
         errors.append(f"distributed.expert_parallel: must divide model.num_experts ({m.num_experts}) (got {ep})")
-    if getattr(d, "strategy", "ddp") != "ddp":
-        errors.append(f"distributed.expert_parallel: {ep} works with distributed.strategy=ddp only "
-                      f"(got {d.strategy})")
+    if d.strategy == "fsdp" and d.fsdp_cpu_offload:  # the experts would stay on the GPU, outside FSDP
+        errors.append(f"distributed.fsdp_cpu_offload: not supported with distributed.expert_parallel={ep} "
+                      "(FSDP leaves the sharded experts alone)")
     return errors
 
 

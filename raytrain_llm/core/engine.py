@@ -75,12 +75,13 @@ class TrainingEngine:
         self._saved_at: Optional[tuple] = None  # progress.save_key() of the last save
         self._step_lr = None  # LR of the last applied step (the scheduler has moved on since)
         self._first_step_checked = False  # task_backward.check_first_step ran (the run's first train_step)
+        experts = ExpertParallel(config, self.dist)  # the expert groups: collective, so not in the block below
         with self.dist.usage_errors_on_every_rank():  # nothing collective before DDP, in _wrap_model
             self.data_module = data_module if data_module is not None else task.build_data_module()
             self.callbacks = CallbackList(list(callbacks or []) + list(task.configure_callbacks() or []))
             self.device = resolve_device(config.training.device, self.dist.local_rank)
             self.precision = Precision(config.optimization.amp, self.device)
-            self.parallel = build_strategy(config, self.dist, self.device)  # DDP or FSDP (core/parallel)
+            self.parallel = build_strategy(config, self.dist, self.device, experts)  # DDP or FSDP (core/parallel)
             self.checkpoint_manager = CheckpointManager(
                 config.checkpoint_dir, keep_last=config.checkpoint.keep_last, keep_best=config.checkpoint.keep_best,
                 monitor=config.checkpoint.monitor, mode=config.checkpoint.mode, is_main=self.dist.is_main,
@@ -101,8 +102,9 @@ class TrainingEngine:
             self.logger.debug("glibc malloc keeps freed memory (optimization.keep_host_memory)")
         seed_everything(cfg.training.seed)  # same init on every rank
         self.raw_model = self.task.build_model().to(self.device)
+        self.parallel.split_experts(self.raw_model, self.data_module)  # MoE groups; ep: this rank's experts only
         self.parallel.shard(self.raw_model, self.task.fsdp_units(self.raw_model))  # before the optimizer sees it
-        self.optimizer = self.task.build_optimizer(self.raw_model)
+        self.optimizer = self.parallel.prepare_optimizer(self.task.build_optimizer(self.raw_model))
         # Listed once, all of them: clipping skips those without a gradient, frozen now or not.
         self._params = list(self.raw_model.parameters())
         self.data_module.require_a_batch(cfg.training.batch_size, self.dist.world_size)
@@ -121,8 +123,6 @@ class TrainingEngine:
         # A compiled module must not be truth-tested (`a or b` calls len() on it).
         self.eval_model = torch.compile(self.raw_model, mode=cfg.optimization.compile_mode) \
             if cfg.optimization.compile else self.raw_model
-        # The MoE layers' process groups (expert parallelism, the global balance loss), before DDP.
-        self.parallel.experts = ExpertParallel(cfg, self.dist, self.raw_model, self.data_module)
         self.model = self.parallel.wrap(self.eval_model)
         # Dropout and other step randomness differ per rank, as independent samples should.
         seed_everything(cfg.training.seed + 1 + 1000 * self.dist.rank)
@@ -188,9 +188,9 @@ class TrainingEngine:
         if state is None:
             return
         schedule = self.resumer.restore(
-            self.parallel.local_state(state, self.optimizer), progress=self.progress, model=self.raw_model,
-            optimizer=self.optimizer, schedule=Schedule(self.scheduler, self.total_steps),
-            scaler=self.precision.scaler, num_batches=self._num_batches())
+            state, progress=self.progress, model=self.raw_model, optimizer=self.optimizer,
+            schedule=Schedule(self.scheduler, self.total_steps), scaler=self.precision.scaler,
+            num_batches=self._num_batches(), experts=self.parallel.experts.shards)
         self.scheduler, self.total_steps = schedule.scheduler, schedule.total_steps
         self._saved_at = self.progress.save_key()
         self.callbacks.load_state_dict(state.get("callbacks") or {})

@@ -19,6 +19,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.logger import Logger
+from raytrain_llm.core.parallel.expert_checkpoint import ExpertShards
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.rng_state import restore_rng
 from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer
@@ -82,13 +83,15 @@ class Resumer:
 
     # ------------------------------------------------------------------ restoring
     def restore(self, state: dict[str, Any], *, progress: Progress, model: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, schedule: Schedule, scaler=None, num_batches: int) -> Schedule:
+                optimizer: torch.optim.Optimizer, schedule: Schedule, scaler=None, num_batches: int,
+                experts: Optional[ExpertShards] = None) -> Schedule:
         """Load `state` into `progress`, `model` (unwrapped), `optimizer` and `scaler` in place;
         returns the schedule to go on with. `schedule` is the one built for this run's config
-        (from step 0), `num_batches` the micro-batches of an epoch at this run's global batch."""
+        (from step 0), `num_batches` the micro-batches of an epoch at this run's global batch,
+        `experts` the MoE experts `model` holds a slice of (expert parallelism)."""
         planned = _group_settings(optimizer)  # from this run's config, before the load
         try:
-            load_model_and_optimizer(state, model, optimizer)  # full or sharded, into whole or sharded
+            load_model_and_optimizer(state, model, optimizer, experts)  # full or sharded, into whole or sharded
         except (RuntimeError, ValueError, KeyError) as exc:
             # The user's config no longer describes the saved run: a usage error (exit 2), and
             # the checkpoint folder is left as it is.

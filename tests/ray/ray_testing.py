@@ -50,12 +50,16 @@ def ray_config(tmp_path, task: str = "regression", **overrides):
 
 
 def final_params(config) -> dict[str, torch.Tensor]:
-    """Model weights of the run's newest engine checkpoint."""
+    """Model weights of the run's newest engine checkpoint, full or sharded (fsdp, expert
+    parallelism: consolidated from its shards)."""
     from raytrain_llm.core.checkpointing import CheckpointManager
+    from raytrain_llm.core.sharded.consolidate import consolidate
+    from raytrain_llm.core.sharded.layout import PATH_KEY, is_sharded
 
     path = CheckpointManager(config.checkpoint_dir, is_main=False).latest_path()
     assert path, f"no checkpoint under {config.checkpoint_dir}"
-    return CheckpointManager.load(path)["model"]
+    state = CheckpointManager.load(path)
+    return consolidate(state[PATH_KEY]) if is_sharded(state) else state["model"]
 
 
 def fit(config, **build_kwargs):

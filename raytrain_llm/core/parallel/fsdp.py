@@ -7,6 +7,8 @@ it, so at most about one unit is whole at a time; gradients are reduce-scattered
 """
 from __future__ import annotations
 
+import functools
+import types
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -15,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor.experimental import implicit_replication
 
 
 def default_units(model: nn.Module) -> list[nn.Module]:
@@ -40,16 +43,18 @@ def mixed_precision(amp: str) -> Optional[MixedPrecisionPolicy]:
 
 
 def shard_model(model: nn.Module, units: list[nn.Module], device: torch.device, *, amp: str,
-                reshard_after_forward: bool, cpu_offload: bool) -> None:
+                reshard_after_forward: bool, cpu_offload: bool, ignored: list[nn.Parameter] = ()) -> None:
     """`fully_shard` on each unit, then on `model`, over all ranks of the default process group.
     No collective runs here: each rank keeps its slice of the weights it built (every rank builds
     the same initial weights from the same seed). Attributes set on parameters (`_no_weight_decay`,
-    ...) are carried over to the sharded parameters that replace them."""
+    ...) are carried over to the sharded parameters that replace them. `ignored` parameters (MoE
+    experts sharded by expert parallelism) stay plain tensors, untouched by FSDP: not sharded,
+    not cast by the mixed-precision policy, their gradients not reduced."""
     tags = {name: dict(vars(p)) for name, p in model.named_parameters() if vars(p)}
     mesh = DeviceMesh.from_group(dist.group.WORLD, device.type)
     kwargs = dict(mesh=mesh, reshard_after_forward=reshard_after_forward,
                   mp_policy=mixed_precision(amp) or MixedPrecisionPolicy(),
-                  offload_policy=CPUOffloadPolicy() if cpu_offload else None)
+                  offload_policy=CPUOffloadPolicy() if cpu_offload else None, ignored_params=set(ignored) or None)
     if kwargs["offload_policy"] is None:
         del kwargs["offload_policy"]
     for unit in units:
@@ -58,6 +63,23 @@ def shard_model(model: nn.Module, units: list[nn.Module], device: torch.device, 
     for name, p in model.named_parameters():
         for key, value in tags.get(name, {}).items():
             setattr(p, key, value)
+
+
+def steps_with_plain_parameters(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`optimizer`, its `step` run under DTensor's implicit replication: a fused or foreach kernel
+    over FSDP's DTensor parameters and parameters FSDP ignores (plain tensors) then takes both,
+    each plain one as a replicated DTensor view of itself, updated in place on its local values
+    (no communication). Every caller of `step` gets it: the engine, and DCP's state-dict helpers
+    (which step a fresh optimizer once to create its state)."""
+    step = optimizer.step
+
+    @functools.wraps(step)
+    def step_mixed(self, *args, **kwargs):
+        with implicit_replication():
+            return step(*args, **kwargs)
+
+    optimizer.step = types.MethodType(step_mixed, optimizer)  # a bound method, as LR schedulers expect
+    return optimizer
 
 
 def fsdp_units(model: nn.Module) -> list[FSDPModule]:

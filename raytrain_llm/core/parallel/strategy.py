@@ -1,10 +1,12 @@
 """The two ways the engine spreads a model over its workers, behind one small interface.
 
 `Replicated` (ddp): every rank holds the whole model, DDP all-reduces gradients; checkpoints are
-full (`state.pt`, written by rank 0). With `distributed.expert_parallel` > 1 its `experts` part
-(`ExpertParallel`) holds the MoE experts sharded over expert groups instead: kept out of DDP,
-their gradients reduced by it, full in checkpoints. `Sharded` (fsdp): FSDP2 shards parameters, gradients and
+full (`state.pt`, written by rank 0). `Sharded` (fsdp): FSDP2 shards parameters, gradients and
 optimizer state over the ranks; checkpoints are sharded (each rank writes its own shards).
+
+With `distributed.expert_parallel` > 1 both hold the MoE experts sharded over expert groups
+instead (`experts`, an `ExpertParallel`): kept out of DDP or FSDP, their gradients reduced by
+it, and checkpoints sharded under either strategy, each rank writing its own experts.
 
 With one worker there is no process group: both train the plain model, identically; `Sharded`
 then still writes the sharded checkpoint format, so a 1-worker fsdp run and a many-worker one
@@ -32,19 +34,26 @@ from raytrain_llm.core.sharded.layout import FORMAT_KEY, SHARDED_FORMAT
 class Replicated:
     """DDP when there is a process group of more than one rank; the model as it is otherwise."""
 
-    def __init__(self, config: Config, dist: DistributedManager, device: torch.device):
-        self.config, self.dist, self.device = config, dist, device
-        self.experts: Optional[ExpertParallel] = None  # set by the engine once the model exists
+    def __init__(self, config: Config, dist: DistributedManager, device: torch.device, experts: ExpertParallel):
+        self.config, self.dist, self.device, self.experts = config, dist, device, experts
+
+    def split_experts(self, model: nn.Module, data_module) -> None:
+        """Before `shard` and the optimizer: `model`'s MoE layers get their process groups and,
+        with expert parallelism, keep this rank's experts only."""
+        self.experts.split(model, data_module, self.device)
 
     def shard(self, model: nn.Module, units: list[nn.Module]) -> None:
         """Nothing to do: each rank keeps the whole model."""
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The task's optimizer of the model `shard` left, as the engine steps it."""
+        return optimizer
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module train_step calls (`model` is compiled or not)."""
         if not self.dist.enabled:
             return model
-        if self.experts is not None:
-            self.experts.exclude_from_ddp(model)
+        self.experts.exclude_from_ddp(model)
         return DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=self.config.distributed.find_unused_parameters)
@@ -62,33 +71,31 @@ class Replicated:
         """After backward and unscaling: gradients final (sharded experts' reduced too), clipped by
         their global norm, which is returned."""
         max_norm = max_norm if max_norm > 0 else float("inf")
-        if self.experts is not None:
+        if self.experts.sharded:
             return self.experts.finish_gradients(params, max_norm)
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The checkpoint's model/optimizer entries (model: the unwrapped one). Collective."""
-        state = clean_state_dict(model.state_dict())
-        if self.experts is None:
-            return {"model": state, "optimizer": optimizer.state_dict()}
-        model_state, optimizer_state = self.experts.full_states(state, optimizer)
-        return {"model": model_state, "optimizer": optimizer_state}
-
-    def local_state(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """A loaded full checkpoint as this rank holds the model (its own experts only)."""
-        return self.experts.local_state(state, optimizer) if self.experts is not None else state
+        """The checkpoint's model/optimizer entries (model: the unwrapped one); None and the
+        sharded format's key when `save` writes them as shards."""
+        if self.experts.sharded:
+            return {"model": None, "optimizer": None, FORMAT_KEY: SHARDED_FORMAT}
+        return {"model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict()}
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
         """Collective. The checkpoint's folder on rank 0, None on the others."""
+        if self.experts.sharded:
+            return save_sharded(manager, self.dist, self.device, state, model, optimizer,
+                                experts=self.experts.shards, **meta)
         return manager.save(state, **meta)
 
 
 class Sharded(Replicated):
-    """FSDP2 over all ranks (`core/parallel/fsdp.py`)."""
+    """FSDP2 over all ranks (`core/parallel/fsdp.py`); sharded experts are left out of it."""
 
-    def __init__(self, config: Config, dist: DistributedManager, device: torch.device):
-        super().__init__(config, dist, device)
+    def __init__(self, config: Config, dist: DistributedManager, device: torch.device, experts: ExpertParallel):
+        super().__init__(config, dist, device, experts)
         self.root: Optional[nn.Module] = None  # the sharded model, once shard() ran
 
     def shard(self, model: nn.Module, units: list[nn.Module]) -> None:
@@ -96,8 +103,14 @@ class Sharded(Replicated):
             return
         d = self.config.distributed
         fsdp.shard_model(model, units, self.device, amp=self.config.optimization.amp,
-                         reshard_after_forward=d.fsdp_reshard_after_forward, cpu_offload=d.fsdp_cpu_offload)
+                         reshard_after_forward=d.fsdp_reshard_after_forward, cpu_offload=d.fsdp_cpu_offload,
+                         ignored=self.experts.sharded)
         self.root = model
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        # FSDP's DTensor parameters and the plain expert shards it ignores, in one optimizer.
+        return fsdp.steps_with_plain_parameters(optimizer) if self.root is not None and self.experts.sharded \
+            else optimizer
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model  # sharded in place by shard()
@@ -112,6 +125,8 @@ class Sharded(Replicated):
         return fsdp.whole_parameters(self.root, self.config.distributed.fsdp_reshard_after_forward)
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        if self.experts.sharded:
+            return super().clip_grad_norm(params, max_norm)
         return clip_sharded_grad_norm(params, max_norm)
 
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -119,8 +134,11 @@ class Sharded(Replicated):
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
-        return save_sharded(manager, self.dist, self.device, state, model, optimizer, **meta)
+        return save_sharded(manager, self.dist, self.device, state, model, optimizer,
+                            experts=self.experts.shards, **meta)
 
 
-def build_strategy(config: Config, dist: DistributedManager, device: torch.device) -> Replicated:
-    return (Sharded if config.distributed.strategy == "fsdp" else Replicated)(config, dist, device)
+def build_strategy(config: Config, dist: DistributedManager, device: torch.device,
+                   experts: ExpertParallel) -> Replicated:
+    """`experts`: the expert-parallel groups, made (collectively) before anything that may fail."""
+    return (Sharded if config.distributed.strategy == "fsdp" else Replicated)(config, dist, device, experts)

@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.errors import CheckpointError
+from raytrain_llm.core.parallel.expert_checkpoint import ExpertShards
 from raytrain_llm.core.sharded.io import storage_reader
 from raytrain_llm.core.sharded.layout import PATH_KEY, SHARDED_DIR, is_sharded
 
@@ -38,11 +39,16 @@ def _non_finite(model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> list[str]
 
 
 def save_sharded(manager: CheckpointManager, dist: DistributedManager, device: torch.device, state: dict[str, Any],
-                 model: torch.nn.Module, optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer, experts: Optional[ExpertShards] = None,
+                 **meta: Any) -> Optional[str]:
     """Collective: `state` (model and optimizer None) plus every rank's shards of `model` (the
     unwrapped, sharded or whole model) and `optimizer` as one checkpoint folder; its path on rank 0,
-    None elsewhere. `meta`: CheckpointManager.save's step, epoch, metrics, config_yaml."""
+    None elsewhere. `experts`: the MoE experts this rank holds a slice of (expert parallelism),
+    saved as that slice of the whole experts. `meta`: CheckpointManager.save's step, epoch,
+    metrics, config_yaml."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    if experts is not None:
+        model_sd, optim_sd = experts.placed(model_sd, optim_sd)
     bad = _non_finite(model_sd, optim_sd)
     if dist.any_true(bool(bad), device):
         where = ", ".join(bad[:3]) or "another rank's shards"
@@ -105,22 +111,31 @@ def _keyed_by_name(saved: dict[str, Any], model: torch.nn.Module,
         raise KeyError(f"optimizer parameter {exc} is not one of this model's") from None
 
 
-def load_model_and_optimizer(state: dict[str, Any], model: torch.nn.Module,
-                             optimizer: torch.optim.Optimizer) -> None:
+def load_model_and_optimizer(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             experts: Optional[ExpertShards] = None) -> None:
     """Load a checkpoint's model and optimizer state into `model` (unwrapped) and `optimizer`:
     full or sharded state, into a whole or a sharded model; a sharded one at any world size (DCP
-    reads each rank's part from whichever shards hold it). Collective when either is sharded.
+    reads each rank's part from whichever shards hold it). `experts`: the MoE experts `model`
+    holds a slice of (expert parallelism): that slice is read, from a full checkpoint or from
+    shards saved at any expert-parallel size. Collective when either is sharded.
     Raises RuntimeError/KeyError/ValueError when the state does not fit the model."""
     if is_sharded(state):
         model_sd, optim_sd = get_state_dict(model, optimizer)  # the tensors to read into
+        if experts is not None:
+            model_sd, optim_sd = experts.placed(model_sd, optim_sd)
         try:
             with _dcp_call() as alone:
                 dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=storage_reader(state[PATH_KEY]),
                          no_dist=alone)
         except dcp.api.CheckpointException as exc:  # a BaseException: one line of its first failure
             raise RuntimeError(_first_failure(exc)) from None
+        if experts is not None:
+            model_sd, optim_sd = experts.unplaced(model_sd, optim_sd)
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
-    elif _is_sharded_model(model):  # a full checkpoint (DDP) into shards: each rank keeps its slice
+        return
+    if experts is not None:
+        state = experts.sliced(state, optimizer)
+    if _is_sharded_model(model):  # a full checkpoint (DDP) into shards: each rank keeps its slice
         set_state_dict(model, optimizer, model_state_dict=clean_state_dict(state["model"]),
                        optim_state_dict=_keyed_by_name(state["optimizer"], model, optimizer),
                        options=StateDictOptions(full_state_dict=True))
