@@ -5,15 +5,20 @@ Each of the P ranks of the expert group holds E/P consecutive experts of every M
 experts [p*E/P, (p+1)*E/P)); router, shared experts and the rest of the model are replicated.
 One layer's forward on a rank with N tokens, top-k:
   1. route locally, lay the k*N assignments out as rows in expert order (as MoE's dispatch does)
-  2. exchange the row counts per (rank, expert): all_to_all_single of [P, E/P] each way
+  2. exchange the row counts per (rank, expert): all_to_all_single of [P, E/P] each way (with a
+     capacity limit, the all_gather of counts that the capacity rule made already holds them)
   3. send every rank the rows of its experts: all_to_all_single with variable splits (autograd)
   4. reorder the received rows from [source rank][expert] to [expert][source rank], run the local
      experts with the grouped kernel, reorder back
   5. send the rows home (the transposed exchange), scale by the combine weights, sum each
      token's k rows.
-Backward runs the same exchanges transposed. Routing, capacity drops (each rank's own tokens,
-the rule of MoE without expert parallelism) and router statistics are computed before the
-exchange, so they are those of the layer without it. Dropped assignments travel with weight 0.
+Backward runs the same exchanges transposed. Routing and router statistics are computed before
+the exchange, on this rank's tokens, as the layer without expert parallelism computes them.
+A capacity limit (model.capacity_factor > 0) is the group's: the router gathers every group
+rank's assignment counts per (slot, expert) and drops as the layer without expert parallelism
+would on one batch of the group's tokens, rank 0's first (Router._drop_over_capacity). The
+statistics stay this rank's tokens' (its dropped fraction: of its own assignments, under the
+group's rule). Dropped assignments travel with weight 0.
 Every rank of the group must run the layer the same number of times (the exchange is collective).
 """
 from __future__ import annotations
@@ -32,6 +37,13 @@ def _exchange(x: torch.Tensor, send: list[int], recv: list[int], group: dist.Pro
     out = x.new_empty((sum(recv), *x.shape[1:]))
     dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=group)
     return out
+
+
+@torch.compiler.disable  # a collective: outside any compiled graph
+def _exchange_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """counts [P, L] (row i: rows for rank i's experts) -> [P, L] (row j: rank j's rows for ours)."""
+    P = counts.shape[0]
+    return _exchange(counts, [1] * P, [1] * P, group)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -58,6 +70,7 @@ def shard_experts(moe: MoE, group: dist.ProcessGroup) -> list[nn.Parameter]:
         for w in (moe.w_in, moe.w_out):
             w.data = w.data[p * local:(p + 1) * local].clone()
     moe.expert_group, moe.expert_dispatch = group, expert_parallel_dispatch
+    moe.router.capacity_group = group  # a capacity limit counts the group's tokens
     return [moe.w_in, moe.w_out]
 
 
@@ -101,7 +114,11 @@ def expert_parallel_dispatch(moe: MoE, x: torch.Tensor, r: Routing) -> torch.Ten
     w_rows = r.weights.t().reshape(-1, 1).index_select(0, r.order)  # [k*N, 1] fp32 combine weights
 
     send_counts = r.counts.view(P, L)  # rows for each destination rank's each expert
-    recv_counts = _exchange(send_counts, [1] * P, [1] * P, group)  # [P, L] rows from each source rank
+    if r.group_counts is None:
+        recv_counts = _exchange_counts(send_counts, group)  # [P, L] rows from each source rank
+    else:  # the capacity rule gathered every rank's counts already: [P, k, E] -> this rank's experts
+        p = dist.get_rank(group)
+        recv_counts = r.group_counts.sum(1)[:, p * L:(p + 1) * L]
     sizes = torch.cat([send_counts.sum(1), recv_counts.sum(1), recv_counts.t().flatten()]).tolist()  # one sync
     send, recv, blocks = sizes[:P], sizes[P:2 * P], sizes[2 * P:]
     got = _AllToAll.apply(xs, send, recv, group)  # [R, d], blocks [source][local expert]
