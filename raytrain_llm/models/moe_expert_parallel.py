@@ -39,13 +39,6 @@ def _exchange(x: torch.Tensor, send: list[int], recv: list[int], group: dist.Pro
     return out
 
 
-@torch.compiler.disable  # a collective: outside any compiled graph
-def _exchange_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """counts [P, L] (row i: rows for rank i's experts) -> [P, L] (row j: rank j's rows for ours)."""
-    P = counts.shape[0]
-    return _exchange(counts, [1] * P, [1] * P, group)
-
-
 class _AllToAll(torch.autograd.Function):
     """_exchange with a backward: the gradient goes back by the transposed exchange."""
 
@@ -88,7 +81,9 @@ def _source_to_expert_order(counts: torch.Tensor, total: int) -> torch.Tensor:
 def _local_experts(moe: MoE, h: torch.Tensor, rows_per_expert: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """h [R, d] in local-expert order -> [R, d]: both projections of each row's expert."""
     dt = h.dtype
-    use_gmm = moe.gmm_ok and (dt == torch.bfloat16 if h.is_cuda else cpu_grouped_mm_works(dt))
+    # A compiled graph takes grouped_mm in bf16 only (its compile-time check), as MoE.backend.
+    bf16_only = h.is_cuda or torch.compiler.is_compiling()
+    use_gmm = moe.gmm_ok and (dt == torch.bfloat16 if bf16_only else cpu_grouped_mm_works(dt))
     if use_gmm:
         offs = rows_per_expert.cumsum(0).to(torch.int32)
 
@@ -101,8 +96,34 @@ def _local_experts(moe: MoE, h: torch.Tensor, rows_per_expert: torch.Tensor, siz
     return project(activate(project(h, moe.w_in.to(dt)), moe.swiglu), moe.w_out.to(dt))
 
 
+@torch.compiler.disable  # collectives and a host sync: outside any compiled graph
+def _rows_to_owners(xs: torch.Tensor, r: Routing, group: dist.ProcessGroup, L: int):
+    """xs [k*N, d] in expert order -> (the rows this rank's experts get [R, d] in blocks
+    [source rank][local expert], their counts [P, L], rows sent per rank, rows received per
+    rank, rows per block [L*P] expert-major). The counts of every rank come from the capacity
+    rule's gather when it made one, else from an exchange of counts."""
+    P = dist.get_world_size(group)
+    send_counts = r.counts.view(P, L)  # rows for each destination rank's each expert
+    if r.group_counts is None:
+        recv_counts = _exchange(send_counts, [1] * P, [1] * P, group)  # [P, L] rows from each source rank
+    else:  # [P, k, E] -> this rank's experts
+        p = dist.get_rank(group)
+        recv_counts = r.group_counts.sum(1)[:, p * L:(p + 1) * L]
+    sizes = torch.cat([send_counts.sum(1), recv_counts.sum(1), recv_counts.t().flatten()]).tolist()  # one sync
+    send, recv, blocks = sizes[:P], sizes[P:2 * P], sizes[2 * P:]
+    return _AllToAll.apply(xs, send, recv, group), recv_counts, send, recv, blocks
+
+
+@torch.compiler.disable  # a collective: outside any compiled graph
+def _rows_home(out: torch.Tensor, recv: list[int], send: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+    """_rows_to_owners' exchange transposed: out [R, d] -> [k*N, d] in this rank's expert order."""
+    return _AllToAll.apply(out, recv, send, group)
+
+
 def expert_parallel_dispatch(moe: MoE, x: torch.Tensor, r: Routing) -> torch.Tensor:
-    """x [N, d] routed by `r` -> the routed experts' combined output [N, d] (x's dtype)."""
+    """x [N, d] routed by `r` -> the routed experts' combined output [N, d] (x's dtype).
+    Compiled, the graph breaks at the two exchanges (and the count exchange before the first):
+    the row layout, the local experts and the combine are compiled."""
     group = moe.expert_group
     P = dist.get_world_size(group)
     N, k = x.shape[0], moe.top_k
@@ -113,19 +134,11 @@ def expert_parallel_dispatch(moe: MoE, x: torch.Tensor, r: Routing) -> torch.Ten
     xs = _ToRows.apply(x.to(dt), src, inverse, k)  # [k*N, d] in expert order
     w_rows = r.weights.t().reshape(-1, 1).index_select(0, r.order)  # [k*N, 1] fp32 combine weights
 
-    send_counts = r.counts.view(P, L)  # rows for each destination rank's each expert
-    if r.group_counts is None:
-        recv_counts = _exchange_counts(send_counts, group)  # [P, L] rows from each source rank
-    else:  # the capacity rule gathered every rank's counts already: [P, k, E] -> this rank's experts
-        p = dist.get_rank(group)
-        recv_counts = r.group_counts.sum(1)[:, p * L:(p + 1) * L]
-    sizes = torch.cat([send_counts.sum(1), recv_counts.sum(1), recv_counts.t().flatten()]).tolist()  # one sync
-    send, recv, blocks = sizes[:P], sizes[P:2 * P], sizes[2 * P:]
-    got = _AllToAll.apply(xs, send, recv, group)  # [R, d], blocks [source][local expert]
+    got, recv_counts, send, recv, blocks = _rows_to_owners(xs, r, group, L)  # [R, d]
     order = _source_to_expert_order(recv_counts, sum(recv))
     per_expert = recv_counts.sum(0)  # [L]
     expert_sizes = [sum(blocks[e * P:(e + 1) * P]) for e in range(L)]
     out = _local_experts(moe, got.index_select(0, order), per_expert, expert_sizes)  # [R, d] expert-major
     back = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-    home = _AllToAll.apply(out.index_select(0, back), recv, send, group)  # [k*N, d] in expert order
+    home = _rows_home(out.index_select(0, back), recv, send, group)  # [k*N, d] in expert order
     return _FromRows.apply(home.float() * w_rows, src, inverse, k).to(x.dtype)
