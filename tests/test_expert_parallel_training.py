@@ -124,6 +124,7 @@ def test_an_expert_parallel_checkpoint_loads_into_one_process(runs, tmp_path):
     assert aux["moe_counts"].sum() == 2 * 16 * 2  # all 4 experts routed on one process
 
 
+@pytest.mark.slow  # compiling on CPU: 60-100 s on the shared 2-core machine
 @pytest.mark.timeout(400)
 def test_compiled_expert_parallel_trains_as_eager_with_a_capacity_limit(tmp_path):
     """optimization.compile with the exchanges (and the capacity rule's gather of counts) outside
