@@ -1,6 +1,8 @@
 """Expert parallelism on 2 gloo processes: the MoE layer with its experts split over 2 ranks
-computes what the whole layer computes on each rank's tokens (outputs, input and weight
-gradients), whatever the routing; each rank then holds half of the expert bytes."""
+computes what the whole layer computes (outputs, input and weight gradients, router statistics),
+whatever the routing: dropless, on each rank's tokens; with a capacity limit, on one batch of both
+ranks' tokens (rank 0's first), as the capacity is the group's. Each rank holds half of the expert
+bytes."""
 from __future__ import annotations
 
 import copy
@@ -16,8 +18,9 @@ from raytrain_llm.models.moe import MoE
 from raytrain_llm.models.moe_expert_parallel import shard_experts
 
 # experts, top-k, shared experts, skewed routing, capacity factor
-CASES = [(*case, 0.0) for case in itertools.product((4, 8), (1, 2), (0, 1), (False, True))] + \
-    [(4, 2, 0, False, 1.0), (8, 1, 1, True, 1.25)]  # capacity drops: each rank's tokens, as without ep
+DROPLESS = [(*case, 0.0) for case in itertools.product((4, 8), (1, 2), (0, 1), (False, True))]
+CAPACITY = [(4, 2, 0, False, 1.0), (8, 1, 1, True, 1.25), (4, 1, 0, False, 1.0), (8, 2, 1, True, 1.5),
+            (4, 2, 1, True, 0.5)]
 
 
 def make_layer(E: int, k: int, shared: int, skewed: bool, capacity: float, d: int = 16, h: int = 24) -> MoE:
@@ -39,46 +42,108 @@ def tokens(rank: int, skewed: bool) -> torch.Tensor:
     return x
 
 
-def loss_of(moe: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def output_weights(x: torch.Tensor) -> torch.Tensor:
+    return torch.linspace(-1, 1, x.numel()).view_as(x)
+
+
+def loss_of(moe: MoE, x: torch.Tensor, router_losses: bool = True,
+            r: torch.Tensor = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(y * r).sum() (r: output_weights unless given) + the balance losses: y, x's gradient, stats."""
     x = x.clone().requires_grad_()
     y, stats = moe(x)
-    r = torch.linspace(-1, 1, y.numel()).view_as(y)
-    ((y * r).sum() + stats["aux_loss"] + stats["z_loss"]).backward()
+    loss = (y * (output_weights(y) if r is None else r)).sum()
+    if router_losses:
+        loss = loss + stats["aux_loss"] + stats["z_loss"]
+    loss.backward()
     return y.detach(), x.grad, stats
+
+
+def compare(name: str, pairs: list, problems: list[str]) -> None:
+    for what, a, b in pairs:
+        try:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        except AssertionError as exc:
+            problems.append(f"{name} {what}: {str(exc).splitlines()[0]}")
+
+
+def split_layer(full: MoE, name: str, problems: list[str]) -> MoE:
+    ep = copy.deepcopy(full)
+    bytes_before = sum(p.numel() * p.element_size() for p in (ep.w_in, ep.w_out))
+    sharded = shard_experts(ep, dist.group.WORLD)
+    if 2 * sum(p.numel() * p.element_size() for p in sharded) != bytes_before:
+        problems.append(f"{name}: expert bytes not halved")
+    return ep
+
+
+def expert_grads_of(full: MoE, ep: MoE, rank: int) -> list:
+    """(name, ep's gradient, the whole layer's): the experts' for this rank's half."""
+    half = slice(rank * full.num_experts // 2, (rank + 1) * full.num_experts // 2)
+    grads = dict(full.named_parameters())
+    return [(f"{n}.grad", p.grad, grads[n].grad[half] if n in ("w_in", "w_out") else grads[n].grad)
+            for n, p in ep.named_parameters()]
+
+
+def dropless_case(rank: int, case: tuple, problems: list[str]) -> None:
+    """Reference: the whole layer on this rank's tokens; its expert gradients summed over the ranks
+    (the all-to-all brings every rank's tokens to an expert's owner)."""
+    E, k, shared, skewed, capacity = case
+    name = f"E={E} k={k} shared={shared} skewed={skewed} capacity={capacity}"
+    full = make_layer(*case)
+    ep = split_layer(full, name, problems)
+    x = tokens(rank, skewed)
+    y, gx, stats = loss_of(ep, x)
+    y0, gx0, stats0 = loss_of(full, x)
+    for p in (full.w_in, full.w_out):
+        dist.all_reduce(p.grad)
+    if skewed and E == 4 and int(stats0["counts"][2:].sum()) != 0:
+        problems.append(f"{name}: the skewed routing reached rank 1's experts")
+    compare(name, [("y", y, y0), ("x.grad", gx, gx0)] + expert_grads_of(full, ep, rank) +
+            [(f"stats.{s}", stats[s], stats0[s]) for s in ("aux_loss", "z_loss", "load", "counts", "dropped_frac")],
+            problems)
+
+
+def capacity_case(rank: int, case: tuple, problems: list[str]) -> None:
+    """Reference: the whole layer on both ranks' tokens in one batch (rank 0's first); this rank's
+    rows of its output and input gradient, its replicated weights' gradients summed over the
+    ranks. The loss leaves out the balance losses (computed before any drop, so the same
+    whatever the capacity; per-rank means, which the one batch would take over all tokens)."""
+    E, k, shared, skewed, capacity = case
+    name = f"E={E} k={k} shared={shared} skewed={skewed} capacity={capacity}"
+    full = make_layer(*case)
+    own = copy.deepcopy(full)  # the rule on this rank's tokens alone, which must differ
+    ep = split_layer(full, name, problems)
+    xs = [tokens(r, skewed).flatten(0, 1) for r in (0, 1)]  # [N_r, d]
+    x = xs[rank]
+    y, gx, stats = loss_of(ep, x, router_losses=False)
+    both = torch.cat(xs)
+    y0, gx0, stats0 = loss_of(full, both, router_losses=False, r=torch.cat([output_weights(t) for t in xs]))
+    mine = slice(0, len(xs[0])) if rank == 0 else slice(len(xs[0]), len(both))
+    for p in ep.parameters():
+        if p is not ep.w_in and p is not ep.w_out:
+            dist.all_reduce(p.grad)
+    # This rank's statistics are its tokens': summed over the ranks (dropped fraction weighted
+    # by token count) they are the one batch's.
+    counts = stats["counts"].clone()
+    dist.all_reduce(counts)
+    dropped = stats["dropped_frac"] * len(x) / len(both)
+    dist.all_reduce(dropped)
+    if float(stats0["dropped_frac"]) == 0:
+        problems.append(f"{name}: nothing was dropped")
+    if torch.allclose(own(x)[0], y, rtol=0, atol=1e-4):
+        problems.append(f"{name}: the capacity of this rank's tokens alone gives the same output")
+    compare(name, [("y", y, y0[mine]), ("x.grad", gx, gx0[mine]), ("stats.counts", counts, stats0["counts"]),
+                   ("stats.dropped_frac", dropped, stats0["dropped_frac"])] + expert_grads_of(full, ep, rank),
+            problems)
 
 
 def worker(rank: int, store: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     problems = []
-    for E, k, shared, skewed, capacity in CASES:
-        name = f"E={E} k={k} shared={shared} skewed={skewed} capacity={capacity}"
-        full = make_layer(E, k, shared, skewed, capacity)
-        ep = copy.deepcopy(full)
-        bytes_before = sum(p.numel() * p.element_size() for p in (ep.w_in, ep.w_out))
-        sharded = shard_experts(ep, dist.group.WORLD)
-        if 2 * sum(p.numel() * p.element_size() for p in sharded) != bytes_before:
-            problems.append(f"{name}: expert bytes not halved")
-        x = tokens(rank, skewed)
-        y, gx, stats = loss_of(ep, x)
-        y0, gx0, stats0 = loss_of(full, x)
-        # The reference's expert gradients: every rank's tokens' (the all-to-all brought them).
-        for p in (full.w_in, full.w_out):
-            dist.all_reduce(p.grad)
-        half = slice(rank * E // 2, (rank + 1) * E // 2)
-        pairs = [("y", y, y0), ("x.grad", gx, gx0)] + \
-            [(f"{n}.grad", p.grad, dict(full.named_parameters())[n].grad[half] if n in ("w_in", "w_out")
-              else dict(full.named_parameters())[n].grad) for n, p in ep.named_parameters()] + \
-            [(f"stats.{s}", stats[s], stats0[s]) for s in ("aux_loss", "z_loss", "load", "counts", "dropped_frac")]
-        if capacity and float(stats0["dropped_frac"]) == 0:
-            problems.append(f"{name}: nothing was dropped")
-        if skewed and E == 4 and int(stats0["counts"][2:].sum()) != 0:
-            problems.append(f"{name}: the skewed routing reached rank 1's experts")
-        for what, a, b in pairs:
-            try:
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-            except AssertionError as exc:
-                problems.append(f"{name} {what}: {str(exc).splitlines()[0]}")
+    for case in DROPLESS:
+        dropless_case(rank, case, problems)
+    for case in CAPACITY:
+        capacity_case(rank, case, problems)
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
         fh.write("\n".join(problems))
     dist.destroy_process_group()

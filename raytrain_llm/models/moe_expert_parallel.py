@@ -5,15 +5,20 @@ Each of the P ranks of the expert group holds E/P consecutive experts of every M
 experts [p*E/P, (p+1)*E/P)); router, shared experts and the rest of the model are replicated.
 One layer's forward on a rank with N tokens, top-k:
   1. route locally, lay the k*N assignments out as rows in expert order (as MoE's dispatch does)
-  2. exchange the row counts per (rank, expert): all_to_all_single of [P, E/P] each way
+  2. exchange the row counts per (rank, expert): all_to_all_single of [P, E/P] each way (with a
+     capacity limit, the all_gather of counts that the capacity rule made already holds them)
   3. send every rank the rows of its experts: all_to_all_single with variable splits (autograd)
   4. reorder the received rows from [source rank][expert] to [expert][source rank], run the local
      experts with the grouped kernel, reorder back
   5. send the rows home (the transposed exchange), scale by the combine weights, sum each
      token's k rows.
-Backward runs the same exchanges transposed. Routing, capacity drops (each rank's own tokens,
-the rule of MoE without expert parallelism) and router statistics are computed before the
-exchange, so they are those of the layer without it. Dropped assignments travel with weight 0.
+Backward runs the same exchanges transposed. Routing and router statistics are computed before
+the exchange, on this rank's tokens, as the layer without expert parallelism computes them.
+A capacity limit (model.capacity_factor > 0) is the group's: the router gathers every group
+rank's assignment counts per (slot, expert) and drops as the layer without expert parallelism
+would on one batch of the group's tokens, rank 0's first (Router._drop_over_capacity). The
+statistics stay this rank's tokens' (its dropped fraction: of its own assignments, under the
+group's rule). Dropped assignments travel with weight 0.
 Every rank of the group must run the layer the same number of times (the exchange is collective).
 """
 from __future__ import annotations
@@ -58,6 +63,7 @@ def shard_experts(moe: MoE, group: dist.ProcessGroup) -> list[nn.Parameter]:
         for w in (moe.w_in, moe.w_out):
             w.data = w.data[p * local:(p + 1) * local].clone()
     moe.expert_group, moe.expert_dispatch = group, expert_parallel_dispatch
+    moe.router.capacity_group = group  # a capacity limit counts the group's tokens
     return [moe.w_in, moe.w_out]
 
 
@@ -75,7 +81,9 @@ def _source_to_expert_order(counts: torch.Tensor, total: int) -> torch.Tensor:
 def _local_experts(moe: MoE, h: torch.Tensor, rows_per_expert: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """h [R, d] in local-expert order -> [R, d]: both projections of each row's expert."""
     dt = h.dtype
-    use_gmm = moe.gmm_ok and (dt == torch.bfloat16 if h.is_cuda else cpu_grouped_mm_works(dt))
+    # A compiled graph takes grouped_mm in bf16 only (its compile-time check), as MoE.backend.
+    bf16_only = h.is_cuda or torch.compiler.is_compiling()
+    use_gmm = moe.gmm_ok and (dt == torch.bfloat16 if bf16_only else cpu_grouped_mm_works(dt))
     if use_gmm:
         offs = rows_per_expert.cumsum(0).to(torch.int32)
 
@@ -88,8 +96,34 @@ def _local_experts(moe: MoE, h: torch.Tensor, rows_per_expert: torch.Tensor, siz
     return project(activate(project(h, moe.w_in.to(dt)), moe.swiglu), moe.w_out.to(dt))
 
 
+@torch.compiler.disable  # collectives and a host sync: outside any compiled graph
+def _rows_to_owners(xs: torch.Tensor, r: Routing, group: dist.ProcessGroup, L: int):
+    """xs [k*N, d] in expert order -> (the rows this rank's experts get [R, d] in blocks
+    [source rank][local expert], their counts [P, L], rows sent per rank, rows received per
+    rank, rows per block [L*P] expert-major). The counts of every rank come from the capacity
+    rule's gather when it made one, else from an exchange of counts."""
+    P = dist.get_world_size(group)
+    send_counts = r.counts.view(P, L)  # rows for each destination rank's each expert
+    if r.group_counts is None:
+        recv_counts = _exchange(send_counts, [1] * P, [1] * P, group)  # [P, L] rows from each source rank
+    else:  # [P, k, E] -> this rank's experts
+        p = dist.get_rank(group)
+        recv_counts = r.group_counts.sum(1)[:, p * L:(p + 1) * L]
+    sizes = torch.cat([send_counts.sum(1), recv_counts.sum(1), recv_counts.t().flatten()]).tolist()  # one sync
+    send, recv, blocks = sizes[:P], sizes[P:2 * P], sizes[2 * P:]
+    return _AllToAll.apply(xs, send, recv, group), recv_counts, send, recv, blocks
+
+
+@torch.compiler.disable  # a collective: outside any compiled graph
+def _rows_home(out: torch.Tensor, recv: list[int], send: list[int], group: dist.ProcessGroup) -> torch.Tensor:
+    """_rows_to_owners' exchange transposed: out [R, d] -> [k*N, d] in this rank's expert order."""
+    return _AllToAll.apply(out, recv, send, group)
+
+
 def expert_parallel_dispatch(moe: MoE, x: torch.Tensor, r: Routing) -> torch.Tensor:
-    """x [N, d] routed by `r` -> the routed experts' combined output [N, d] (x's dtype)."""
+    """x [N, d] routed by `r` -> the routed experts' combined output [N, d] (x's dtype).
+    Compiled, the graph breaks at the two exchanges (and the count exchange before the first):
+    the row layout, the local experts and the combine are compiled."""
     group = moe.expert_group
     P = dist.get_world_size(group)
     N, k = x.shape[0], moe.top_k
@@ -100,15 +134,11 @@ def expert_parallel_dispatch(moe: MoE, x: torch.Tensor, r: Routing) -> torch.Ten
     xs = _ToRows.apply(x.to(dt), src, inverse, k)  # [k*N, d] in expert order
     w_rows = r.weights.t().reshape(-1, 1).index_select(0, r.order)  # [k*N, 1] fp32 combine weights
 
-    send_counts = r.counts.view(P, L)  # rows for each destination rank's each expert
-    recv_counts = _exchange(send_counts, [1] * P, [1] * P, group)  # [P, L] rows from each source rank
-    sizes = torch.cat([send_counts.sum(1), recv_counts.sum(1), recv_counts.t().flatten()]).tolist()  # one sync
-    send, recv, blocks = sizes[:P], sizes[P:2 * P], sizes[2 * P:]
-    got = _AllToAll.apply(xs, send, recv, group)  # [R, d], blocks [source][local expert]
+    got, recv_counts, send, recv, blocks = _rows_to_owners(xs, r, group, L)  # [R, d]
     order = _source_to_expert_order(recv_counts, sum(recv))
     per_expert = recv_counts.sum(0)  # [L]
     expert_sizes = [sum(blocks[e * P:(e + 1) * P]) for e in range(L)]
     out = _local_experts(moe, got.index_select(0, order), per_expert, expert_sizes)  # [R, d] expert-major
     back = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
-    home = _AllToAll.apply(out.index_select(0, back), recv, send, group)  # [k*N, d] in expert order
+    home = _rows_home(out.index_select(0, back), recv, send, group)  # [k*N, d] in expert order
     return _FromRows.apply(home.float() * w_rows, src, inverse, k).to(x.dtype)

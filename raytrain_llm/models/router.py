@@ -24,6 +24,9 @@ class Routing:
     order: torch.Tensor  # [k*N] stable sort of the slot-major assignments by expert
     counts: torch.Tensor  # [E] int64 assignments per expert, before capacity drops
     stats: dict  # scalar/[E] tensors, see Router.stats
+    # With a capacity shared by a group (Router.capacity_group): [P, k, E] int64 assignments per
+    # (group rank, slot, expert), before drops, as every rank of the group has them. Else None.
+    group_counts: Optional[torch.Tensor] = None
 
 
 class Router(nn.Module):
@@ -39,6 +42,10 @@ class Router(nn.Module):
         # Set from outside (GPT.set_parallel_groups): the ranks whose expert counts the balance
         # loss's load fractions sum over in training; None: this rank's micro-batch alone.
         self.balance_group: Optional[dist.ProcessGroup] = None
+        # Set from outside (moe_expert_parallel.shard_experts): the ranks whose tokens share each
+        # expert's capacity, as one batch of their tokens in group-rank order would; None: this
+        # rank's tokens alone.
+        self.capacity_group: Optional[dist.ProcessGroup] = None
 
     def capacity(self, num_tokens: int) -> int:
         return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
@@ -64,10 +71,11 @@ class Router(nn.Module):
         # scatter_add, not bincount: its output shape is static, so torch.compile keeps one graph.
         counts = torch.zeros(E, dtype=torch.int64, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
         kept = torch.ones((), device=x.device)
+        group_counts = None
         if self.capacity_factor > 0:
-            weights, kept = self._drop_over_capacity(weights, flat, order, counts, N)
+            weights, kept, group_counts = self._drop_over_capacity(weights, flat, order, counts, N)
         stats = self.stats(logits, probs, counts, kept)
-        return Routing(experts, weights, order, counts, stats)
+        return Routing(experts, weights, order, counts, stats, group_counts)
 
     @torch.no_grad()
     def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,17 +91,49 @@ class Router(nn.Module):
         return experts, weights
 
     def _drop_over_capacity(self, weights, flat, order, counts, N):
-        """Zero the combine weight of assignments past an expert's capacity.
+        """Zero the combine weight of assignments past an expert's capacity; returns the weights,
+        the fraction of this rank's assignments kept and the group's counts (None without a
+        capacity group).
 
         Priority is router order: all top-1 assignments before top-2 and so on, and within a
-        slot the earlier token (in flattened batch order) wins; ties cannot occur.
+        slot the earlier token (in flattened batch order) wins; ties cannot occur. With a
+        capacity group of P ranks the rule is that of one batch holding the group's tokens,
+        rank 0's first: the capacity counts the group's tokens, and an assignment's place in
+        its expert's queue counts the group's assignments ahead of it.
         """
+        k = self.top_k
         starts = counts.cumsum(0) - counts  # [E] first sorted position of each expert
-        rank = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]  # position within expert
-        keep_sorted = rank < self.capacity(N)
+        sorted_expert = flat[order]  # [k*N]
+        place = torch.arange(flat.numel(), device=flat.device) - starts[sorted_expert]  # position within expert
+        group_counts = None
+        if self.capacity_group is None:
+            capacity = self.capacity(N)
+        else:
+            group_counts, ahead, capacity = self._group_queue(flat, N)
+            place = place + ahead[order // N, sorted_expert]
+        keep_sorted = place < capacity
         keep = torch.empty_like(keep_sorted).scatter_(0, order, keep_sorted)  # back to slot-major
-        keep = keep.view(self.top_k, N).t()  # [N, k]
-        return weights * keep, keep.float().mean()
+        keep = keep.view(k, N).t()  # [N, k]
+        return weights * keep, keep.float().mean(), group_counts
+
+    def _group_queue(self, flat: torch.Tensor, N: int):
+        """flat [k*N] slot-major expert ids of this rank -> the group's counts [P, k, E], the
+        number of group assignments ahead of this rank's in each (slot, expert) queue beyond
+        this rank's own earlier slots [k, E], and the capacity (a 0-d tensor) of the group's
+        token count. One all_gather of [k, E] counts."""
+        k, E = self.top_k, self.num_experts
+        slot = torch.arange(k * N, device=flat.device) // N
+        mine = torch.zeros(k * E, dtype=torch.int64, device=flat.device).scatter_add_(
+            0, slot * E + flat, torch.ones_like(flat)).view(k, E)  # [k, E]
+        group_counts = gather_counts(mine, self.capacity_group)  # [P, k, E]
+        p = dist.get_rank(self.capacity_group)
+        total = group_counts.sum(0)  # [k, E]
+        # Ahead of (slot s, expert e) on rank p: every rank's slots < s, ranks < p in slot s;
+        # minus rank p's own slots < s, which its local position already counts.
+        ahead = (total.cumsum(0) - total) - (mine.cumsum(0) - mine) + group_counts[:p].sum(0)
+        tokens = total[0].sum()  # each token has one first choice
+        capacity = torch.ceil(self.capacity_factor * tokens.double() * k / E)  # capacity()'s arithmetic
+        return group_counts, ahead, capacity
 
     def stats(self, logits, probs, counts, kept) -> dict:
         """The load metrics are this rank's micro-batch's whatever the scope (bias balancing sums
@@ -120,3 +160,11 @@ class Router(nn.Module):
         """Raise the bias of under-loaded experts, lower it for over-loaded ones (sign rule)."""
         counts = counts.to(self.bias)
         self.bias.add_(rate * torch.sign(counts.mean() - counts))
+
+
+@torch.compiler.disable  # a collective: outside any compiled graph
+def gather_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """counts [...] on each rank of `group` -> [P, ...], row p holding group rank p's."""
+    out = [torch.empty_like(counts) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, counts.contiguous(), group=group)
+    return torch.stack(out)

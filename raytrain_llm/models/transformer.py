@@ -112,14 +112,7 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
         x = self.drop(x)
-        layer_stats = []
-        for block in self.blocks:
-            if self.cfg.activation_checkpointing and self.training:
-                x, stats = checkpoint(block, x, use_reentrant=False)
-            else:
-                x, stats = block(x)
-            if stats is not None:
-                layer_stats.append(stats)
+        x, layer_stats = self._run_blocks(x)
         x = self.norm(x)
         aux = self._collect(layer_stats, x)
         if targets is None:
@@ -130,6 +123,21 @@ class GPT(nn.Module):
         logits = self.head(x)  # [B, T, V]
         aux["ce_loss"] = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, aux
+
+    def _run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """x [B, T, d] through every block -> (x, the MoE blocks' stats). A frame of its own: under
+        torch.compile with expert parallelism each MoE block breaks the graph at its exchanges,
+        and a graph break inside a loop makes dynamo run the loop's frame eagerly; the blocks are
+        still compiled one by one, and forward's embedding, head and loss stay compiled."""
+        layer_stats = []
+        for block in self.blocks:
+            if self.cfg.activation_checkpointing and self.training:
+                x, stats = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, stats = block(x)
+            if stats is not None:
+                layer_stats.append(stats)
+        return x, layer_stats
 
     @torch.no_grad()
     def forward_cached(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
