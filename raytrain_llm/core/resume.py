@@ -21,7 +21,6 @@ from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.logger import Logger
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.rng_state import restore_rng
-from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer
 from raytrain_llm.core.task import LRSchedule, TrainingTask
 
 
@@ -86,6 +85,8 @@ class Resumer:
         """Load `state` into `progress`, `model` (unwrapped), `optimizer` and `scaler` in place;
         returns the schedule to go on with. `schedule` is the one built for this run's config
         (from step 0), `num_batches` the micro-batches of an epoch at this run's global batch."""
+        from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer  # DCP: only on a resume
+
         planned = _group_settings(optimizer)  # from this run's config, before the load
         try:
             load_model_and_optimizer(state, model, optimizer)  # full or sharded, into whole or sharded

@@ -24,6 +24,7 @@ from raytrain_llm.launchers.ray_train.cluster import (
 )
 from raytrain_llm.launchers.ray_train.console import ray_console, shows_ray_logs, worker_console
 from raytrain_llm.launchers.ray_train.driver_signals import fit_with_driver_signals, start_driver_stop
+from raytrain_llm.launchers.ray_train.preload import import_in_background
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
@@ -77,11 +78,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str
 def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
+    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule, start_reading
+
+    # First: Ray Data's pipeline (split coordinator, generating tasks and their processes) starts
+    # while this worker imports and builds its model. Every rank asks for its shard here alike.
+    train_shard = ray.train.get_dataset_shard("train")
+    train_stream = start_reading(train_shard)
+
     from raytrain_llm.core.distributed import DistributedManager
     from raytrain_llm.launchers.ray_train.checkpoint_pointer import resolve as resolve_pointer
     from raytrain_llm.launchers.ray_train.checkpoint_pointer import stores_in_place
     from raytrain_llm.launchers.ray_train.console import open_worker_console
-    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
     from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
     from raytrain_llm.launchers.worker import train_worker
 
@@ -94,8 +101,8 @@ def _train(loop_config: dict[str, Any]) -> None:
     _record_placement(config, ctx, dist.rank)
 
     def data_module_factory(inner):
-        return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
-                                  rank=dist.rank, world_size=dist.world_size)
+        return RayShardDataModule(inner, train_shard, lambda: ray.train.get_dataset_shard("val"),
+                                  rank=dist.rank, world_size=dist.world_size, stream=train_stream)
 
     callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode,
                                    in_place=stores_in_place(config))]
@@ -279,9 +286,11 @@ def run_ray(config: Config) -> dict[str, Any]:
     keep_private_ray_on_loopback(cfg)  # before Ray is imported
     import ray
 
+    preload = import_in_background(cfg.task)  # while ray.init waits for the node to start
     with ray_console(cfg, lambda: init_ray(cfg, log_to_driver=shows_ray_logs(cfg))) as started:
         stop = None
         try:
+            preload.join()
             if not started:
                 warn_if_unplaceable(cfg)
             stop = start_driver_stop()
