@@ -221,9 +221,10 @@ def _task_import_env(config: Config) -> Optional[dict]:
     resolve_task(config.task)
     root = import_root(config.task)
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root is None or os.path.abspath(root) in map(os.path.abspath, inherited):
-        # Nothing to add: the workers inherit this PYTHONPATH through the raylet. A job runtime env
-        # would also keep the job off the workers Ray prestarts with the node (started without it).
+    if root is None or os.path.abspath(root) in [os.path.abspath(p) for p in inherited if os.path.isabs(p)]:
+        # Nothing to add: the workers inherit this PYTHONPATH through the raylet (an absolute entry:
+        # a relative one would be read from the worker's own folder). A job runtime env would also
+        # keep the job off the workers Ray prestarts with the node (started without it).
         return None
     paths = [root] + [p for p in inherited if p != root]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
