@@ -13,7 +13,8 @@ import threading
 
 # What build_trainer and fit import after ray.init (measured with `python -X importtime`).
 MODULES = ("ray.train", "ray.train.torch", "ray.data", "raytrain_llm.launchers.ray_train.data_shards",
-           "raytrain_llm.launchers.ray_train.private_cluster", "raytrain_llm.core.checkpointing")
+           "raytrain_llm.launchers.ray_train.private_cluster", "raytrain_llm.launchers.ray_train.early_split",
+           "raytrain_llm.core.checkpointing")
 
 
 def _import_all(task: str) -> None:

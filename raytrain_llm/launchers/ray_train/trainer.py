@@ -212,6 +212,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
+    from raytrain_llm.launchers.ray_train.early_split import EarlySplitDataConfig
     from raytrain_llm.launchers.ray_train.interruption import stop_signals_on_workers
     from raytrain_llm.launchers.task_resolution import resolve_task
 
@@ -229,6 +230,9 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures,
                                                max_preemption_failures=d.max_preemption_failures))
+    # A resumed or restored run may go on from another global batch's data position, so its
+    # stream spans every epoch rather than ending where max_steps would from the start.
+    datasets = build_ray_datasets(cfg, data_module, d.num_workers, every_epoch=restoring or ck.resume != "none")
     trainer_class = TorchTrainer
     if private_cluster:
         from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
@@ -241,12 +245,11 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
                                                resources_per_worker=worker_resources(cfg),
                                                placement_strategy=d.placement_strategy),
         run_config=run_config,
-        # A resumed or restored run may go on from another global batch's data position, so its
-        # stream spans every epoch rather than ending where max_steps would from the start.
-        datasets=build_ray_datasets(cfg, data_module, d.num_workers,
-                                    every_epoch=restoring or ck.resume != "none"),
+        datasets=datasets,
         # preserve_order makes shard k of every epoch the same blocks: deterministic data per rank.
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
+        # The training set is split here, now, so that Ray Data starts with the workers (early_split).
+        dataset_config=EarlySplitDataConfig({"train": datasets["train"]}, d.num_workers,
+                                            execution_options=ExecutionOptions(preserve_order=True)))
 
 
 def fit(trainer, cfg: Config):
