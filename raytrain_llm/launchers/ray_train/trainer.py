@@ -296,6 +296,10 @@ def run_ray(config: Config) -> dict[str, Any]:
             preload.join()
             if not started:
                 warn_if_unplaceable(cfg)
+            else:
+                from raytrain_llm.launchers.ray_train.private_cluster import start_autoscaling_coordinator
+
+                start_autoscaling_coordinator()  # up before Train's controller asks for it
             stop = start_driver_stop()
             trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop, console=worker_console(cfg))
             return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
