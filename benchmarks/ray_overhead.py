@@ -9,7 +9,11 @@ Each run is `train.py` in a fresh subprocess (what a user types). Reported per r
 - `step_ms`: median step time over steps after the first 10 (steady state), from the engine's
   monitor, with every step logged (log_every_n_steps=1) in all runs alike;
 - `data_wait_share`: mean share of step time spent waiting for the batch after warm-up;
-- `wall_s`: the whole command; `load_1m`: the 1-minute load average when the run started.
+- `wall_s`: the whole command; `load_1m`: the 1-minute load average when the run started;
+- `cpu_s_to_first_step`: CPU seconds that the command's processes (driver, Ray's node processes,
+  actors, tasks; those still alive) had used at the first step, and `cpu_s_by_process` the same
+  per process kind: on a machine of C cores the start-up cannot take less than this / C, and it
+  moves far less with other users' load than the wall-clock figures.
 Pairs to compare: local x1 vs ray x1 (batch 2B), spawn x2 vs ray x2 (batch B per worker). The
 runs of one repeat are side by side; odd repeats run the plan in reverse order, so that a load
 that drifts during a repeat does not always favour the same launcher. The last lines are the
@@ -60,6 +64,34 @@ def stages(marks: list[dict], t0: float) -> dict[str, float]:
     return out
 
 
+RUN_ENV = "RTO_RUN"  # set to the run's folder in the command's environment, inherited by every process it starts
+
+
+def cpu_seconds(run_dir: str) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each live process of the run (found by RUN_ENV
+    in its environment: the driver, Ray's node processes, actors, tasks), summed by process kind:
+    Ray's process title (e.g. `ray::TrainController`) or the program's file name."""
+    tick, tag, out = os.sysconf("SC_CLK_TCK"), f"{RUN_ENV}={run_dir}".encode(), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if tag not in fh.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        title = argv[0].decode(errors="replace").strip()
+        if not title.startswith("ray::"):
+            scripts = [a.decode(errors="replace") for a in argv[1:] if a.endswith(b".py")]
+            title = os.path.basename(scripts[0] if scripts else title.split()[0] if title else "?")
+        kind = title.split(".")[0] if title.startswith("ray::") else title  # ray::RayTrainWorker.run -> the actor
+        out[kind] = round(out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick, 2)
+    return out
+
+
 def run(name: str, launcher: str, workers: int, batch: int, args, env_extra: dict, src: str = ROOT) -> dict:
     log_dir = tempfile.mkdtemp(prefix=f"rto-{name}-")
     task = args.task
@@ -75,16 +107,17 @@ def run(name: str, launcher: str, workers: int, batch: int, args, env_extra: dic
     for s in sets:
         cmd += ["--set", s]
     metrics = os.path.join(log_dir, "metrics.jsonl")
-    env = {**os.environ, **env_extra}
+    env = {**os.environ, **env_extra, RUN_ENV: log_dir}
     if src != ROOT:
         env["PYTHONPATH"] = src
     load = os.getloadavg()[0]
     t_wall0, t0 = time.time(), time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=src)
-    first = None
+    first, cpu = None, {}
     while proc.poll() is None:
         if first is None and os.path.exists(metrics) and os.path.getsize(metrics) > 0:
             first = time.perf_counter() - t0
+            cpu = cpu_seconds(log_dir)
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     out = proc.stdout.read()
@@ -96,7 +129,8 @@ def run(name: str, launcher: str, workers: int, batch: int, args, env_extra: dic
             "to_first_step_s": round(first or float("nan"), 2),
             "step_ms": round(1000 * statistics.median(r["step_time"] for r in train), 2),
             "data_wait_share": round(statistics.mean(r["data_wait_share"] for r in train), 3),
-            "wall_s": round(wall, 2), "load_1m": round(load, 1)}
+            "wall_s": round(wall, 2), "load_1m": round(load, 1),
+            "cpu_s_to_first_step": round(sum(cpu.values()), 1), "cpu_s_by_process": cpu}
     timeline = os.path.join(log_dir, "timeline.jsonl")
     if os.path.exists(timeline):
         line["stages"] = stages([json.loads(x) for x in open(timeline) if x.strip()], t_wall0)

@@ -57,6 +57,26 @@ def test_the_private_ray_cluster_gets_the_task_folder_on_its_workers_path(user_f
     config = load_config(None, [], environ={}, task="rt_user_pkg.tasks:UserTask")
     assert _task_import_env(config) == {"env_vars": {"PYTHONPATH": f"{user_folder}:/somewhere/else"}}
     assert _task_import_env(load_config(None, [], environ={}, task="lm")) is None
+    # Already on the PYTHONPATH the node's processes inherit: no job runtime env (which would keep
+    # the job off the workers Ray prestarts without one).
+    monkeypatch.setenv("PYTHONPATH", f"/somewhere/else:{user_folder}/")
+    assert _task_import_env(config) is None
+
+
+def test_a_private_node_starts_without_the_preemption_watcher_and_the_driver_keeps_its_env(monkeypatch):
+    import os
+
+    from raytrain_llm.launchers.ray_train.cluster import PRIVATE_NODE_ENV, _private_node_env
+
+    key = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    monkeypatch.delenv(key, raising=False)
+    with _private_node_env():
+        assert os.environ[key] == "0" == PRIVATE_NODE_ENV[key]  # what ray.init's processes inherit
+    assert key not in os.environ  # a cluster this process starts later gets Ray's default
+    monkeypatch.setenv(key, "1")
+    with _private_node_env():
+        assert os.environ[key] == "1"  # the user's own setting wins
+    assert os.environ[key] == "1"
 
 
 @pytest.mark.timeout(120)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -19,11 +19,12 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
 from raytrain_llm.core.errors import CheckpointError, UsageError
 from raytrain_llm.core.logger import Logger
-from raytrain_llm.core.parallel.expert_checkpoint import ExpertShards
 from raytrain_llm.core.progress import Progress, planned_total_steps
 from raytrain_llm.core.rng_state import restore_rng
-from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer
 from raytrain_llm.core.task import LRSchedule, TrainingTask
+
+if TYPE_CHECKING:
+    from raytrain_llm.core.parallel.expert_checkpoint import ExpertShards
 
 
 @dataclasses.dataclass
@@ -89,6 +90,8 @@ class Resumer:
         returns the schedule to go on with. `schedule` is the one built for this run's config
         (from step 0), `num_batches` the micro-batches of an epoch at this run's global batch,
         `experts` the MoE experts `model` holds a slice of (expert parallelism)."""
+        from raytrain_llm.core.sharded.checkpoint import load_model_and_optimizer  # DCP: only on a resume
+
         planned = _group_settings(optimizer)  # from this run's config, before the load
         try:
             load_model_and_optimizer(state, model, optimizer, experts)  # full or sharded, into whole or sharded

@@ -16,7 +16,6 @@ from torch import nn
 
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.errors import UsageError
-from raytrain_llm.core.parallel.fsdp import default_units
 from raytrain_llm.core.task_options import parse_task_options
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
@@ -272,6 +271,8 @@ class TrainingTask(ABC):
         around their own forward and backward); the root model takes the parameters left over.
         Receives the model on its device. Default: the children of every `nn.ModuleList` (a
         transformer's blocks)."""
+        from raytrain_llm.core.parallel.fsdp import default_units  # torch's FSDP only where it is used
+
         return default_units(model)
 
     def flops_per_token(self, model: nn.Module) -> Optional[float]:

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# Loaded here, before any graph is traced: the router imports it where a capacity is shared.
+from raytrain_llm.models.count_exchange import gather_counts  # noqa: F401
 from raytrain_llm.models.mlp import activate
 from raytrain_llm.models.moe import MoE, _FromRows, _grouped_mm, _ToRows, compute_dtype, cpu_grouped_mm_works
 from raytrain_llm.models.router import Routing

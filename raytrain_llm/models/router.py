@@ -125,6 +125,9 @@ class Router(nn.Module):
         slot = torch.arange(k * N, device=flat.device) // N
         mine = torch.zeros(k * E, dtype=torch.int64, device=flat.device).scatter_add_(
             0, slot * E + flat, torch.ones_like(flat)).view(k, E)  # [k, E]
+        # Loaded with expert parallelism (by moe_expert_parallel), before any graph is traced.
+        from raytrain_llm.models.count_exchange import gather_counts
+
         group_counts = gather_counts(mine, self.capacity_group)  # [P, k, E]
         p = dist.get_rank(self.capacity_group)
         total = group_counts.sum(0)  # [k, E]
@@ -160,11 +163,3 @@ class Router(nn.Module):
         """Raise the bias of under-loaded experts, lower it for over-loaded ones (sign rule)."""
         counts = counts.to(self.bias)
         self.bias.add_(rate * torch.sign(counts.mean() - counts))
-
-
-@torch.compiler.disable  # a collective: outside any compiled graph
-def gather_counts(counts: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """counts [...] on each rank of `group` -> [P, ...], row p holding group rank p's."""
-    out = [torch.empty_like(counts) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, counts.contiguous(), group=group)
-    return torch.stack(out)

@@ -27,7 +27,6 @@ from raytrain_llm.models.attention import CausalSelfAttention
 from raytrain_llm.models.kv_cache import KVCache
 from raytrain_llm.models.mlp import MLP, hidden_width
 from raytrain_llm.models.moe import MoE
-from raytrain_llm.models.moe_expert_parallel import shard_experts
 
 _STAT_KEYS = ("load", "counts", "max_load", "dropped_frac", "entropy", "aux_loss", "z_loss")
 
@@ -173,6 +172,9 @@ class GPT(nn.Module):
         own); `expert_group`, the ranks that split every MoE layer's experts (None: all here).
         Returns the parameters now sharded over `expert_group` (their gradients are this rank's
         experts' only: the caller reduces them apart from the replicated ones)."""
+        # Imported here: its graph-break markers import dynamo (~1 s), wanted only with expert parallelism.
+        from raytrain_llm.models.moe_expert_parallel import shard_experts
+
         sharded = []
         for layer in self.moe_layers:
             layer.router.balance_group = balance_group

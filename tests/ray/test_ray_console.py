@@ -72,6 +72,9 @@ def test_make_train_under_ray_prints_the_projects_lines_and_keeps_rays_in_files(
     ray_text = "".join(f.read_text(errors="replace") for f in Path(ray_logs).rglob("*")
                        if f.is_file() and f.suffix in (".log", ".out", ".err"))
     assert "Reporting training result" in ray_text and "Reporting training result" not in console
+    # A private node starts no preemption watcher (cluster._private_node_env); the worker is there.
+    actors = re.findall(r"^:actor_name:(\w+)$", ray_text, re.M)
+    assert "RayTrainWorker" in actors and "PreemptionWatcher" not in actors, actors
     # The block names the run's own files, which exist.
     assert "run finished at step 48, epoch 1/3" in console
     block = {line[2:15].strip(): line[15:].split("  (")[0] for line in console.splitlines() if line.startswith("  ")}

@@ -131,3 +131,40 @@ def test_read_slots_gives_each_rank_the_samplers_batches_from_real_shards(tmp_pa
             for k in rows:
                 np.testing.assert_array_equal(data[k].numpy(), np.asarray(rows[k]))
             assert all(t.is_contiguous() or t.dim() == 0 for t in data.values())
+
+
+@pytest.mark.timeout(120)
+def test_the_drivers_early_split_serves_the_first_worker_group_and_a_restart_gets_a_new_one(ray_local):
+    import threading
+
+    import ray.cloudpickle as cloudpickle
+    import ray.data
+    from ray.data import ExecutionOptions
+
+    from raytrain_llm.launchers.ray_train.early_split import EarlySplitDataConfig
+
+    train = ray.data.range(8, override_num_blocks=4)
+    val = ray.data.range(4, override_num_blocks=2)
+    config = EarlySplitDataConfig({"train": train}, 2, execution_options=ExecutionOptions(preserve_order=True))
+
+    def configure(name, ds):  # as Train's DatasetManager does, on its own (unpickled) copy
+        return [per_rank[name] for per_rank in cloudpickle.loads(cloudpickle.dumps(config)).configure(
+            {name: ds}, 2, None, None)]
+
+    first = configure("train", train)
+    coordinator = first[0]._coord_actor
+    assert all(split._coord_actor == coordinator for split in first)
+    rows: dict[int, list[int]] = {}
+
+    def read(rank: int, splits) -> None:
+        rows[rank] = [int(r["id"]) for r in splits[rank].iter_rows()]
+
+    threads = [threading.Thread(target=read, args=(rank, first)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert rows == {0: [0, 1, 4, 5], 1: [2, 3, 6, 7]}  # block j to shard j mod 2, in order
+    restarted = configure("train", train)  # a restarted worker group: Train's own split, a new coordinator
+    assert all(split._coord_actor != coordinator for split in restarted)
+    assert all(split._coord_actor != coordinator for split in configure("val", val))  # not split early

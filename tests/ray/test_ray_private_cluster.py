@@ -35,3 +35,30 @@ def test_build_trainer_uses_the_private_cluster_trainer_only_when_asked(tmp_path
 def test_the_dashboard_is_off_by_default_and_a_setting(tmp_path):
     assert ray_config(tmp_path).distributed.dashboard is False
     assert ray_config(tmp_path, distributed__dashboard=True).distributed.dashboard is True
+
+
+@pytest.mark.timeout(60)
+def test_the_driver_starts_ray_datas_autoscaling_coordinator_that_trains_controller_asks_for(ray_local):
+    import time
+
+    import ray
+    from raytrain_llm.launchers.ray_train.private_cluster import start_autoscaling_coordinator
+
+    named = dict(name="AutoscalingCoordinator", namespace="AutoscalingCoordinator")  # what Ray Data gets or creates
+
+    def running():
+        try:
+            return ray.get_actor(**named)
+        except ValueError:
+            return None
+
+    if (earlier := running()) is not None:  # an earlier test's run made it: start from none
+        ray.kill(earlier, no_restart=True)
+        deadline = time.monotonic() + 30
+        while running() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert running() is None
+    start_autoscaling_coordinator()
+    actor = running()
+    assert actor is not None
+    ray.get(actor.__ray_ready__.remote(), timeout=30)

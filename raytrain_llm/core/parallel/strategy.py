@@ -24,10 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from raytrain_llm.core.checkpointing import CheckpointManager, clean_state_dict
 from raytrain_llm.core.config import Config
 from raytrain_llm.core.distributed import DistributedManager
-from raytrain_llm.core.parallel import fsdp
-from raytrain_llm.core.parallel.clipping import clip_sharded_grad_norm
 from raytrain_llm.core.parallel.expert_parallel import ExpertParallel
-from raytrain_llm.core.sharded.checkpoint import save_sharded
 from raytrain_llm.core.sharded.layout import FORMAT_KEY, SHARDED_FORMAT
 
 
@@ -86,13 +83,17 @@ class Replicated:
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
         """Collective. The checkpoint's folder on rank 0, None on the others."""
         if self.experts.sharded:
+            from raytrain_llm.core.sharded.checkpoint import save_sharded
+
             return save_sharded(manager, self.dist, self.device, state, model, optimizer,
                                 experts=self.experts.shards, **meta)
         return manager.save(state, **meta)
 
 
 class Sharded(Replicated):
-    """FSDP2 over all ranks (`core/parallel/fsdp.py`); sharded experts are left out of it."""
+    """FSDP2 over all ranks (`core/parallel/fsdp.py`); sharded experts are left out of it. Its
+    modules (torch's FSDP, DTensor and distributed checkpoint: ~0.7 s of imports) are imported by
+    its methods, so that a replicated run's processes do not pay for them."""
 
     def __init__(self, config: Config, dist: DistributedManager, device: torch.device, experts: ExpertParallel):
         super().__init__(config, dist, device, experts)
@@ -101,6 +102,8 @@ class Sharded(Replicated):
     def shard(self, model: nn.Module, units: list[nn.Module]) -> None:
         if not self.dist.enabled:
             return
+        from raytrain_llm.core.parallel import fsdp
+
         d = self.config.distributed
         fsdp.shard_model(model, units, self.device, amp=self.config.optimization.amp,
                          reshard_after_forward=d.fsdp_reshard_after_forward, cpu_offload=d.fsdp_cpu_offload,
@@ -109,17 +112,24 @@ class Sharded(Replicated):
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         # FSDP's DTensor parameters and the plain expert shards it ignores, in one optimizer.
-        return fsdp.steps_with_plain_parameters(optimizer) if self.root is not None and self.experts.sharded \
-            else optimizer
+        if self.root is None or not self.experts.sharded:
+            return optimizer
+        from raytrain_llm.core.parallel import fsdp
+
+        return fsdp.steps_with_plain_parameters(optimizer)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model  # sharded in place by shard()
 
     def no_sync(self, model: nn.Module, skip_sync: bool) -> ContextManager:
+        from raytrain_llm.core.parallel import fsdp
+
         return fsdp.gradient_sync_off(self.root) if skip_sync and self.root is not None \
             else contextlib.nullcontext()
 
     def whole_model(self) -> ContextManager:
+        from raytrain_llm.core.parallel import fsdp
+
         if self.root is None:
             return contextlib.nullcontext()
         return fsdp.whole_parameters(self.root, self.config.distributed.fsdp_reshard_after_forward)
@@ -127,6 +137,8 @@ class Sharded(Replicated):
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         if self.experts.sharded:
             return super().clip_grad_norm(params, max_norm)
+        from raytrain_llm.core.parallel.clipping import clip_sharded_grad_norm
+
         return clip_sharded_grad_norm(params, max_norm)
 
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -134,6 +146,8 @@ class Sharded(Replicated):
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
+        from raytrain_llm.core.sharded.checkpoint import save_sharded
+
         return save_sharded(manager, self.dist, self.device, state, model, optimizer,
                             experts=self.experts.shards, **meta)
 

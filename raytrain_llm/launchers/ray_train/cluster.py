@@ -7,6 +7,7 @@ current-cluster file names, e.g. a head someone else started on this machine.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -170,9 +171,35 @@ def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_
         loopback = {"_node_ip_address": "127.0.0.1"} if os.environ.get(LOOPBACK_ENV) == "0" else {}
         if include_dashboard is None:
             include_dashboard = config.distributed.dashboard
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
-                 dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **loopback, **common)
+        with _private_node_env():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
+                     dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **loopback, **common)
     return True
+
+
+# What the processes of a private local node read from their environment (inherited from this
+# process when ray.init starts them): no Train preemption watcher, an actor polling the drain
+# state of the nodes every few seconds. The only node of a private cluster is this machine: a
+# preemption notice for it could only be followed by the end of the driver with it, and nothing
+# would restart the run. On a cluster that was started elsewhere the watcher stays (Ray's default).
+PRIVATE_NODE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@contextlib.contextmanager
+def _private_node_env():
+    """PRIVATE_NODE_ENV set while ray.init starts the node, then this process's own values back
+    (a later cluster started by this process, e.g. a test's, gets Ray's defaults)."""
+    saved = {k: os.environ.get(k) for k in PRIVATE_NODE_ENV}
+    for k, v in PRIVATE_NODE_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _is_auth_failure(exc: BaseException) -> bool:
@@ -193,9 +220,13 @@ def _task_import_env(config: Config) -> Optional[dict]:
     cluster `ray job submit --working-dir` ships it; here there is nothing to ship.)"""
     resolve_task(config.task)
     root = import_root(config.task)
-    if root is None:
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root is None or os.path.abspath(root) in [os.path.abspath(p) for p in inherited if os.path.isabs(p)]:
+        # Nothing to add: the workers inherit this PYTHONPATH through the raylet (an absolute entry:
+        # a relative one would be read from the worker's own folder). A job runtime env would also
+        # keep the job off the workers Ray prestarts with the node (started without it).
         return None
-    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    paths = [root] + [p for p in inherited if p != root]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 

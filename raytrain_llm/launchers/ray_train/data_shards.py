@@ -208,25 +208,43 @@ class StartedStream:
         return next(self._iterator)
 
 
+PREFETCH_BLOCKS = 2
+
+
+def start_reading(train_shard, prefetch: int = PREFETCH_BLOCKS) -> StartedStream:
+    """The training stream of `train_shard`, its first slot already being pulled (StartedStream)."""
+    return StartedStream(read_slots(train_shard, prefetch))
+
+
 class RayShardDataModule:
     """Worker side: the task's data module, with batches read from this rank's Ray Data shards.
 
     Everything but `train_batches`/`val_batches` (datasets, sizes, task-specific helpers such as
     a noise floor) is delegated to the wrapped module, so the engine and task see no difference.
+    `stream`: the training stream, when the worker started it earlier (`start_reading`);
+    `val_shard` may be a function returning the shard, called at the first validation (Ray's
+    `get_dataset_shard` starts the dataset's split coordinator: not needed before then).
     """
 
-    def __init__(self, inner, train_shard, val_shard, *, rank: int, world_size: int, prefetch: int = 2):
-        self.inner, self.train_shard, self.val_shard = inner, train_shard, val_shard
+    def __init__(self, inner, train_shard, val_shard, *, rank: int, world_size: int,
+                 prefetch: int = PREFETCH_BLOCKS, stream: Optional[StartedStream] = None):
+        self.inner, self.train_shard, self._val_shard = inner, train_shard, val_shard
         self.rank, self.world_size, self.prefetch = rank, world_size, prefetch
-        self._stream: Optional[Iterator] = self._open_stream()  # started now: see StartedStream
+        self._stream: Optional[Iterator] = stream or self._open_stream()  # started now: see StartedStream
         self._position = (0, 0)  # (epoch, batch) of the next slot the stream yields
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["inner"], name)
 
+    @property
+    def val_shard(self):
+        if callable(self._val_shard):
+            self._val_shard = self._val_shard()
+        return self._val_shard
+
     def _open_stream(self) -> Iterator:
         self._position = (0, 0)
-        return StartedStream(read_slots(self.train_shard, self.prefetch))
+        return start_reading(self.train_shard, self.prefetch)
 
     def train_batches(self, *, epoch: int, start_batch: int, batch_size: int, rank: int, world_size: int,
                       pin_memory: bool = False) -> Iterable[Any]:

@@ -24,6 +24,7 @@ from raytrain_llm.launchers.ray_train.cluster import (
 )
 from raytrain_llm.launchers.ray_train.console import ray_console, shows_ray_logs, worker_console
 from raytrain_llm.launchers.ray_train.driver_signals import fit_with_driver_signals, start_driver_stop
+from raytrain_llm.launchers.ray_train.preload import import_in_background
 from raytrain_llm.launchers.ray_train.report_callback import SCORE_KEY
 from raytrain_llm.launchers.ray_train.results import failure_message, summarize, worker_usage_error
 
@@ -77,11 +78,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Optional[dict[str, str
 def _train(loop_config: dict[str, Any]) -> None:
     import ray.train
 
+    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule, start_reading
+
+    # First: Ray Data's pipeline (split coordinator, generating tasks and their processes) starts
+    # while this worker imports and builds its model. Every rank asks for its shard here alike.
+    train_shard = ray.train.get_dataset_shard("train")
+    train_stream = start_reading(train_shard)
+
     from raytrain_llm.core.distributed import DistributedManager
     from raytrain_llm.launchers.ray_train.checkpoint_pointer import resolve as resolve_pointer
     from raytrain_llm.launchers.ray_train.checkpoint_pointer import stores_in_place
     from raytrain_llm.launchers.ray_train.console import open_worker_console
-    from raytrain_llm.launchers.ray_train.data_shards import RayShardDataModule
     from raytrain_llm.launchers.ray_train.report_callback import RayReportCallback
     from raytrain_llm.launchers.worker import train_worker
 
@@ -94,8 +101,8 @@ def _train(loop_config: dict[str, Any]) -> None:
     _record_placement(config, ctx, dist.rank)
 
     def data_module_factory(inner):
-        return RayShardDataModule(inner, ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"),
-                                  rank=dist.rank, world_size=dist.world_size)
+        return RayShardDataModule(inner, train_shard, lambda: ray.train.get_dataset_shard("val"),
+                                  rank=dist.rank, world_size=dist.world_size, stream=train_stream)
 
     callbacks = [RayReportCallback(config.checkpoint.monitor, config.checkpoint.enabled, config.checkpoint.mode,
                                    in_place=stores_in_place(config))]
@@ -205,6 +212,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
+    from raytrain_llm.launchers.ray_train.early_split import EarlySplitDataConfig
     from raytrain_llm.launchers.ray_train.interruption import stop_signals_on_workers
     from raytrain_llm.launchers.task_resolution import resolve_task
 
@@ -222,6 +230,9 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
             num_to_keep=keep, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=ck.mode),
         failure_config=ray.train.FailureConfig(max_failures=d.max_failures,
                                                max_preemption_failures=d.max_preemption_failures))
+    # A resumed or restored run may go on from another global batch's data position, so its
+    # stream spans every epoch rather than ending where max_steps would from the start.
+    datasets = build_ray_datasets(cfg, data_module, d.num_workers, every_epoch=restoring or ck.resume != "none")
     trainer_class = TorchTrainer
     if private_cluster:
         from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
@@ -234,12 +245,11 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
                                                resources_per_worker=worker_resources(cfg),
                                                placement_strategy=d.placement_strategy),
         run_config=run_config,
-        # A resumed or restored run may go on from another global batch's data position, so its
-        # stream spans every epoch rather than ending where max_steps would from the start.
-        datasets=build_ray_datasets(cfg, data_module, d.num_workers,
-                                    every_epoch=restoring or ck.resume != "none"),
+        datasets=datasets,
         # preserve_order makes shard k of every epoch the same blocks: deterministic data per rank.
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)))
+        # The training set is split here, now, so that Ray Data starts with the workers (early_split).
+        dataset_config=EarlySplitDataConfig({"train": datasets["train"]}, d.num_workers,
+                                            execution_options=ExecutionOptions(preserve_order=True)))
 
 
 def fit(trainer, cfg: Config):
@@ -279,11 +289,17 @@ def run_ray(config: Config) -> dict[str, Any]:
     keep_private_ray_on_loopback(cfg)  # before Ray is imported
     import ray
 
+    preload = import_in_background(cfg.task)  # while ray.init waits for the node to start
     with ray_console(cfg, lambda: init_ray(cfg, log_to_driver=shows_ray_logs(cfg))) as started:
         stop = None
         try:
+            preload.join()
             if not started:
                 warn_if_unplaceable(cfg)
+            else:
+                from raytrain_llm.launchers.ray_train.private_cluster import start_autoscaling_coordinator
+
+                start_autoscaling_coordinator()  # up before Train's controller asks for it
             stop = start_driver_stop()
             trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop, console=worker_console(cfg))
             return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
