@@ -105,6 +105,12 @@ def read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def train_steps(run) -> list[int]:
+    """The steps of a run folder's train records in metrics.jsonl ([] before the file exists)."""
+    path = Path(run) / "metrics.jsonl"
+    return [r["step"] for r in read_jsonl(path) if r.get("split") == "train"] if path.exists() else []
+
+
 def read_json(path) -> dict:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

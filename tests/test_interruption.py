@@ -14,11 +14,11 @@ from rt_testing import (
     final_state,
     load_state,
     read_json,
-    read_jsonl,
     run_cli,
     set_args,
     settings,
     train,
+    train_steps,
 )
 
 TASK = "rt_helpers:SignalAtStepTask"
@@ -34,10 +34,6 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a["model"][k], b["model"][k]), k
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-
-
-def train_steps(run) -> list[int]:
-    return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["split"] == "train"]
 
 
 @pytest.mark.timeout(180)

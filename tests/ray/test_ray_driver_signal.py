@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 
 from ray_testing import TESTS_DIR, TINY_RAY
+from rt_testing import train_steps
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _train_steps(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == "train"]
 
 
 @pytest.mark.timeout(240)
@@ -41,7 +35,7 @@ def test_sigterm_to_the_driver_stops_every_worker_after_a_step_saves_and_exits_1
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
         try:
             deadline = time.time() + 150
-            while not _train_steps(run):  # the workers are training
+            while not train_steps(run):  # the workers are training
                 assert proc.poll() is None, stderr.read_text()[-3000:]
                 assert time.time() < deadline, "no train step within 150 s"
                 time.sleep(0.2)
@@ -59,4 +53,4 @@ def test_sigterm_to_the_driver_stops_every_worker_after_a_step_saves_and_exits_1
     # Both ranks stopped after the same whole step, saved there (the only checkpoint) and logged no step after it.
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")) == \
         [f"step-{stopped:08d}"]
-    assert _train_steps(run)[-1] == stopped
+    assert train_steps(run)[-1] == stopped

@@ -3,7 +3,6 @@ command again finishes it, each trial going on from its own checkpoint (steps lo
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import signal
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rt_testing import train_steps
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
     "task": "lm",
@@ -25,13 +26,6 @@ BASE = {
     "logging": {"log_every_n_steps": 4, "progress_bar": "off", "level": "WARNING"},
     "distributed": {"num_workers": 1, "cpus_per_worker": 0.25},
 }
-
-
-def _train_steps(folder: Path) -> list[int]:
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == "train"]
 
 
 @pytest.mark.timeout(300)
@@ -48,7 +42,7 @@ def test_ctrl_c_stops_a_sweep_and_the_same_command_finishes_it(tmp_path):
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 150
-        while not any(s >= 12 for s in _train_steps(trials / "t000")):  # past its first checkpoint
+        while not any(s >= 12 for s in train_steps(trials / "t000")):  # past its first checkpoint
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.time() < deadline, "the first trial did not get past step 12"
             time.sleep(0.5)
@@ -74,6 +68,6 @@ def test_ctrl_c_stops_a_sweep_and_the_same_command_finishes_it(tmp_path):
     # t000 went on from its checkpoint, not from step 0: every step logged once. Stopped by Ctrl-C
     # after a step, it also logged that step (and saved there), unless it was a multiple of 4.
     every_4th = list(range(4, 65, 4))
-    assert _train_steps(trials / "t001") == every_4th
-    t000 = _train_steps(trials / "t000")
+    assert train_steps(trials / "t001") == every_4th
+    t000 = train_steps(trials / "t000")
     assert t000 == sorted(set(t000)) and set(every_4th) <= set(t000) and len(set(t000) - set(every_4th)) <= 1, t000

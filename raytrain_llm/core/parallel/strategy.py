@@ -72,17 +72,21 @@ class Replicated:
             return self.experts.finish_gradients(params, max_norm)
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
+    def writes_shards(self) -> bool:
+        """Checkpoints in the sharded format (each rank its own part): with sharded experts."""
+        return bool(self.experts.sharded)
+
     def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The checkpoint's model/optimizer entries (model: the unwrapped one); None and the
         sharded format's key when `save` writes them as shards."""
-        if self.experts.sharded:
+        if self.writes_shards():
             return {"model": None, "optimizer": None, FORMAT_KEY: SHARDED_FORMAT}
         return {"model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict()}
 
     def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
              optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
         """Collective. The checkpoint's folder on rank 0, None on the others."""
-        if self.experts.sharded:
+        if self.writes_shards():
             from raytrain_llm.core.sharded.checkpoint import save_sharded
 
             return save_sharded(manager, self.dist, self.device, state, model, optimizer,
@@ -141,15 +145,8 @@ class Sharded(Replicated):
 
         return clip_sharded_grad_norm(params, max_norm)
 
-    def model_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return {"model": None, "optimizer": None, FORMAT_KEY: SHARDED_FORMAT}
-
-    def save(self, manager: CheckpointManager, state: dict[str, Any], model: nn.Module,
-             optimizer: torch.optim.Optimizer, **meta: Any) -> Optional[str]:
-        from raytrain_llm.core.sharded.checkpoint import save_sharded
-
-        return save_sharded(manager, self.dist, self.device, state, model, optimizer,
-                            experts=self.experts.shards, **meta)
+    def writes_shards(self) -> bool:
+        return True  # with one worker too: a 1-worker and a many-worker fsdp run resume each other
 
 
 def build_strategy(config: Config, dist: DistributedManager, device: torch.device,
