@@ -2,6 +2,7 @@
 start for all of them), the training-state bytes each rank holds, and a checkpoint's weights."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -45,6 +46,7 @@ def _run_plan(rank: int, port: int, plan: list[tuple[str, dict]], world_size: in
             cfg = make_config(Path(folder), "lm", **{**LM, **overrides})
             train_worker(cfg, dist=DistributedManager(), extra_callbacks=[StateBytes()], data_checked=True)
     finally:
+        gc.collect()  # models in cycles still hold the group (see DistributedManager.cleanup)
         dist.destroy_process_group()
 
 

@@ -7,6 +7,7 @@ state.pt ("format": "sharded", no model/optimizer tensors) and, for the test to 
 the full weights gathered from the shards as FOLDER/full_weights.pt."""
 from __future__ import annotations
 
+import gc
 import os
 import time
 import warnings
@@ -54,6 +55,10 @@ def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
         torch.save(full, os.path.join(folder, "full_weights.pt"))
         torch.save({"model": None, "optimizer": None, "format": "sharded", "config": lm_config().to_dict(),
                     "progress": {"global_step": 1}}, os.path.join(folder, "state.pt"))
+    # The sharded model holds the group: freed first, the group's destructor joins its threads
+    # here (left to interpreter exit, a gloo thread releasing a tensor can abort the process).
+    del model, optimizer, model_state, optimizer_state, full
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ bytes."""
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import os
 
@@ -146,6 +147,7 @@ def worker(rank: int, store: str, out_dir: str) -> None:
         capacity_case(rank, case, problems)
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
         fh.write("\n".join(problems))
+    gc.collect()  # models in cycles still hold the group (see DistributedManager.cleanup)
     dist.destroy_process_group()
 
 

@@ -67,6 +67,7 @@ def _two_ranks(rank: int, port: int, out_dir: str, queue) -> None:
         tdist.all_reduce = real_all_reduce
     per_step = [b - a for a, b in zip(counter.at_step, counter.at_step[1:])]
     queue.put((rank, agreed, per_step))
+    del engine  # its DDP model holds the group: destroyed (threads joined) before this process exits
     dist.cleanup()
 
 

@@ -6,6 +6,7 @@ torch.distributed, so the engine has a single code path for one process and many
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -33,7 +34,14 @@ class DistributedManager:
         self._owns_group = True
 
     def cleanup(self) -> None:
+        """Destroy the group this object created; its gloo threads are joined here, not at exit.
+
+        A DDP model left in a reference cycle keeps the group alive past `destroy_process_group`;
+        its worker thread may then still be releasing the last collective's tensor (which needs
+        the GIL) when the interpreter finalizes, and the process aborts. Collecting first frees
+        such a model, so the group's destructor joins its threads now."""
         if self._owns_group and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
             self._owns_group = False
 
