@@ -37,14 +37,21 @@ def test_the_dashboard_is_off_by_default_and_a_setting(tmp_path):
     assert ray_config(tmp_path, distributed__dashboard=True).distributed.dashboard is True
 
 
+# The named detached actors Ray Data gets or creates: Train's controller asks for the first
+# before placing the workers, the first read of a dataset for the second.
+RAY_DATA_ACTORS = {"autoscaling coordinator": dict(name="AutoscalingCoordinator", namespace="AutoscalingCoordinator"),
+                   "stats actor": dict(name="datasets_stats_actor", namespace="_dataset_stats_actor")}
+
+
 @pytest.mark.timeout(60)
-def test_the_driver_starts_ray_datas_autoscaling_coordinator_that_trains_controller_asks_for(ray_local):
+@pytest.mark.parametrize("which", sorted(RAY_DATA_ACTORS))
+def test_the_driver_starts_the_named_actors_that_ray_data_would_create_on_the_critical_path(ray_local, which):
     import time
 
     import ray
-    from raytrain_llm.launchers.ray_train.private_cluster import start_autoscaling_coordinator
+    from raytrain_llm.launchers.ray_train.private_cluster import start_ray_data_actors
 
-    named = dict(name="AutoscalingCoordinator", namespace="AutoscalingCoordinator")  # what Ray Data gets or creates
+    named = RAY_DATA_ACTORS[which]
 
     def running():
         try:
@@ -58,7 +65,7 @@ def test_the_driver_starts_ray_datas_autoscaling_coordinator_that_trains_control
         while running() is not None and time.monotonic() < deadline:
             time.sleep(0.1)
     assert running() is None
-    start_autoscaling_coordinator()
+    start_ray_data_actors()
     actor = running()
     assert actor is not None
     ray.get(actor.__ray_ready__.remote(), timeout=30)

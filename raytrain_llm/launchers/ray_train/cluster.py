@@ -171,7 +171,7 @@ def init_ray(config: Config, *, include_dashboard: Optional[bool] = None, extra_
         loopback = {"_node_ip_address": "127.0.0.1"} if os.environ.get(LOOPBACK_ENV) == "0" else {}
         if include_dashboard is None:
             include_dashboard = config.distributed.dashboard
-        with _private_node_env():
+        with _private_node_env(), _node_without_monitors(keep_log_monitor=log_to_driver):
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
                      dashboard_host="127.0.0.1", runtime_env=_task_import_env(config), **loopback, **common)
     return True
@@ -200,6 +200,36 @@ def _private_node_env():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _node_without_monitors(keep_log_monitor: bool):
+    """While ray.init starts a private node: without the autoscaler monitor, and without the log
+    monitor unless workers' output goes to the driver (`keep_log_monitor`). Each is a Python
+    process importing Ray (1-1.5 CPU-s) started while the driver starts: on a fixed one-machine
+    cluster nothing autoscales, and without log_to_driver no one reads what the log monitor
+    relays. `ray start` has switches for both (--no-monitor, --include-log-monitor), ray.init
+    none: its node parameters (Ray-internal `RayParams`) get them here; if this Ray has no such
+    class, the node starts with both."""
+    try:
+        from ray._private import parameter
+    except ImportError:
+        yield
+        return
+    original = parameter.RayParams
+
+    class RayParamsWithoutMonitors(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.no_monitor = True
+            if not keep_log_monitor:
+                self.include_log_monitor = False
+
+    parameter.RayParams = RayParamsWithoutMonitors
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def _is_auth_failure(exc: BaseException) -> bool:

@@ -2,7 +2,8 @@
 
 A slot is one rank's micro-batch: B samples of one global batch, holding exactly the rows that
 `ResumableBatchSampler` gives that rank (data/base.py), so W workers at batch B see the global
-batches of 1 worker at W*B. A row of the dataset is a whole slot.
+batches of 1 worker at W*B. A row of the dataset is a whole slot, made by the datasets' map
+function (slot_generator.SlotGenerator).
 
 Why blocks of G slots of one rank: with `preserve_order=True` and equal-sized blocks, Ray's
 `streaming_split(W, equal=True)` hands block j to shard j mod W (it feeds the shard with the fewest
@@ -20,94 +21,22 @@ trained on (cheap: rows are generated, never read from storage).
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
-from functools import lru_cache
 from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from raytrain_llm.core.config import Config
-from raytrain_llm.core.config_loader import config_from_mapping
 from raytrain_llm.core.errors import TrainingError
-from raytrain_llm.data.base import epoch_permutation
-
-_META = ("_epoch", "_batch", "_rank", "_count")
-SLOTS_PER_BLOCK = 32  # G above
-
-
-@lru_cache(maxsize=4)
-def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    return epoch_permutation(n, seed, epoch).numpy()
-
-
-_DATASETS: dict[tuple[str, str], Any] = {}
-
-
-def _task_dataset(config_json: str, split: str):
-    """The task's dataset, built once per Ray Data worker process from the config."""
-    key = (config_json, split)
-    if key not in _DATASETS:
-        from raytrain_llm.launchers.task_resolution import resolve_task
-
-        config = config_from_mapping(json.loads(config_json))
-        module = resolve_task(config.task)(config).build_data_module()
-        _DATASETS.clear()  # one run per process at a time; do not pile up generator tables
-        _DATASETS[key] = module.train_dataset if split == "train" else module.val_dataset
-    return _DATASETS[key]
-
-
-class SlotGenerator:
-    """Map function: slot index -> one row holding a rank's whole micro-batch.
-
-    It carries the config, not the dataset: generator tables (e.g. a large Markov chain) are
-    rebuilt once per Ray Data worker instead of being pickled into every task.
-    """
-
-    def __init__(self, config: Config, split: str, num_samples: int, *, batch_size: int, world_size: int,
-                 batches_per_epoch: int, total_batches: int, seed: int, shuffle: bool,
-                 group: int = SLOTS_PER_BLOCK):
-        self.config_json, self.split, self.n = json.dumps(config.to_dict()), split, num_samples
-        self.b, self.w, self.nb, self.g = batch_size, world_size, batches_per_epoch, group
-        self.total = max(total_batches, 1)  # global batches the run reads (across epochs)
-        self.seed, self.shuffle = seed, shuffle
-
-    @property
-    def dataset(self):
-        return _task_dataset(self.config_json, self.split)
-
-    @property
-    def num_rows(self) -> int:
-        """Rows covering all global batches, padded to whole blocks for every rank."""
-        return -(-self.total // self.g) * self.g * self.w
-
-    def slot_ids(self, row: int) -> tuple[int, int, int, np.ndarray]:
-        """(epoch, batch in epoch, rank, sample ids) of a dataset row."""
-        block, within = divmod(row, self.g)
-        chunk, rank = divmod(block, self.w)
-        nth = chunk * self.g + within  # the rank's n-th global batch overall
-        epoch, batch = divmod(nth, self.nb)
-        if nth >= self.total:  # padding of the last block: no samples
-            return epoch, batch, rank, np.zeros(0, np.int64)
-        order = _permutation(self.n, self.seed, epoch) if self.shuffle else np.arange(self.n)
-        lo = (batch * self.w + rank) * self.b
-        return epoch, batch, rank, order[lo:lo + self.b].astype(np.int64)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {}
-        for slot in batch["id"]:
-            epoch, b, rank, ids = self.slot_ids(int(slot))
-            cols = self.dataset.columns(ids) if len(ids) else {}
-            if not cols:  # an empty tail slot of a validation set: shapes from one real row
-                cols = {k: v[:0] for k, v in self.dataset.columns(np.zeros(1, np.int64)).items()}
-            for k, v in cols.items():
-                pad = np.zeros((self.b - len(v),) + v.shape[1:], v.dtype)  # val tail: pad, keep count
-                out.setdefault(k, []).append(np.concatenate([v, pad]) if len(pad) else v)
-            for k, v in zip(_META, (epoch, b, rank, len(ids))):
-                out.setdefault(k, []).append(v)
-        return {k: np.stack(v) if k not in _META else np.asarray(v, np.int64) for k, v in out.items()}
+from raytrain_llm.launchers.ray_train.slot_generator import (
+    _META,
+    SLOTS_PER_BLOCK,
+    SlotGenerator,
+    config_key,
+    load_task_dataset,
+)
 
 
 def train_batches_needed(config: Config, batches_per_epoch: int, every_epoch: bool = False) -> int:
@@ -148,6 +77,16 @@ def build_ray_datasets(config: Config, data_module, world_size: int, every_epoch
             fn, batch_size=None, batch_format="numpy")
 
     return {"train": slots(gen), "val": slots(val_gen)}
+
+
+def warm_slot_process(config: Config) -> None:
+    """Start, now, a Ray worker process that holds the task's training dataset (see the rule in
+    slot_generator): left idle, it runs the first generating task, which then neither starts a
+    process nor imports torch nor builds the dataset when the first read starts the pipeline.
+    For a private cluster (one node); `config` is the one the datasets were built from."""
+    import ray
+
+    ray.remote(num_cpus=0, max_retries=0)(load_task_dataset).remote(config_key(config))
 
 
 def read_slots(shard, prefetch: int) -> Iterator[tuple[dict[str, torch.Tensor], tuple[int, int, int, int]]]:

@@ -211,7 +211,7 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets
+    from raytrain_llm.launchers.ray_train.data_shards import build_ray_datasets, warm_slot_process
     from raytrain_llm.launchers.ray_train.early_split import EarlySplitDataConfig
     from raytrain_llm.launchers.ray_train.interruption import stop_signals_on_workers
     from raytrain_llm.launchers.task_resolution import resolve_task
@@ -236,6 +236,8 @@ def build_trainer(config: Config, *, run_callbacks: Iterable[Any] = (), name: Op
     trainer_class = TorchTrainer
     if private_cluster:
         from raytrain_llm.launchers.ray_train.private_cluster import PrivateClusterTorchTrainer as trainer_class
+
+        warm_slot_process(cfg)  # the first generating task's process, ready when the first read starts
     return trainer_class(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "data_checked": True, "driver_stop": driver_stop,
@@ -297,9 +299,9 @@ def run_ray(config: Config) -> dict[str, Any]:
             if not started:
                 warn_if_unplaceable(cfg)
             else:
-                from raytrain_llm.launchers.ray_train.private_cluster import start_autoscaling_coordinator
+                from raytrain_llm.launchers.ray_train.private_cluster import start_ray_data_actors
 
-                start_autoscaling_coordinator()  # up before Train's controller asks for it
+                start_ray_data_actors()  # up before Train's controller and Ray Data ask for them
             stop = start_driver_stop()
             trainer = build_trainer(cfg, private_cluster=started, driver_stop=stop, console=worker_console(cfg))
             return summarize(cfg, fit_with_driver_signals(lambda: fit(trainer, cfg), stop))
