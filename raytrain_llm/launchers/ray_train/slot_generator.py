@@ -4,9 +4,9 @@ Kept apart from data_shards, and importing no torch, because Ray unpickles the d
 this function with it, in processes that never generate a slot: Train's dataset manager and
 Ray Data's split coordinator (actors). Each would otherwise import torch (~1.3 CPU-s) on the
 cores the run starts on. Where slots are generated (Ray tasks), torch is imported as the
-function is unpickled, not while it runs: a task is cancelled by raising in its running code
-(Ray Data cancels the tasks still running when a stream ends), and an import of torch broken
-off half-way leaves the process unable to import it again.
+function is unpickled, not while it runs: imported in the map call, a reused worker process
+was seen left with a half-imported torch (an import broken off, most likely by the cancellation
+Ray Data sends to tasks still running when a stream ends), and no later task there could run.
 """
 from __future__ import annotations
 
