@@ -34,12 +34,16 @@ class DistributedManager:
         self._owns_group = True
 
     def cleanup(self) -> None:
-        """Destroy the group this object created; its gloo threads are joined here, not at exit.
+        """Destroy the group this object created.
 
-        A DDP model left in a reference cycle keeps the group alive past `destroy_process_group`;
-        its worker thread may then still be releasing the last collective's tensor (which needs
-        the GIL) when the interpreter finalizes, and the process aborts. Collecting first frees
-        such a model, so the group's destructor joins its threads now."""
+        A model still alive keeps the group alive past `destroy_process_group` (DDP holds it);
+        the group's gloo thread may then still be releasing the last collective's tensor (which
+        needs the GIL) when the interpreter finalizes, and the process aborts. Collecting first
+        frees a model left in a reference cycle, so the group's destructor joins its threads
+        here once the caller holds no model. After a failure the exception's traceback still
+        holds one, and is left so: destroying a group whose collective waits on a failed peer
+        could block, while an abort at exit comes after the error was reported (spawn's error
+        file), so it changes no outcome."""
         if self._owns_group and dist.is_initialized():
             gc.collect()
             dist.destroy_process_group()

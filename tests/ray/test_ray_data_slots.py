@@ -168,3 +168,31 @@ def test_the_drivers_early_split_serves_the_first_worker_group_and_a_restart_get
     restarted = configure("train", train)  # a restarted worker group: Train's own split, a new coordinator
     assert all(split._coord_actor != coordinator for split in restarted)
     assert all(split._coord_actor != coordinator for split in configure("val", val))  # not split early
+
+
+@pytest.mark.timeout(120)
+def test_the_slot_function_loads_torch_in_ray_tasks_but_not_in_actors(tmp_path, ray_local):
+    """Where Ray unpickles the slot datasets' plan: an actor (split coordinator, Train's dataset
+    manager) imports no torch for it, a task (where slots are made) imports it then, not in its
+    first call (slot_generator.py). Each in a fresh process: a runtime env no worker has yet."""
+    import os
+    import uuid
+
+    import ray
+    from ray_testing import TESTS_DIR
+    from rt_torch_probe import TorchProbe, torch_loaded_after_unpickling
+
+    cfg = ray_config(tmp_path)
+    gen = SlotGenerator(cfg, "train", 64, batch_size=4, world_size=1, batches_per_epoch=16, total_batches=16,
+                        seed=0, shuffle=True)
+
+    def fresh():
+        paths = [TESTS_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths), "RAYTRAIN_TEST_FRESH": uuid.uuid4().hex}}
+
+    actor = ray.remote(num_cpus=0)(TorchProbe).options(runtime_env=fresh()).remote()
+    in_actor = ray.get(actor.loaded_after_unpickling.remote(gen), timeout=90)
+    ray.kill(actor)
+    task = ray.remote(num_cpus=0)(torch_loaded_after_unpickling).options(runtime_env=fresh())
+    in_task = ray.get(task.remote(gen), timeout=90)
+    assert (in_actor, in_task) == (False, True)

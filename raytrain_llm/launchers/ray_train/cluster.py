@@ -214,9 +214,11 @@ def _node_without_monitors(keep_log_monitor: bool):
     try:
         from ray._private import parameter
     except ImportError:
+        parameter = None
+    original = getattr(parameter, "RayParams", None)
+    if original is None:
         yield
         return
-    original = parameter.RayParams
 
     class RayParamsWithoutMonitors(original):
         def __init__(self, *args, **kwargs):

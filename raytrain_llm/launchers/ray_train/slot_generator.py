@@ -3,10 +3,12 @@
 Kept apart from data_shards, and importing no torch, because Ray unpickles the datasets' plan,
 this function with it, in processes that never generate a slot: Train's dataset manager and
 Ray Data's split coordinator (actors). Each would otherwise import torch (~1.3 CPU-s) on the
-cores the run starts on. Where slots are generated (Ray tasks), torch is imported as the
-function is unpickled, not while it runs: imported in the map call, a reused worker process
-was seen left with a half-imported torch (an import broken off, most likely by the cancellation
-Ray Data sends to tasks still running when a stream ends), and no later task there could run.
+cores the run starts on. In Ray tasks, where slots are generated, torch is imported as the
+function is unpickled (as when it lived in data_shards), not in its first call: imported there,
+a reused worker process was seen left with a half-imported torch (an import broken off, most
+likely by the cancellation Ray Data sends to tasks still running when a stream ends), and no
+later task there could run. The task's own module is still imported at the first call, as
+before; the warm-up task (`load_task_dataset`) imports both while it runs, and nothing cancels it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from raytrain_llm.core.config import Config
 from raytrain_llm.core.config_loader import config_from_mapping
 
 _META = ("_epoch", "_batch", "_rank", "_count")
-SLOTS_PER_BLOCK = 32  # G above
+SLOTS_PER_BLOCK = 32  # G in data_shards.py's docstring
 
 
 @lru_cache(maxsize=4)
@@ -32,7 +34,8 @@ def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _runs_ray_tasks() -> bool:
-    """Whether this process is a Ray worker (or driver) outside any actor: where slots are made."""
+    """Whether this process is a Ray worker outside any actor, where slots are made (or the
+    driver, which has torch already)."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return False
@@ -55,7 +58,8 @@ def _task_dataset(config_json: str, split: str):
 
         config = config_from_mapping(json.loads(config_json))
         module = resolve_task(config.task)(config).build_data_module()
-        _DATASETS.clear()  # one run per process at a time; do not pile up generator tables
+        for other in [k for k in _DATASETS if k[0] != config_json]:
+            del _DATASETS[other]  # one run per process at a time; do not pile up generator tables
         _DATASETS[key] = module.train_dataset if split == "train" else module.val_dataset
     return _DATASETS[key]
 
