@@ -2,14 +2,11 @@
 start for all of them), the training-state bytes each rank holds, and a checkpoint's weights."""
 from __future__ import annotations
 
-import gc
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raytrain_llm.core.callbacks import Callback
@@ -36,18 +33,17 @@ class StateBytes(Callback):
 
 
 def _run_plan(rank: int, port: int, plan: list[tuple[str, dict]], world_size: int) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    group = DistributedManager()
+    group.init_process_group("gloo", rank, world_size, "127.0.0.1", port)
     from raytrain_llm.launchers.worker import train_worker
 
     try:
         for folder, overrides in plan:
             cfg = make_config(Path(folder), "lm", **{**LM, **overrides})
-            train_worker(cfg, dist=DistributedManager(), extra_callbacks=[StateBytes()], data_checked=True)
+            train_worker(cfg, dist=group, extra_callbacks=[StateBytes()], data_checked=True)
     finally:
-        gc.collect()  # models in cycles still hold the group (see DistributedManager.cleanup)
-        dist.destroy_process_group()
+        group.cleanup()
 
 
 def run_two_ranks(plan: list[tuple[str, dict]], port: int, timeout_s: float, world_size: int = 2) -> None:

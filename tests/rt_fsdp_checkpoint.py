@@ -7,13 +7,11 @@ state.pt ("format": "sharded", no model/optimizer tensors) and, for the test to 
 the full weights gathered from the shards as FOLDER/full_weights.pt."""
 from __future__ import annotations
 
-import gc
 import os
 import time
 import warnings
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 MODEL = {"vocab_size": 48, "seq_len": 16, "d_model": 32, "n_layers": 2, "n_heads": 4}
@@ -30,12 +28,13 @@ def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.distributed.fsdp import fully_shard
 
+    from raytrain_llm.core.distributed import DistributedManager
     from raytrain_llm.models import GPT
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    group = DistributedManager()
+    group.init_process_group("gloo", rank, 2, "127.0.0.1", port)
     torch.manual_seed(0)
     model = GPT(lm_config().model)
     for block in model.blocks:
@@ -58,8 +57,7 @@ def save_from_two_ranks(rank: int, folder: str, port: int) -> None:
     # The sharded model holds the group: freed first, the group's destructor joins its threads
     # here (left to interpreter exit, a gloo thread releasing a tensor can abort the process).
     del model, optimizer, model_state, optimizer_state, full
-    gc.collect()
-    dist.destroy_process_group()
+    group.cleanup()
 
 
 def reload_through_the_safe_reader(model, optimizer, path: str) -> None:

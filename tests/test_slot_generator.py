@@ -11,10 +11,10 @@ def _generator(cfg) -> SlotGenerator:
 
 
 def test_a_warmed_process_gives_the_generating_task_the_dataset_it_already_built(monkeypatch):
-    monkeypatch.setattr(slot_generator, "_DATASETS", {})
+    monkeypatch.setattr(slot_generator, "_MODULES", {})
     cfg = load_config(overrides=["data.num_train_samples=64", "data.num_val_samples=16"], environ={}, task="lm")
     assert load_task_dataset(config_key(cfg)) is True
-    (warmed,) = slot_generator._DATASETS.values()
+    (warmed,) = (module.train_dataset for module in slot_generator._MODULES.values())
     gen = _generator(cfg)
     assert gen.dataset is warmed  # not rebuilt
     row = gen(({"id": [0]}))
@@ -22,10 +22,10 @@ def test_a_warmed_process_gives_the_generating_task_the_dataset_it_already_built
 
 
 def test_another_config_builds_its_own_dataset_and_a_failed_warm_up_raises_nothing(monkeypatch):
-    monkeypatch.setattr(slot_generator, "_DATASETS", {})
+    monkeypatch.setattr(slot_generator, "_MODULES", {})
     cfg = load_config(overrides=["data.num_train_samples=64"], environ={}, task="lm")
     load_task_dataset(config_key(cfg))
-    (warmed,) = slot_generator._DATASETS.values()
+    (warmed,) = (module.train_dataset for module in slot_generator._MODULES.values())
     other = load_config(overrides=["data.num_train_samples=64", "data.seed=7"], environ={}, task="lm")
     assert _generator(other).dataset is not warmed
     assert load_task_dataset('{"task": "no_such_task"}') is False

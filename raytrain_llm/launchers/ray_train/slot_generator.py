@@ -42,26 +42,25 @@ def _runs_ray_tasks() -> bool:
     return ray.get_runtime_context().get_actor_id() is None
 
 
-_DATASETS: dict[tuple[str, str], Any] = {}
+_MODULES: dict[str, Any] = {}  # config_key -> the task's data module, built in this process
 
 
 def config_key(config: Config) -> str:
-    """What a SlotGenerator carries of its config, and the key of the dataset it loads."""
+    """What a SlotGenerator carries of its config, and the key of the data module it loads."""
     return json.dumps(config.to_dict())
 
 
 def _task_dataset(config_json: str, split: str):
-    """The task's dataset, built once per Ray Data worker process from the config."""
-    key = (config_json, split)
-    if key not in _DATASETS:
+    """The task's dataset, its data module built once per Ray Data worker process from the config."""
+    if config_json not in _MODULES:
         from raytrain_llm.launchers.task_resolution import resolve_task
 
         config = config_from_mapping(json.loads(config_json))
         module = resolve_task(config.task)(config).build_data_module()
-        for other in [k for k in _DATASETS if k[0] != config_json]:
-            del _DATASETS[other]  # one run per process at a time; do not pile up generator tables
-        _DATASETS[key] = module.train_dataset if split == "train" else module.val_dataset
-    return _DATASETS[key]
+        _MODULES.clear()  # one run per process at a time; do not pile up generator tables
+        _MODULES[config_json] = module
+    module = _MODULES[config_json]
+    return module.train_dataset if split == "train" else module.val_dataset
 
 
 def load_task_dataset(config_json: str) -> bool:
