@@ -1,13 +1,17 @@
 """Per-file work in local processes (no Ray): results in input order, as the driver writes them.
 
 One worker reads and tokenizes in this process, where `tokenizers` uses its own threads; several
-are forked processes of one tokenizer thread each (`TOKENIZERS_PARALLELISM=false`: N processes
+are processes of one tokenizer thread each (`TOKENIZERS_PARALLELISM=false`: N processes
 already fill N cores, and the library's threads are unsafe after a fork once it has used them).
+They are forked (cheap) unless this process runs other Python threads (a program that calls
+`prepare` with Ray connected, say): a fork copies locks those threads may hold, and the child
+can hang on one; then they are spawned (~1 s each to start).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from typing import Iterator, Optional
 
 from raytrain_llm.prepare.encode import EncodeSettings, FileResult, encode_file
@@ -34,9 +38,9 @@ def encode_locally(sources: list[Source], settings: EncodeSettings, workers: int
         yield from map(_work, items)
         return
     before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children at fork
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the children
     try:
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         with context.Pool(min(workers, len(items)), initializer=_init, initargs=(settings,)) as pool:
             yield from pool.imap(_work, items, chunksize=1)
     finally:
